@@ -1,0 +1,5 @@
+"""``python -m melcli``."""
+
+from melcli.cli import main
+
+main()

@@ -1,0 +1,455 @@
+"""Click commands: options -> parameters -> pipeline -> exit code. No maths here.
+
+Heavy modules (numpy, librosa, joblib, h5py) are imported inside the commands
+that need them, so ``melcli --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from melcli._version import __version__
+from melcli.errors import (
+    ExitCode,
+    InputError,
+    MelcliError,
+    OutputError,
+    ParameterError,
+)
+from melcli.params import DTYPES, NORMS, PAD_MODES, SCALES, WINDOW_PARAM, WINDOWS, FeatureParams
+
+DEFAULT_EXTS = "wav,flac,ogg,oga,opus,mp3,aiff,aif,aifc,au,snd,caf,w64,rf64"
+_WINDOW_NAMES = ", ".join(f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS)
+
+
+class Terminated(Exception):
+    """Raised in the parent when SIGTERM arrives."""
+
+
+class MelcliGroup(click.Group):
+    """Remembers the argument list, so the manifest can record the command."""
+
+    invoked_args: list[str] = []
+
+    def main(self, args: Any = None, *a: Any, **kw: Any) -> Any:  # noqa: D102
+        self.invoked_args = list(sys.argv[1:] if args is None else args)
+        return super().main(args, *a, **kw)
+
+
+def _command_line() -> str:
+    root = click.get_current_context().find_root().command
+    return shlex.join(["melcli", *getattr(root, "invoked_args", [])])
+
+
+def _fail(code: ExitCode, message: str) -> NoReturn:
+    click.echo(f"melcli: error: {message}", err=True)
+    sys.exit(int(code))
+
+
+def _usage(message: str) -> NoReturn:
+    raise click.UsageError(message)
+
+
+@click.group(cls=MelcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="melcli")
+def cli() -> None:
+    """Batch STFT / mel spectrogram extraction with librosa-exact numbers.
+
+    Walks directories of audio (or reads a file list on stdin), computes the
+    features in parallel and writes one HDF5 file or a tree of .npy files plus
+    a JSON manifest of every parameter and every entry's shape.
+
+    \b
+    Exit status: 0 all inputs written; 3 written but some inputs failed;
+    1 nothing written (no audio, output not writable, ...); 2 bad usage;
+    130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+    """
+
+
+def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.argument("inputs", nargs=-1, required=True),
+        click.option("-o", "--output", required=True, type=click.Path(dir_okay=True),
+                     help="*.h5 / *.hdf5: one HDF5 file (+ <stem>.json manifest); "
+                          "anything else: a directory of .npy files + manifest.json."),
+        click.option("--format", "fmt", type=click.Choice(["h5", "npy"]),
+                     help="Output format; overrides the guess from --output's suffix."),
+        click.option("-0", "--null", is_flag=True,
+                     help="The file list on stdin ('-') is NUL-separated (find -print0)."),
+        click.option("--sr", type=click.IntRange(min=1), default=None,
+                     help="Resample every file to this rate (soxr HQ, as librosa.load). "
+                          "Default: keep each file's native rate (librosa.load would use 22050)."),
+        click.option("--mono/--keep-channels", default=True, show_default=True,
+                     help="Average channels (librosa.to_mono), or keep them: "
+                          "entries then have shape (channels, bins, frames)."),
+        click.option("--n-fft", type=int, default=2048, show_default=True, help="FFT length."),
+        click.option("--win-length", type=int, default=None,
+                     help="Window length, at most n_fft; zero-padded to n_fft.  [default: n_fft]"),
+        click.option("--hop-length", type=int, default=None,
+                     help="Samples between frames.  [default: win_length // 4]"),
+        click.option("--window", default="hann", show_default=True,
+                     help=f"Window NAME[:PARAM]: {_WINDOW_NAMES}. gaussian's STD is in samples."),
+        click.option("--center/--no-center", default=True, show_default=True,
+                     help="Pad n_fft//2 on both sides so frame t is centred at t*hop. "
+                          "Frames: 1 + n//hop with --center, 1 + (n - n_fft)//hop without."),
+        click.option("--pad-mode", type=click.Choice(PAD_MODES), default="constant",
+                     show_default=True, help="Padding used by --center (as librosa >= 0.10)."),
+        click.option("--power", type=float, default=2.0, show_default=True,
+                     help="Exponent of the magnitude: 2 = power, 1 = magnitude."),
+        click.option("--scale", type=click.Choice(SCALES), default="linear", show_default=True,
+                     help="db: librosa.power_to_db (power 2) / amplitude_to_db (power 1), "
+                          "ref=1.0; log: natural log of max(x, amin) (ASR log-mel)."),
+        click.option("--top-db", type=float, default=None,
+                     help="With --scale db: clip at max - TOP_DB. Off by default "
+                          "(librosa's own default is 80)."),
+        click.option("--amin", type=float, default=1e-10, show_default=True,
+                     help="Floor applied before --scale db/log."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+                     help="Stored dtype (complex64/complex128 with stft --complex)."),
+        click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+                     help="Worker processes; 1 runs in-process.  [default: usable CPUs]"),
+        click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
+                     help="Suffixes counted as audio in a directory walk "
+                          "(files named explicitly are always tried)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+        click.option("--fail-fast", is_flag=True, help="Stop at the first file that fails (exit 1)."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Progress bar on stderr.  [default: on when stderr is a terminal]"),
+        click.option("-q", "--quiet", is_flag=True,
+                     help="Only errors and skipped files on stderr."),
+        click.option("-v", "--verbose", is_flag=True, help="One line per written entry on stderr."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+MEL_DOC = """Compute mel spectrograms (librosa.feature.melspectrogram) of every input.
+
+\b
+INPUTS: directories (walked recursively, sorted, hidden entries skipped),
+audio files, and '-' (paths on stdin, one per line; -0 for NUL-separated).
+
+\b
+Examples:
+  melcli mel data/ -o feats.h5
+  find data -name '*.flac' | melcli mel - -o feats.h5 --sr 16000 --n-mels 80
+  melcli mel data/ -o feats/ --scale log --n-fft 400 --hop-length 160
+"""
+
+STFT_DOC = """Compute STFT magnitudes |librosa.stft|**power of every input.
+
+\b
+INPUTS: directories (walked recursively, sorted, hidden entries skipped),
+audio files, and '-' (paths on stdin, one per line; -0 for NUL-separated).
+
+\b
+Examples:
+  melcli stft data/ -o feats/ --n-fft 512 --hop-length 128 --window hamming
+  melcli stft data/ -o spec.h5 --complex
+"""
+
+
+@cli.command("mel", help=MEL_DOC)
+@_shared_options
+@click.option("--n-mels", type=int, default=128, show_default=True, help="Mel bands.")
+@click.option("--fmin", type=float, default=0.0, show_default=True, help="Lowest frequency (Hz).")
+@click.option("--fmax", type=float, default=None,
+              help="Highest frequency (Hz).  [default: sr/2 of each file]")
+@click.option("--mel-scale", type=click.Choice(["slaney", "htk"]), default="slaney",
+              show_default=True, help="Hz <-> mel formula (htk: 2595*log10(1+f/700)).")
+@click.option("--norm", type=click.Choice(NORMS), default="slaney", show_default=True,
+              help="Filter normalisation: slaney = equal area, none = peak 1.")
+def mel_command(**kw: Any) -> None:
+    _extract("mel", kw)
+
+
+@cli.command("stft", help=STFT_DOC)
+@_shared_options
+@click.option("--complex", "complex_", is_flag=True,
+              help="Store the complex STFT (magnitude and phase) instead of |X|**power.")
+def stft_command(**kw: Any) -> None:
+    _extract("stft", kw)
+
+
+def _build_params(kind: str, kw: dict[str, Any]) -> FeatureParams:
+    fields: dict[str, Any] = {
+        "kind": kind, "sr": kw["sr"], "mono": kw["mono"], "n_fft": kw["n_fft"],
+        "win_length": kw["win_length"], "hop_length": kw["hop_length"], "window": kw["window"],
+        "center": kw["center"], "pad_mode": kw["pad_mode"], "power": kw["power"],
+        "scale": kw["scale"], "top_db": kw["top_db"], "amin": kw["amin"], "dtype": kw["dtype"],
+    }  # fmt: skip
+    if kind == "mel":
+        for name in ("n_mels", "fmin", "fmax", "mel_scale", "norm"):
+            fields[name] = kw[name]
+    else:
+        fields["complex"] = kw["complex_"]
+    try:
+        return FeatureParams(**fields)
+    except ParameterError as exc:
+        _usage(str(exc).replace("_", "-") if str(exc).startswith(("n_", "win_", "hop_")) else str(exc))
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _extract(kind: str, kw: dict[str, Any]) -> None:
+    params = _build_params(kind, kw)
+    output = Path(kw["output"])
+    from melcli import writers
+
+    fmt = kw["fmt"] or writers.guess_format(output)
+    sidecar = writers.manifest_path(output, fmt)
+    if not kw["overwrite"]:
+        if output.exists() or output.is_symlink():
+            _usage(f"output {output} exists; use --overwrite to replace it")
+        if fmt == "h5" and sidecar.exists():
+            _usage(f"manifest {sidecar} exists; use --overwrite to replace it")
+    quiet, verbose = kw["quiet"], kw["verbose"]
+    from melcli.discover import discover, parse_extensions
+
+    try:
+        found = discover(
+            kw["inputs"], extensions=parse_extensions(kw["exts"]),
+            stdin=click.get_text_stream("stdin"), null=kw["null"],
+        )  # fmt: skip
+    except InputError as exc:
+        _usage(str(exc))
+    if not quiet:
+        for warning in found.warnings:
+            click.echo(f"melcli: warning: {warning}", err=True)
+    if not found.sources:
+        _fail(ExitCode.FAILED, f"no audio found in {' '.join(kw['inputs'])}")
+
+    from melcli import features, pipeline
+    from melcli.manifest import build
+    from melcli.pipeline import Failure, Result
+
+    # Headers first: cheap, and they give the rates the filterbank warning needs.
+    from melcli.audio import probe
+    from melcli.errors import DecodeError
+
+    sources, early_failures, total_seconds = [], [], 0.0
+    rates: set[int] = set()
+    for src in found.sources:
+        try:
+            info = probe(src.path)
+        except DecodeError as exc:
+            early_failures.append(Failure(src.key, src.path, str(exc)))
+            continue
+        sources.append((info.frames * info.channels, src))
+        rates.add(params.sr or info.sample_rate)
+        total_seconds += info.duration
+    for fail in early_failures:
+        click.echo(f"melcli: skipped {fail.key}: {fail.reason}", err=True)
+    if early_failures and kw["fail_fast"]:
+        _fail(ExitCode.FAILED, f"stopped at the first failure (--fail-fast): {early_failures[0].key}")
+    if params.kind == "mel" and not quiet:
+        empty = sorted(sr for sr in rates if features.has_empty_filters(params, sr)
+                       and (params.fmax is None or params.fmax <= sr / 2))  # fmt: skip
+        if empty:
+            click.echo(
+                f"melcli: warning: the mel filterbank has empty filters at "
+                f"{', '.join(f'{sr} Hz' for sr in empty)}: n_mels={params.n_mels} is too high "
+                f"for n_fft={params.n_fft}; some bands will be all zeros",
+                err=True,
+            )
+    # Largest files first, so one long file does not finish last alone.
+    ordered = [src for _, src in sorted(sources, key=lambda t: (-t[0], t[1].key))]
+
+    try:
+        writer = writers.open_writer(output, fmt)
+    except OutputError as exc:
+        _fail(ExitCode.FAILED, str(exc))
+
+    show_progress = kw["progress"] if kw["progress"] is not None else sys.stderr.isatty()
+    bar = None
+    if show_progress and not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(ordered), unit="file", file=sys.stderr, dynamic_ncols=True)
+    started = time.perf_counter()
+    done_seconds = 0.0
+
+    def on_result(res: Result) -> None:
+        nonlocal done_seconds
+        if res.failure is not None:
+            line = f"melcli: skipped {res.failure.key}: {res.failure.reason}"
+            (bar.write(line, file=sys.stderr) if bar else click.echo(line, err=True))
+        elif res.meta is not None:
+            done_seconds += res.meta.duration
+            if verbose:
+                line = f"melcli: wrote {res.meta.key} {tuple(res.meta.shape)}"
+                (bar.write(line, file=sys.stderr) if bar else click.echo(line, err=True))
+        if bar is not None:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{done_seconds / 3600 / elapsed:.3g} audio h/s", refresh=False)
+            bar.update(1)
+
+    jobs = kw["jobs"] or pipeline.default_jobs()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        report = pipeline.run(ordered, params, writer, jobs=jobs,
+                              fail_fast=kw["fail_fast"], on_result=on_result)  # fmt: skip
+        if bar is not None:
+            bar.close()
+        report.failures = sorted(report.failures + early_failures, key=lambda f: f.key)
+        if not report.entries:
+            writer.abort()
+            _fail(ExitCode.FAILED, f"no input could be processed; nothing written to {output}")
+        freqs = {}
+        for sr in sorted({e.sample_rate for e in report.entries}):
+            f = features.row_frequencies(params, sr)
+            writer.add_frequencies(sr, f)
+            freqs[sr] = [float(x) for x in f]
+        man = build(
+            params=params.to_dict(), command=_command_line(), output_format=fmt,
+            entries=[e.to_dict() for e in report.entries],
+            failures=[f.to_dict() for f in report.failures], frequencies=freqs,
+        )  # fmt: skip
+        writer.commit(man)
+    except pipeline.FailFast as exc:
+        _fail(ExitCode.FAILED, f"{exc}; nothing written to {output}")
+    except KeyboardInterrupt:
+        writer.abort()
+        _fail(ExitCode.INTERRUPTED, f"interrupted; nothing written to {output}")
+    except Terminated:
+        writer.abort()
+        _fail(ExitCode.TERMINATED, f"terminated; nothing written to {output}")
+    except OutputError as exc:
+        writer.abort()
+        _fail(ExitCode.FAILED, str(exc))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        failed = f"; {len(report.failures)} failed (see {writers.manifest_path(output, fmt)})" if report.failures else ""
+        click.echo(
+            f"melcli: wrote {len(report.entries)} entries "
+            f"({report.audio_seconds / 60:.1f} min of audio) to {output} "
+            f"in {time.perf_counter() - started:.1f} s{failed}",
+            err=True,
+        )
+    click.echo(str(output))
+    sys.exit(int(report.exit_code))
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path(exists=True, dir_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of text.")
+@click.option("--key", default=None, help="Also show one entry: shape, min/max/mean, non-finite count.")
+@click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
+              help="Suffixes counted as audio when PATH is an input directory.")
+def inspect_command(path: str, as_json: bool, key: str | None, exts: str) -> None:
+    """Show what is in an output, or what an input would give.
+
+    \b
+    PATH is an HDF5 output, an npy output directory, a manifest (.json), or
+    audio (a file or a directory). For outputs: parameters, entry count, total
+    duration, shape range, dtype, size on disk, failures. For audio: per file
+    container, subtype, rate, channels, frames, duration, and the shape the
+    default `melcli mel` would produce.
+
+    \b
+    Examples:
+      melcli inspect feats.h5
+      melcli inspect feats.h5 --key speech/hello.wav
+      melcli inspect data/ --json | jq '.total_duration'
+    """
+    from melcli import inspect as insp
+    from melcli.discover import parse_extensions
+
+    p = Path(path)
+    try:
+        kind = insp.kind_of(p)
+        if kind == "audio":
+            if key is not None:
+                _usage("--key applies to melcli outputs, not to audio inputs")
+            info = insp.inspect_audio([path], parse_extensions(exts))
+        else:
+            info = insp.inspect_output(p, key)
+    except (OutputError, InputError) as exc:
+        _fail(ExitCode.FAILED, str(exc))
+    except OSError as exc:
+        _fail(ExitCode.FAILED, f"cannot read {path}: {exc.strerror or exc}")
+    if as_json:
+        click.echo(json.dumps(info, indent=1, ensure_ascii=False))
+    elif kind == "audio":
+        _print_audio(info)
+    else:
+        _print_output(info)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _print_output(info: dict[str, Any]) -> None:
+    p = info["params"]
+    echo = click.echo
+    echo(f"{info['path']}: melcli {p['kind']} output ({info['format']}), "
+         f"{info['entries']} entries, {info['duration']:.2f} s of audio, "
+         f"{_fmt_bytes(info['size_bytes'])} on disk")  # fmt: skip
+    echo(f"created:    {info['created']} by melcli {info['melcli_version']}")
+    echo(f"command:    {info['command']}")
+    echo("parameters: " + " ".join(f"{k}={v}" for k, v in p.items() if k != "kind"))
+    if info["shape_min"] is not None:
+        lo, hi = tuple(info["shape_min"]), tuple(info["shape_max"])
+        echo(f"shapes:     {lo} .. {hi}  dtype {', '.join(info['dtype'])}")
+        echo(f"rates:      {', '.join(str(r) for r in info['sample_rates'])} Hz")
+    echo(f"failures:   {len(info['failures'])}")
+    for f in info["failures"]:
+        echo(f"  {f['key']}: {f['reason']}")
+    entry = info.get("entry")
+    if entry:
+        echo(f"entry {entry['key']}: shape {tuple(entry['shape'])} {entry['dtype']}  "
+             f"min {entry['min']:.6g}  max {entry['max']:.6g}  mean {entry['mean']:.6g}  "
+             f"non-finite {entry['non_finite']}")  # fmt: skip
+        rec = entry.get("record") or {}
+        if rec:
+            echo(f"  source {rec['source']}  {rec['sample_rate']} Hz  {rec['channels']} ch  "
+                 f"{rec['duration']:.3f} s")  # fmt: skip
+
+
+def _print_audio(info: dict[str, Any]) -> None:
+    rows = [("key", "format", "subtype", "rate", "ch", "frames", "duration", "mel shape")]
+    for f in info["files"]:
+        rows.append((f["key"], f["format"], f["subtype"], str(f["sample_rate"]),
+                     str(f["channels"]), str(f["frames"]), f"{f['duration']:.3f} s",
+                     "x".join(str(n) for n in f["mel_shape"])))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    click.echo(f"{info['total_files']} files, {info['total_duration']:.2f} s of audio"
+               + (f", {len(info['errors'])} unreadable" if info["errors"] else ""))  # fmt: skip
+    for e in info["errors"]:
+        click.echo(f"  {e['key']}: {e['reason']}")
+    for w in info["warnings"]:
+        click.echo(f"melcli: warning: {w}", err=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="melcli")
+    except MelcliError as exc:  # a library error that escaped the commands
+        _fail(ExitCode.FAILED, str(exc))
+
+
+if __name__ == "__main__":
+    main()

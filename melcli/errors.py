@@ -1,0 +1,46 @@
+"""Exception hierarchy and exit codes: the error half of melcli's interface."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit statuses of the ``melcli`` command (documented in the README)."""
+
+    OK = 0
+    """Every input was written."""
+    FAILED = 1
+    """The run failed and wrote nothing new (no audio found, output not writable, ...)."""
+    USAGE = 2
+    """Bad usage, detected before any work (Click's own code for usage errors)."""
+    PARTIAL = 3
+    """The output was written, but some inputs failed (they are listed in the manifest)."""
+    INTERRUPTED = 130
+    """Interrupted by Ctrl-C (SIGINT); no partial file is left at OUTPUT."""
+    TERMINATED = 143
+    """Terminated by SIGTERM; no partial file is left at OUTPUT."""
+
+
+class MelcliError(Exception):
+    """Base class of every error melcli raises on purpose."""
+
+
+class ParameterError(MelcliError, ValueError):
+    """An invalid parameter or combination of parameters (a usage error)."""
+
+
+class InputError(MelcliError):
+    """The inputs cannot be used as a whole (nothing found, colliding keys, ...)."""
+
+
+class DecodeError(MelcliError):
+    """One input file cannot be decoded or processed; the batch goes on without it."""
+
+
+class OutputError(MelcliError):
+    """The output cannot be written (exists, not writable, disk full, ...)."""
+
+
+class UsageOutputError(OutputError):
+    """The output is in the way of the requested command (a usage error, exit 2)."""

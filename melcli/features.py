@@ -1,0 +1,247 @@
+"""Pure array functions: waveform -> STFT / mel spectrogram -> scaling.
+
+No I/O, no logging, no click. Everything is float32 end to end (librosa
+computes the windowed frames in float64 and rounds to float32 at the end; the
+difference is ~1e-7 of the peak, far inside the parity tolerance the tests
+enforce). The filterbank and window are built once per parameter set and rate
+and cached, instead of once per file as ``librosa.feature.melspectrogram`` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import scipy.fft
+
+from melcli.errors import DecodeError
+from melcli.params import FeatureParams, window_spec
+
+#: Frames are processed in blocks of about this many samples (per channel) so
+#: that the windowed frames and their FFT of a long file never exist whole.
+BLOCK_SAMPLES = 1 << 21
+
+
+@functools.lru_cache(maxsize=32)
+def fft_window(window: str, win_length: int, n_fft: int) -> np.ndarray:
+    """The periodic analysis window, zero-padded on both sides to ``n_fft``.
+
+    Parameters
+    ----------
+    window : str
+        Canonical window string (``FeatureParams.window``).
+    win_length : int > 0
+        Length of the window itself.
+    n_fft : int >= win_length
+        Length after centred zero-padding (as ``librosa.util.pad_center``).
+
+    Returns
+    -------
+    np.ndarray, shape (n_fft,), float32, read-only
+    """
+    from scipy.signal import get_window  # 0.5 s import: only when a window is needed
+
+    win = get_window(window_spec(window), win_length, fftbins=True)
+    out = np.zeros(n_fft, dtype=np.float32)
+    left = (n_fft - win_length) // 2
+    out[left : left + win_length] = win
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _mel_basis(
+    sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool, norm: str | None
+) -> tuple[np.ndarray, bool]:
+    import librosa.filters
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        basis = librosa.filters.mel(
+            sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm,
+            dtype=np.float32,
+        )  # fmt: skip
+    empty = any("Empty filters" in str(w.message) for w in caught)
+    basis.flags.writeable = False
+    return basis, empty
+
+
+def _mel_args(params: FeatureParams, sr: int) -> tuple[int, int, int, float, float, bool, str | None]:
+    norm = None if params.norm == "none" else params.norm
+    fmax = params.effective_fmax(sr)
+    return (sr, params.n_fft, params.n_mels, params.fmin, fmax, params.mel_scale == "htk", norm)
+
+
+def mel_basis(params: FeatureParams, sr: int) -> np.ndarray:
+    """The mel filterbank ``librosa.filters.mel`` builds for these parameters.
+
+    Returns
+    -------
+    np.ndarray, shape (n_mels, 1 + n_fft // 2), float32, read-only
+    """
+    return _mel_basis(*_mel_args(params, sr))[0]
+
+
+def has_empty_filters(params: FeatureParams, sr: int) -> bool:
+    """True when the mel filterbank at rate ``sr`` has filters with no FFT bin."""
+    return params.kind == "mel" and _mel_basis(*_mel_args(params, sr))[1]
+
+
+def row_frequencies(params: FeatureParams, sr: int) -> np.ndarray:
+    """Frequency in Hz of each feature row at rate ``sr``.
+
+    FFT bin centres ``linspace(0, sr/2, 1 + n_fft//2)`` for ``stft``; mel band
+    centres (``librosa.mel_frequencies(n_mels + 2, fmin, fmax)[1:-1]``) for ``mel``.
+
+    Returns
+    -------
+    np.ndarray, shape (n_bins,), float64
+    """
+    if params.kind == "stft":
+        return np.linspace(0.0, sr / 2, 1 + params.n_fft // 2)
+    import librosa
+
+    return librosa.mel_frequencies(
+        n_mels=params.n_mels + 2,
+        fmin=params.fmin,
+        fmax=params.effective_fmax(sr),
+        htk=params.mel_scale == "htk",
+    )[1:-1]
+
+
+def check_file_params(params: FeatureParams, sr: int, n_samples: int) -> None:
+    """Raise DecodeError when these parameters cannot apply to one file.
+
+    Parameters
+    ----------
+    params : FeatureParams
+    sr : int
+        The file's (possibly resampled) rate.
+    n_samples : int
+        Samples per channel after resampling.
+    """
+    if n_samples == 0:
+        raise DecodeError("no audio samples")
+    if not params.center and n_samples < params.n_fft:
+        raise DecodeError(
+            f"too short: {n_samples} samples < n_fft={params.n_fft} "
+            "(one frame without --center needs n_fft samples)"
+        )
+    if params.kind == "mel":
+        nyquist = sr / 2
+        if params.fmax is not None and params.fmax > nyquist:
+            raise DecodeError(
+                f"fmax={params.fmax:g} Hz is above this file's Nyquist frequency "
+                f"{nyquist:g} Hz (sample rate {sr})"
+            )
+        if params.fmin >= params.effective_fmax(sr):
+            raise DecodeError(
+                f"fmin={params.fmin:g} Hz is not below fmax={params.effective_fmax(sr):g} Hz "
+                f"at sample rate {sr}"
+            )
+
+
+def _magnitude(spec: np.ndarray, power: float) -> np.ndarray:
+    if power == 2.0:
+        return np.square(spec.real) + np.square(spec.imag)
+    mag = np.abs(spec)
+    return mag if power == 1.0 else mag**power
+
+
+def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
+    """Linear-scale STFT magnitudes (or complex STFT) or mel spectrogram.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (channels, n_samples), float32
+        The waveform; finite values.
+    sr : int
+        Its sample rate (used for the mel filterbank).
+    params : FeatureParams
+
+    Returns
+    -------
+    np.ndarray, shape (channels, n_bins, n_frames)
+        float32 (complex64 with ``params.complex``), before scaling.
+    """
+    n_fft, hop = params.n_fft, params.hop_length
+    y = np.asarray(y, dtype=np.float32)
+    if params.center:
+        y = np.pad(y, [(0, 0), (n_fft // 2, n_fft // 2)], mode=params.pad_mode)
+    n_frames = params.n_frames(y.shape[-1] - (2 * (n_fft // 2) if params.center else 0))
+    win = fft_window(params.window, params.win_length, n_fft)
+    basis = mel_basis(params, sr) if params.kind == "mel" else None
+    out_dtype = np.complex64 if params.complex else np.float32
+    out = np.empty((y.shape[0], params.n_bins, n_frames), dtype=out_dtype)
+    block = max(1, BLOCK_SAMPLES // n_fft)
+    for c in range(y.shape[0]):
+        frames = np.lib.stride_tricks.sliding_window_view(y[c], n_fft)[::hop][:n_frames]
+        for start in range(0, n_frames, block):
+            stop = min(start + block, n_frames)
+            spec = scipy.fft.rfft(frames[start:stop] * win, axis=-1)  # (frames, bins)
+            if params.complex:
+                out[c, :, start:stop] = spec.T
+                continue
+            mag = _magnitude(spec, params.power)
+            if basis is not None:
+                mag = mag @ basis.T  # (frames, n_mels)
+            out[c, :, start:stop] = mag.T
+    return out
+
+
+def scale(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Apply ``params.scale`` to non-negative magnitudes.
+
+    ``db``: ``librosa.power_to_db`` (power 2) or ``librosa.amplitude_to_db``
+    (power 1) with ref=1.0, amin=params.amin and top_db=params.top_db, i.e.
+    ``(20 / power) * log10(max(amin, S))``, then clipped at ``max - top_db``.
+    ``log``: ``ln(max(S, amin))``. ``linear``: unchanged.
+    """
+    if params.scale == "linear" or params.complex:
+        return spec
+    floored = np.maximum(spec, np.float32(params.amin))
+    if params.scale == "log":
+        return np.log(floored)
+    db = np.float32(20.0 / params.power) * np.log10(floored)
+    if params.top_db is not None and db.size:
+        db = np.maximum(db, db.max() - np.float32(params.top_db))
+    return db
+
+
+def compute(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
+    """Features of one waveform, as stored: scaled and cast to ``params.out_dtype``.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (channels, n_samples), float32
+    sr : int
+    params : FeatureParams
+
+    Returns
+    -------
+    np.ndarray
+        Shape (n_bins, n_frames) when ``params.mono``, else
+        (channels, n_bins, n_frames).
+
+    Raises
+    ------
+    DecodeError
+        Non-finite samples, too few samples, a filterbank that does not fit the
+        rate, or values that overflow float16.
+    """
+    check_file_params(params, sr, y.shape[-1])
+    bad = int(np.count_nonzero(~np.isfinite(y)))
+    if bad:
+        raise DecodeError(f"audio contains {bad} NaN/Inf samples")
+    out = scale(spectrogram(y, sr, params), params)
+    if out.dtype != np.dtype(params.out_dtype):
+        with np.errstate(over="ignore"):
+            cast = out.astype(params.out_dtype)
+        if params.dtype == "float16" and not np.isfinite(cast).all():
+            raise DecodeError(
+                f"values up to {float(np.abs(out).max()):.3g} overflow float16; "
+                "use --scale db/log or --dtype float32"
+            )
+        out = cast
+    return out[0] if params.mono else out

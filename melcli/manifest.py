@@ -1,0 +1,126 @@
+"""The JSON manifest: build it, write it atomically, read it back."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from melcli._version import __version__
+from melcli.errors import OutputError
+
+MANIFEST_VERSION = 1
+
+
+def build(
+    *,
+    params: dict[str, Any],
+    command: str,
+    output_format: str,
+    entries: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    frequencies: dict[int, list[float]],
+    created: str | None = None,
+) -> dict[str, Any]:
+    """Assemble the manifest of one output.
+
+    Parameters
+    ----------
+    params : dict
+        ``FeatureParams.to_dict()``: every resolved parameter.
+    command : str
+        The command line that produced the output.
+    output_format : {'h5', 'npy'}
+    entries, failures : list of dict
+        One record per written entry / failed input, sorted here by key.
+    frequencies : dict
+        Sample rate -> row frequencies in Hz at that rate.
+    created : str, optional
+        UTC ISO 8601 time; now by default.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable; the same inputs give the same dict except ``created``.
+    """
+    entries = sorted(entries, key=lambda e: e["key"])
+    failures = sorted(failures, key=lambda f: (f["key"], f["source"]))
+    return {
+        "melcli_version": __version__,
+        "manifest_version": MANIFEST_VERSION,
+        "command": command,
+        "created": created or utc_now(),
+        "output_format": output_format,
+        "params": params,
+        "frequencies": {str(sr): freqs for sr, freqs in sorted(frequencies.items())},
+        "entries": entries,
+        "failures": failures,
+        "totals": {
+            "inputs": len(entries) + len(failures),
+            "entries": len(entries),
+            "failures": len(failures),
+            "duration": round(sum(e["duration"] for e in entries), 6),
+            "samples": sum(e["n_samples"] for e in entries),
+        },
+    }
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with a ``Z`` suffix, second precision."""
+    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
+    return now.isoformat().replace("+00:00", "Z")
+
+
+def dumps(manifest: dict[str, Any]) -> str:
+    """Serialise as stable, human-readable JSON."""
+    return json.dumps(manifest, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a flushed temporary file and a rename.
+
+    Raises
+    ------
+    OutputError
+        When the file cannot be written.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a manifest file.
+
+    Raises
+    ------
+    OutputError
+        Not readable, not JSON, or not a melcli manifest.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot read manifest {path}: {exc}") from None
+    if not isinstance(data, dict) or "melcli_version" not in data or "params" not in data:
+        raise OutputError(f"{path} is not a melcli manifest")
+    return data
