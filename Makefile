@@ -1,0 +1,40 @@
+# Everything a fresh machine (Python 3.11+ with pip) needs: `make run`, `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.melcli-installed
+
+.PHONY: run test lint bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: install, extract sample_audio/ into feats.h5 (+ feats.json), then inspect it
+run: $(STAMP)
+	$(BIN)/melcli mel sample_audio/ -o feats.h5 --overwrite
+	$(BIN)/melcli inspect feats.h5
+
+## test: install, then run the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## lint: ruff (check + format check) and mypy
+lint: $(STAMP)
+	$(BIN)/ruff check melcli tests bench scripts
+	$(BIN)/ruff format --check melcli tests bench scripts
+	$(BIN)/mypy melcli
+
+## bench: the full benchmark (docs/benchmarks.md); bench-quick: 10x smaller, under a minute
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick
+
+clean:
+	rm -rf $(VENV) feats.h5 feats.json build *.egg-info .pytest_cache
