@@ -24,6 +24,7 @@ from melcli.errors import (
     MelcliError,
     OutputError,
     ParameterError,
+    UsageOutputError,
 )
 from melcli.params import DTYPES, NORMS, PAD_MODES, SCALES, WINDOW_PARAM, WINDOWS, FeatureParams
 
@@ -120,8 +121,17 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                      help="Suffixes counted as audio in a directory walk "
                           "(files named explicitly are always tried)."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing output."),
-        click.option("--fail-fast", is_flag=True, help="Stop at the first file that fails (exit 1)."),
+        click.option("--overwrite", is_flag=True,
+                     help="Rebuild the output from scratch even if it exists "
+                          "(needed when parameters differ)."),
+        click.option("--checksum", is_flag=True,
+                     help="Detect changed inputs by content hash (sha256), "
+                          "not size + mtime."),
+        click.option("--dry-run", is_flag=True,
+                     help="Print what would be added / updated / removed and the estimated "
+                          "output size; write nothing."),
+        click.option("--fail-fast", is_flag=True,
+                     help="Stop at the first file that fails (exit 1)."),
         click.option("--progress/--no-progress", default=None,
                      help="Progress bar on stderr.  [default: on when stderr is a terminal]"),
         click.option("-q", "--quiet", is_flag=True,
@@ -163,20 +173,35 @@ Examples:
 @_shared_options
 @click.option("--n-mels", type=int, default=128, show_default=True, help="Mel bands.")
 @click.option("--fmin", type=float, default=0.0, show_default=True, help="Lowest frequency (Hz).")
-@click.option("--fmax", type=float, default=None,
-              help="Highest frequency (Hz).  [default: sr/2 of each file]")
-@click.option("--mel-scale", type=click.Choice(["slaney", "htk"]), default="slaney",
-              show_default=True, help="Hz <-> mel formula (htk: 2595*log10(1+f/700)).")
-@click.option("--norm", type=click.Choice(NORMS), default="slaney", show_default=True,
-              help="Filter normalisation: slaney = equal area, none = peak 1.")
+@click.option(
+    "--fmax", type=float, default=None, help="Highest frequency (Hz).  [default: sr/2 of each file]"
+)
+@click.option(
+    "--mel-scale",
+    type=click.Choice(["slaney", "htk"]),
+    default="slaney",
+    show_default=True,
+    help="Hz <-> mel formula (htk: 2595*log10(1+f/700)).",
+)
+@click.option(
+    "--norm",
+    type=click.Choice(NORMS),
+    default="slaney",
+    show_default=True,
+    help="Filter normalisation: slaney = equal area, none = peak 1.",
+)
 def mel_command(**kw: Any) -> None:
     _extract("mel", kw)
 
 
 @cli.command("stft", help=STFT_DOC)
 @_shared_options
-@click.option("--complex", "complex_", is_flag=True,
-              help="Store the complex STFT (magnitude and phase) instead of |X|**power.")
+@click.option(
+    "--complex",
+    "complex_",
+    is_flag=True,
+    help="Store the complex STFT (magnitude and phase) instead of |X|**power.",
+)
 def stft_command(**kw: Any) -> None:
     _extract("stft", kw)
 
@@ -196,28 +221,78 @@ def _build_params(kind: str, kw: dict[str, Any]) -> FeatureParams:
     try:
         return FeatureParams(**fields)
     except ParameterError as exc:
-        _usage(str(exc).replace("_", "-") if str(exc).startswith(("n_", "win_", "hop_")) else str(exc))
+        _usage(
+            str(exc).replace("_", "-") if str(exc).startswith(("n_", "win_", "hop_")) else str(exc)
+        )
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+class _CliReporter:
+    """Prints a run's events on stderr: skipped files, warnings, a tqdm bar."""
+
+    def __init__(self, *, quiet: bool, verbose: bool, progress: bool | None) -> None:
+        self.quiet, self.verbose = quiet, verbose
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and not quiet
+        self.bar: Any = None
+        self.started = time.perf_counter()
+        self.done_seconds = 0.0
+
+    def _line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            click.echo(text, err=True)
+
+    def warning(self, message: str) -> None:
+        if not self.quiet:
+            self._line(f"melcli: warning: {message}")
+
+    def skipped(self, failure: Any) -> None:
+        self._line(f"melcli: skipped {_show(failure.key)}: {failure.reason}")
+
+    def start(self, files: int, seconds: float) -> None:
+        self.started = time.perf_counter()
+        if self.progress and files:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=files, unit="file", file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, result: Any) -> None:
+        if result.failure is not None:
+            self.skipped(result.failure)
+        elif result.meta is not None:
+            self.done_seconds += result.meta.duration
+            if self.verbose:
+                self._line(f"melcli: done {_show(result.meta.key)} {tuple(result.meta.shape)}")
+        if self.bar is not None:
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix_str(
+                f"{self.done_seconds / 3600 / elapsed:.3g} audio h/s", refresh=False
+            )
+            self.bar.update(1)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _show(key: str) -> str:
+    """A key on one line: control characters (a newline in a name) escaped."""
+    return key if key.isprintable() else key.encode("unicode_escape").decode("ascii")
+
+
 def _extract(kind: str, kw: dict[str, Any]) -> None:
     params = _build_params(kind, kw)
     output = Path(kw["output"])
-    from melcli import writers
-
-    fmt = kw["fmt"] or writers.guess_format(output)
-    sidecar = writers.manifest_path(output, fmt)
-    if not kw["overwrite"]:
-        if output.exists() or output.is_symlink():
-            _usage(f"output {output} exists; use --overwrite to replace it")
-        if fmt == "h5" and sidecar.exists():
-            _usage(f"manifest {sidecar} exists; use --overwrite to replace it")
-    quiet, verbose = kw["quiet"], kw["verbose"]
+    from melcli import runner, writers
     from melcli.discover import discover, parse_extensions
 
+    fmt = kw["fmt"] or writers.guess_format(output)
+    reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
     try:
         found = discover(
             kw["inputs"], extensions=parse_extensions(kw["exts"]),
@@ -225,132 +300,84 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         )  # fmt: skip
     except InputError as exc:
         _usage(str(exc))
-    if not quiet:
-        for warning in found.warnings:
-            click.echo(f"melcli: warning: {warning}", err=True)
+    for warning in found.warnings:
+        reporter.warning(warning)
     if not found.sources:
         _fail(ExitCode.FAILED, f"no audio found in {' '.join(kw['inputs'])}")
+    from melcli.pipeline import default_jobs
 
-    from melcli import features, pipeline
-    from melcli.manifest import build
-    from melcli.pipeline import Failure, Result
-
-    # Headers first: cheap, and they give the rates the filterbank warning needs.
-    from melcli.audio import probe
-    from melcli.errors import DecodeError
-
-    sources, early_failures, total_seconds = [], [], 0.0
-    rates: set[int] = set()
-    for src in found.sources:
-        try:
-            info = probe(src.path)
-        except DecodeError as exc:
-            early_failures.append(Failure(src.key, src.path, str(exc)))
-            continue
-        sources.append((info.frames * info.channels, src))
-        rates.add(params.sr or info.sample_rate)
-        total_seconds += info.duration
-    for fail in early_failures:
-        click.echo(f"melcli: skipped {fail.key}: {fail.reason}", err=True)
-    if early_failures and kw["fail_fast"]:
-        _fail(ExitCode.FAILED, f"stopped at the first failure (--fail-fast): {early_failures[0].key}")
-    if params.kind == "mel" and not quiet:
-        empty = sorted(sr for sr in rates if features.has_empty_filters(params, sr)
-                       and (params.fmax is None or params.fmax <= sr / 2))  # fmt: skip
-        if empty:
-            click.echo(
-                f"melcli: warning: the mel filterbank has empty filters at "
-                f"{', '.join(f'{sr} Hz' for sr in empty)}: n_mels={params.n_mels} is too high "
-                f"for n_fft={params.n_fft}; some bands will be all zeros",
-                err=True,
-            )
-    # Largest files first, so one long file does not finish last alone.
-    ordered = [src for _, src in sorted(sources, key=lambda t: (-t[0], t[1].key))]
-
-    try:
-        writer = writers.open_writer(output, fmt)
-    except OutputError as exc:
-        _fail(ExitCode.FAILED, str(exc))
-
-    show_progress = kw["progress"] if kw["progress"] is not None else sys.stderr.isatty()
-    bar = None
-    if show_progress and not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(ordered), unit="file", file=sys.stderr, dynamic_ncols=True)
+    opts = runner.RunOptions(
+        output=output, format=fmt, command=_command_line(), jobs=kw["jobs"] or default_jobs(),
+        overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
+        dry_run=kw["dry_run"],
+    )  # fmt: skip
+    work = f".{output.name}.melcli-work"
+    resume = f"finished work is kept in {work}; rerun the same command to resume"
     started = time.perf_counter()
-    done_seconds = 0.0
-
-    def on_result(res: Result) -> None:
-        nonlocal done_seconds
-        if res.failure is not None:
-            line = f"melcli: skipped {res.failure.key}: {res.failure.reason}"
-            (bar.write(line, file=sys.stderr) if bar else click.echo(line, err=True))
-        elif res.meta is not None:
-            done_seconds += res.meta.duration
-            if verbose:
-                line = f"melcli: wrote {res.meta.key} {tuple(res.meta.shape)}"
-                (bar.write(line, file=sys.stderr) if bar else click.echo(line, err=True))
-        if bar is not None:
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix_str(f"{done_seconds / 3600 / elapsed:.3g} audio h/s", refresh=False)
-            bar.update(1)
-
-    jobs = kw["jobs"] or pipeline.default_jobs()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        report = pipeline.run(ordered, params, writer, jobs=jobs,
-                              fail_fast=kw["fail_fast"], on_result=on_result)  # fmt: skip
-        if bar is not None:
-            bar.close()
-        report.failures = sorted(report.failures + early_failures, key=lambda f: f.key)
-        if not report.entries:
-            writer.abort()
-            _fail(ExitCode.FAILED, f"no input could be processed; nothing written to {output}")
-        freqs = {}
-        for sr in sorted({e.sample_rate for e in report.entries}):
-            f = features.row_frequencies(params, sr)
-            writer.add_frequencies(sr, f)
-            freqs[sr] = [float(x) for x in f]
-        man = build(
-            params=params.to_dict(), command=_command_line(), output_format=fmt,
-            entries=[e.to_dict() for e in report.entries],
-            failures=[f.to_dict() for f in report.failures], frequencies=freqs,
-        )  # fmt: skip
-        writer.commit(man)
-    except pipeline.FailFast as exc:
+        report = runner.execute(found.sources, params, opts, reporter)
+    except UsageOutputError as exc:
+        _usage(str(exc))
+    except runner.FailFast as exc:
         _fail(ExitCode.FAILED, f"{exc}; nothing written to {output}")
     except KeyboardInterrupt:
-        writer.abort()
-        _fail(ExitCode.INTERRUPTED, f"interrupted; nothing written to {output}")
+        _fail(ExitCode.INTERRUPTED, f"interrupted; {output} untouched; {resume}")
     except Terminated:
-        writer.abort()
-        _fail(ExitCode.TERMINATED, f"terminated; nothing written to {output}")
+        _fail(ExitCode.TERMINATED, f"terminated; {output} untouched; {resume}")
     except OutputError as exc:
-        writer.abort()
-        _fail(ExitCode.FAILED, str(exc))
+        _fail(ExitCode.FAILED, f"{exc}; nothing new written to {output}")
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if bar is not None:
-            bar.close()
-    if not quiet:
-        failed = f"; {len(report.failures)} failed (see {writers.manifest_path(output, fmt)})" if report.failures else ""
+        reporter.finish()
+    if opts.dry_run:
+        _print_plan(report, output)
+        sys.exit(0)
+    if not kw["quiet"]:
+        click.echo(f"melcli: {report.summary()}", err=True)
+    if report.entries == 0:
+        _fail(ExitCode.FAILED, f"no input could be processed; nothing written to {output}")
+    if not kw["quiet"]:
+        what = "wrote" if report.wrote else "up to date:"
+        failed = (f"; {len(report.failures)} failed, listed in "
+                  f"{writers.manifest_path(output, fmt)}") if report.failures else ""  # fmt: skip
         click.echo(
-            f"melcli: wrote {len(report.entries)} entries "
-            f"({report.audio_seconds / 60:.1f} min of audio) to {output} "
-            f"in {time.perf_counter() - started:.1f} s{failed}",
+            f"melcli: {what} {report.entries} entries ({report.audio_seconds / 60:.1f} min "
+            f"of audio) in {output} ({time.perf_counter() - started:.1f} s){failed}",
             err=True,
         )
     click.echo(str(output))
     sys.exit(int(report.exit_code))
 
 
+def _print_plan(report: Any, output: Path) -> None:
+    for label, keys in (
+        ("add", report.added),
+        ("update", report.updated),
+        ("remove", report.removed),
+    ):
+        for key in keys:
+            click.echo(f"{label} {_show(key)}")
+    click.echo(
+        f"would add {len(report.added)}, update {len(report.updated)}, remove "
+        f"{len(report.removed)}, keep {report.unchanged} unchanged; failed {len(report.failures)}; "
+        f"estimated output size {_fmt_bytes(report.estimated_bytes)} ({output})"
+    )
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(exists=True, dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of text.")
-@click.option("--key", default=None, help="Also show one entry: shape, min/max/mean, non-finite count.")
-@click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
-              help="Suffixes counted as audio when PATH is an input directory.")
+@click.option(
+    "--key", default=None, help="Also show one entry: shape, min/max/mean, non-finite count."
+)
+@click.option(
+    "--ext",
+    "exts",
+    default=DEFAULT_EXTS,
+    show_default=True,
+    help="Suffixes counted as audio when PATH is an input directory.",
+)
 def inspect_command(path: str, as_json: bool, key: str | None, exts: str) -> None:
     """Show what is in an output, or what an input would give.
 

@@ -1,18 +1,17 @@
-"""The per-file job (runs in a worker, never writes) and the run loop (parent only)."""
+"""The per-file job (runs in a worker, never writes) and the choice of executor."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from melcli import audio, features
 from melcli.discover import Source
-from melcli.errors import DecodeError, ExitCode, MelcliError, OutputError
+from melcli.errors import DecodeError
 from melcli.params import FeatureParams
 
 
@@ -139,97 +138,3 @@ def results(sources: Sequence[Source], params: FeatureParams, *, jobs: int) -> I
 
     parallel = Parallel(n_jobs=min(jobs, len(sources)), return_as="generator_unordered")
     yield from parallel(delayed(extract)(src, params) for src in sources)
-
-
-@dataclass
-class RunReport:
-    """What a run did; decides the exit code."""
-
-    entries: list[EntryMeta] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def audio_seconds(self) -> float:
-        """Total duration of the written entries."""
-        return sum(e.duration for e in self.entries)
-
-    @property
-    def exit_code(self) -> ExitCode:
-        """0 when everything was written, 3 when some inputs failed, 1 when none worked."""
-        if not self.entries:
-            return ExitCode.FAILED
-        return ExitCode.PARTIAL if self.failures else ExitCode.OK
-
-
-class FailFast(MelcliError):
-    """Raised by `run` with ``fail_fast`` at the first failed input."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(f"stopped at the first failure (--fail-fast): {failure.key}: {failure.reason}")
-        self.failure = failure
-
-
-def run(
-    sources: Sequence[Source],
-    params: FeatureParams,
-    writer: Any,
-    *,
-    jobs: int,
-    fail_fast: bool = False,
-    on_result: Callable[[Result], None] | None = None,
-) -> RunReport:
-    """Extract every source and hand each result to ``writer`` as it arrives.
-
-    The writer is only touched here, in the parent process. On any exception
-    (including KeyboardInterrupt) the writer is aborted, so nothing partial is
-    left at the output path; the caller commits it.
-
-    Parameters
-    ----------
-    sources : sequence of Source
-    params : FeatureParams
-    writer : melcli.writers.Writer
-    jobs : int
-        1 runs in-process, more uses a worker pool.
-    fail_fast : bool
-        Stop at the first failure (raises `FailFast`).
-    on_result : callable, optional
-        Called for every result (progress, logging).
-
-    Returns
-    -------
-    RunReport
-    """
-    report = RunReport()
-    start = time.perf_counter()
-    try:
-        for res in results(sources, params, jobs=jobs):
-            if res.failure is not None:
-                report.failures.append(res.failure)
-                if on_result:
-                    on_result(res)
-                if fail_fast:
-                    raise FailFast(res.failure)
-                continue
-            assert res.meta is not None and res.data is not None
-            try:
-                writer.add(res.meta, res.data)
-            except OutputError:
-                raise
-            except (ValueError, TypeError) as exc:  # e.g. a key that clashes with a group
-                report.failures.append(Failure(res.meta.key, res.meta.source, f"cannot store: {exc}"))
-                if on_result:
-                    on_result(Result(res.source, failure=report.failures[-1]))
-                continue
-            report.entries.append(res.meta)
-            if on_result:
-                on_result(res)
-    except BaseException:
-        writer.abort()
-        raise
-    report.entries.sort(key=lambda e: e.key)
-    report.failures.sort(key=lambda f: f.key)
-    report.seconds = time.perf_counter() - start
-    return report
-

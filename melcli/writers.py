@@ -1,16 +1,18 @@
 """Output writers: one `Writer` interface, an HDF5 and an npy implementation.
 
-Writers are created, fed and closed only in the parent process. Each builds
-its result beside the output under a temporary name and moves it into place
-only in `Writer.commit`, after it is flushed to disk, so an existing output is
-never half-overwritten and an aborted run leaves nothing at the output path.
+Writers are created, fed and closed only in the parent process, at the end of
+a run, from finished entries (new arrays, or entries of the previous output
+copied byte for byte). Each builds its result beside the output under a
+temporary name and moves it into place only in `Writer.commit`, after it is
+flushed to disk, so an existing output is never half-overwritten and an
+aborted run leaves nothing at the output path.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
+import posixpath
 import shutil
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +21,7 @@ import numpy as np
 
 from melcli import manifest as manifest_mod
 from melcli.errors import OutputError
-from melcli.pipeline import EntryMeta
+from melcli.workdir import disk_error, fault_point, hidden_sibling
 
 FORMATS = ("h5", "npy")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -39,20 +41,48 @@ def manifest_path(output: str | os.PathLike[str], fmt: str) -> Path:
     return out.with_suffix(".json") if fmt == "h5" else out / "manifest.json"
 
 
-def _os_error(action: str, path: Path, exc: OSError) -> OutputError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutputError(f"disk full while {action} {path}: {exc.strerror}")
-    return OutputError(f"cannot {action} {path}: {exc.strerror or exc}")
+def read_manifest(output: Path, fmt: str) -> dict[str, Any]:
+    """The manifest of an existing output (for HDF5, the copy inside the file).
+
+    Raises
+    ------
+    OutputError
+        Not a readable melcli output of this format.
+    """
+    if fmt == "npy":
+        if not output.is_dir():
+            raise OutputError(f"{output} is not a melcli npy output directory")
+        return manifest_mod.read(output / "manifest.json")
+    import h5py
+
+    try:
+        with h5py.File(output, "r") as f:
+            man = json.loads(f["manifest"][()])
+    except (OSError, KeyError, ValueError) as exc:
+        raise OutputError(f"{output} is not a readable melcli HDF5 output ({exc})") from None
+    if not isinstance(man, dict) or "params" not in man:
+        raise OutputError(f"{output} is not a melcli HDF5 output")
+    return man
+
+
+def check_key(key: str) -> None:
+    """Refuse keys that could escape the output (absolute, ``..``, empty parts)."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise OutputError(f"unsafe key {key!r}")
 
 
 class Writer(Protocol):
-    """What the run loop needs from an output."""
+    """What the assembly step needs from an output."""
 
     path: Path
     format: str
 
-    def add(self, meta: EntryMeta, data: np.ndarray) -> None:
-        """Store one entry (called once per key, in any order)."""
+    def add(self, record: dict[str, Any], data: np.ndarray) -> None:
+        """Store one new entry (keys arrive sorted, once each)."""
+
+    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:
+        """Copy an unchanged entry byte for byte from the previous output."""
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:
         """Store the row frequencies (Hz) of entries at ``sample_rate``."""
@@ -73,23 +103,36 @@ class H5Writer:
         import h5py
 
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.tmp = hidden_sibling(path, f".tmp-{os.getpid()}")
+        self._old: Any = None
         try:
             self._file: Any = h5py.File(self.tmp, "w")
         except OSError as exc:
             raise OutputError(f"cannot create {self.tmp}: {exc}") from None
 
-    def add(self, meta: EntryMeta, data: np.ndarray) -> None:  # noqa: D102
+    def add(self, record: dict[str, Any], data: np.ndarray) -> None:  # noqa: D102
+        check_key(record["key"])
         try:
-            ds = self._file.create_dataset(f"features/{meta.key}", data=data)
+            ds = self._file.create_dataset(f"features/{record['key']}", data=data)
+            for name in ("sample_rate", "n_samples", "duration", "channels", "source"):
+                ds.attrs[name] = record[name]
+            ds.attrs["frequencies"] = f"/frequencies/{record['sample_rate']}"
         except OSError as exc:
-            raise OutputError(f"cannot write {meta.key} to {self.tmp}: {exc}") from None
-        ds.attrs["sample_rate"] = meta.sample_rate
-        ds.attrs["n_samples"] = meta.n_samples
-        ds.attrs["duration"] = meta.duration
-        ds.attrs["channels"] = meta.channels
-        ds.attrs["source"] = meta.source
-        ds.attrs["frequencies"] = f"/frequencies/{meta.sample_rate}"
+            raise disk_error("writing", self.tmp, exc, needed=data.nbytes) from None
+        fault_point("assemble")
+
+    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
+        import h5py
+
+        if self._old is None:
+            self._old = h5py.File(old_output, "r")
+        name = f"features/{record['key']}"
+        parent = self._file.require_group(posixpath.dirname(name))
+        try:
+            self._old.copy(self._old[name], parent, name=posixpath.basename(name))
+        except OSError as exc:
+            raise disk_error("writing", self.tmp, exc) from None
+        fault_point("assemble")
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:  # noqa: D102
         name = f"frequencies/{sample_rate}"
@@ -105,16 +148,28 @@ class H5Writer:
             f.attrs["command"] = manifest["command"]
             f.attrs["created"] = manifest["created"]
             f.attrs["params"] = json.dumps(manifest["params"], sort_keys=True)
-            f.create_dataset("manifest", data=manifest_mod.dumps(manifest), dtype=h5py.string_dtype())
+            f.create_dataset(
+                "manifest", data=manifest_mod.dumps(manifest), dtype=h5py.string_dtype()
+            )
             f.flush()
             f.close()
+            self._close_old()
             _fsync_file(self.tmp)
+            fault_point("rename")
             os.replace(self.tmp, self.path)
             manifest_mod.fsync_dir(self.path.parent)
         except OSError as exc:
             self.abort()
-            raise _os_error("writing", self.path, exc) from None
+            raise disk_error("writing", self.tmp, exc) from None
+        fault_point("after-rename")
+        # The sidecar is a copy of /manifest; a crash right here leaves it stale,
+        # and the next run repairs it from the HDF5 file (see runner.repair_sidecar).
         manifest_mod.write_atomic(manifest_path(self.path, "h5"), manifest_mod.dumps(manifest))
+
+    def _close_old(self) -> None:
+        if self._old is not None:
+            self._old.close()
+            self._old = None
 
     def abort(self) -> None:  # noqa: D102
         try:
@@ -122,6 +177,7 @@ class H5Writer:
                 self._file.close()
         except Exception:  # closing a broken file must not hide the first error
             pass
+        self._close_old()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -132,48 +188,95 @@ class NpyWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.tmp = hidden_sibling(path, f".tmp-{os.getpid()}")
         try:
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
             self.tmp.mkdir()
         except OSError as exc:
-            raise _os_error("creating", self.tmp, exc) from None
+            raise disk_error("creating", self.tmp, exc) from None
 
-    def add(self, meta: EntryMeta, data: np.ndarray) -> None:  # noqa: D102
-        target = self.tmp / f"{meta.key}.npy"
+    def _target(self, key: str) -> Path:
+        check_key(key)
+        target = self.tmp / f"{key}.npy"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def add(self, record: dict[str, Any], data: np.ndarray) -> None:  # noqa: D102
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            np.save(target, data, allow_pickle=False)
+            np.save(self._target(record["key"]), data, allow_pickle=False)
         except OSError as exc:
-            raise _os_error("writing", target, exc) from None
+            raise disk_error("writing", self.tmp, exc, needed=data.nbytes) from None
+        fault_point("assemble")
+
+    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
+        src = old_output / f"{record['key']}.npy"
+        try:
+            target = self._target(record["key"])
+            try:
+                os.link(src, target)  # the old tree is deleted after the swap
+            except OSError:
+                shutil.copy2(src, target)
+        except OSError as exc:
+            raise disk_error("writing", self.tmp, exc) from None
+        fault_point("assemble")
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:  # noqa: D102
         pass  # the manifest's "frequencies" holds them for this format
 
     def commit(self, manifest: dict[str, Any]) -> None:  # noqa: D102
-        old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+        old = hidden_sibling(self.path, f".old-{os.getpid()}")
         try:
             manifest_mod.write_atomic(self.tmp / "manifest.json", manifest_mod.dumps(manifest))
             os.sync()  # one call flushes every .npy written, instead of an fsync per file
+            fault_point("rename")
             if self.path.is_dir() and not self.path.is_symlink():
-                os.rename(self.path, old)
-            elif self.path.exists() or self.path.is_symlink():
-                self.path.unlink()
-            os.rename(self.tmp, self.path)
+                _exchange_or_rename(self.tmp, self.path, old)
+            else:
+                if self.path.exists() or self.path.is_symlink():
+                    self.path.unlink()
+                os.rename(self.tmp, self.path)
             manifest_mod.fsync_dir(self.path.parent)
         except OSError as exc:
-            if old.exists() and not self.path.exists():
-                os.rename(old, self.path)
             self.abort()
-            raise _os_error("writing", self.path, exc) from None
+            raise disk_error("writing", self.path, exc) from None
+        fault_point("after-rename")
         shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:  # noqa: D102
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def open_writer(output: str | os.PathLike[str], fmt: str) -> Writer:
+def _exchange_or_rename(new: Path, target: Path, old: Path) -> None:
+    """Put directory ``new`` at ``target``; the previous ``target`` ends up at ``old``.
+
+    Uses renameat2(RENAME_EXCHANGE) where the kernel offers it, so there is no
+    instant at which ``target`` is missing; else two renames.
+    """
+    if _rename_exchange(new, target):
+        os.rename(new, old)  # `new` now names the previous tree
+        return
+    os.rename(target, old)
+    os.rename(new, target)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return bool(rc == 0)
+
+
+def open_writer(output: Path, fmt: str) -> Writer:
     """Create the writer for ``output`` in format ``fmt`` ('h5' or 'npy')."""
-    path = Path(output).absolute()
+    path = output.absolute()
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {output}: directory {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):

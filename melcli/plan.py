@@ -1,0 +1,142 @@
+"""Decide what a run must do: which inputs to compute and what to keep.
+
+Pure bookkeeping over file stats and manifests; no audio is opened here, so a
+rerun with nothing to do costs one ``stat`` per input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from melcli.discover import Source
+from melcli.workdir import ChunkRecord
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What identifies a source's content: size and mtime, or a content hash."""
+
+    size: int | None
+    mtime: float | None
+    hash: str | None = None
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """True when ``record`` (an entry or failure) was made from this content."""
+        if self.size is None:
+            return False
+        if self.hash is not None and record.get("source_hash"):
+            return bool(record["source_hash"] == self.hash)
+        return record.get("source_size") == self.size and record.get("source_mtime") == self.mtime
+
+    def fields(self) -> dict[str, Any]:
+        """The fields recorded in a manifest entry or failure."""
+        out: dict[str, Any] = {"source_size": self.size, "source_mtime": self.mtime}
+        if self.hash is not None:
+            out["source_hash"] = self.hash
+        return out
+
+
+def file_hash(path: str) -> str:
+    """``sha256:<hex>`` of a file's bytes."""
+    with open(path, "rb") as fh:
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def source_state(path: str, *, checksum: bool) -> SourceState:
+    """Stat (and with ``checksum`` hash) one source; unreadable gives an empty state."""
+    try:
+        st = os.stat(path)
+        digest = file_hash(path) if checksum else None
+    except OSError:
+        return SourceState(None, None)
+    return SourceState(int(st.st_size), st.st_mtime, digest)
+
+
+@dataclass
+class Plan:
+    """The work of one run.
+
+    Attributes
+    ----------
+    compute : list of Source
+        Inputs to decode and extract now.
+    keep_old : list of dict
+        Entries of the existing output kept as they are (copied byte for byte).
+    keep_work : dict
+        Key -> entry finished by an interrupted earlier run (in the work dir).
+    failures : list of dict
+        Failures carried over unchanged (input not modified since it failed).
+    removed : list of str
+        Keys of the existing output whose source is gone.
+    old_keys : set of str
+        Keys present in the existing output (to tell added from updated).
+    """
+
+    compute: list[Source] = field(default_factory=list)
+    keep_old: list[dict[str, Any]] = field(default_factory=list)
+    keep_work: dict[str, ChunkRecord] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    old_keys: set[str] = field(default_factory=set)
+    states: dict[str, SourceState] = field(default_factory=dict)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """True when the existing output is already up to date."""
+        return not (self.compute or self.keep_work or self.removed)
+
+
+def make_plan(
+    sources: Iterable[Source],
+    *,
+    old_manifest: dict[str, Any] | None,
+    work_records: Iterable[ChunkRecord],
+    checksum: bool,
+) -> Plan:
+    """Compare the inputs with the existing output and the work directory.
+
+    Parameters
+    ----------
+    sources : iterable of Source
+        Everything discovered now.
+    old_manifest : dict or None
+        Manifest of the existing output to update incrementally (None: build
+        from scratch).
+    work_records : iterable of ChunkRecord
+        What an interrupted run with the same parameters already finished.
+    checksum : bool
+        Compare content hashes instead of size + mtime.
+
+    Returns
+    -------
+    Plan
+    """
+    plan = Plan()
+    old_entries = {e["key"]: e for e in (old_manifest or {}).get("entries", [])}
+    old_failures = {f["key"]: f for f in (old_manifest or {}).get("failures", [])}
+    plan.old_keys = set(old_entries)
+    work = {rec.record["key"]: rec for rec in work_records}
+    present: set[str] = set()
+    for src in sources:
+        present.add(src.key)
+        state = source_state(src.path, checksum=checksum)
+        plan.states[src.key] = state
+        old = old_entries.get(src.key)
+        done = work.get(src.key)
+        if done is not None and state.matches(done.record):
+            if done.kind == "entry":
+                plan.keep_work[src.key] = done
+            else:
+                plan.failures.append(done.record)
+        elif old is not None and state.matches(old):
+            plan.keep_old.append({**old, **state.fields()} if checksum else old)
+        elif src.key in old_failures and state.matches(old_failures[src.key]):
+            plan.failures.append(old_failures[src.key])
+        else:
+            plan.compute.append(src)
+    plan.removed = sorted(set(old_entries) - present)
+    return plan

@@ -1,0 +1,379 @@
+"""One extraction run, start to finish (parent process only).
+
+lock -> read the existing output and any interrupted progress -> plan ->
+probe headers -> compute in workers, spooling results to chunk files ->
+assemble the new output from kept and new entries -> atomic commit.
+The CLI drives this through a `Reporter` and maps the outcome to exit codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from melcli import manifest as manifest_mod
+from melcli import writers
+from melcli.discover import Source
+from melcli.errors import DecodeError, ExitCode, MelcliError, OutputError, UsageOutputError
+from melcli.params import FeatureParams
+from melcli.pipeline import Failure, Result
+from melcli.plan import Plan, make_plan
+from melcli.workdir import OutputLock, Spool, WorkDir
+
+
+class Reporter(Protocol):
+    """How a run tells the outside world what happens (the CLI prints it)."""
+
+    def warning(self, message: str) -> None:
+        """A non-fatal problem, before or during the run."""
+
+    def skipped(self, failure: Failure) -> None:
+        """An input failed; the batch goes on."""
+
+    def start(self, files: int, seconds: float) -> None:
+        """Computing begins: ``files`` inputs, ``seconds`` of audio."""
+
+    def advance(self, result: Result) -> None:
+        """One input finished (written to the spool or failed)."""
+
+    def finish(self) -> None:
+        """Computing is over (close progress displays)."""
+
+
+class FailFast(MelcliError):
+    """Raised at the first failed input with ``fail_fast``; progress is kept."""
+
+
+@dataclass
+class RunOptions:
+    """How to run, as opposed to what to compute (`FeatureParams`)."""
+
+    output: Path
+    format: str
+    command: str
+    jobs: int = 1
+    overwrite: bool = False
+    fail_fast: bool = False
+    checksum: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class RunReport:
+    """What a run did; decides the exit code."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    entries: int = 0
+    audio_seconds: float = 0.0
+    wrote: bool = False
+    resumed: int = 0
+    estimated_bytes: int = 0
+
+    def summary(self) -> str:
+        """``added 3, updated 1, removed 2, unchanged 996, failed 0``."""
+        return (
+            f"added {len(self.added)}, updated {len(self.updated)}, removed {len(self.removed)}, "
+            f"unchanged {self.unchanged}, failed {len(self.failures)}"
+        )
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """0 all inputs in the output, 3 some failed, 1 nothing could be written."""
+        if not self.entries:
+            return ExitCode.FAILED
+        return ExitCode.PARTIAL if self.failures else ExitCode.OK
+
+
+def repair_sidecar(output: Path, man: dict[str, Any]) -> None:
+    """Rewrite ``<stem>.json`` when a crash left it behind its HDF5 file."""
+    side = writers.manifest_path(output, "h5")
+    text = manifest_mod.dumps(man)
+    try:
+        current = side.read_text(encoding="utf-8")
+    except OSError:
+        current = None
+    if current != text:
+        manifest_mod.write_atomic(side, text)
+
+
+def _old_output(
+    output: Path, fmt: str, params: FeatureParams, overwrite: bool
+) -> dict[str, Any] | None:
+    exists = output.exists() or output.is_symlink()
+    if not exists:
+        if fmt == "h5" and writers.manifest_path(output, fmt).exists() and not overwrite:
+            raise UsageOutputError(
+                f"{writers.manifest_path(output, fmt)} exists without {output.name}; "
+                "use --overwrite to replace it"
+            )
+        return None
+    try:
+        man = writers.read_manifest(output, fmt)
+    except OutputError as exc:
+        if overwrite:
+            return None
+        raise UsageOutputError(
+            f"output {output} exists but {exc}; use --overwrite to replace it"
+        ) from None
+    if overwrite:
+        return None
+    try:
+        old_params = FeatureParams.from_dict(man["params"])
+    except MelcliError:
+        raise UsageOutputError(
+            f"output {output} has unreadable parameters; use --overwrite"
+        ) from None
+    diffs = params.differences(old_params)
+    if man.get("output_format") != fmt:
+        diffs.append("format")
+    if diffs:
+        shown = ", ".join(f"{d} ({man['params'].get(d)!r} -> {params.to_dict().get(d)!r})"
+                          if d != "format" else "format" for d in diffs)  # fmt: skip
+        raise UsageOutputError(
+            f"output {output} was made with different parameters: {shown}; "
+            "use --overwrite to replace it"
+        )
+    if fmt == "h5":
+        repair_sidecar(output, man)
+    return man
+
+
+def _estimate_bytes(params: FeatureParams, frames: int, channels: int, sr: int) -> int:
+    n = int(np.ceil(frames * (params.sr or sr) / sr)) if params.sr else frames
+    ch = 1 if params.mono else channels
+    return params.n_bins * params.n_frames(n) * ch * np.dtype(params.out_dtype).itemsize
+
+
+def execute(
+    sources: Sequence[Source],
+    params: FeatureParams,
+    opts: RunOptions,
+    reporter: Reporter,
+) -> RunReport:
+    """Run one extraction (or, with ``opts.dry_run``, say what it would do).
+
+    Raises
+    ------
+    UsageOutputError
+        The existing output was made with other parameters (exit 2).
+    OutputError
+        Locked, unwritable or full output (exit 1); the previous output is intact.
+    FailFast, KeyboardInterrupt
+        After flushing finished work to the work directory, for a later resume.
+    """
+    output = opts.output.absolute()
+    lock = OutputLock(output)
+    if not opts.dry_run:
+        lock.acquire(opts.command)
+    try:
+        return _execute(sources, params, opts, reporter, output)
+    finally:
+        lock.release()
+
+
+def _execute(
+    sources: Sequence[Source],
+    params: FeatureParams,
+    opts: RunOptions,
+    reporter: Reporter,
+    output: Path,
+) -> RunReport:
+    old = _old_output(output, opts.format, params, opts.overwrite)
+    work = WorkDir(output)
+    state = {"params": params.to_dict(), "format": opts.format}
+    prior = work.read_state() if work.exists() else None
+    resume = (
+        prior is not None
+        and prior.get("params") == state["params"]
+        and prior.get("format") == opts.format
+    )
+    plan = make_plan(
+        sources,
+        old_manifest=old,
+        work_records=work.records() if resume else (),
+        checksum=opts.checksum,
+    )
+    report = RunReport(removed=plan.removed, resumed=len(plan.keep_work))
+    report.unchanged = len(plan.keep_old)
+
+    # Headers first: cheap, and they give sizes, rates and early failures.
+    from melcli import audio, features
+
+    failures: list[dict[str, Any]] = list(plan.failures)
+    todo: list[tuple[int, Source]] = []
+    rates: set[int] = set()
+    seconds = 0.0
+    for src in plan.compute:
+        try:
+            info = audio.probe(src.path)
+        except DecodeError as exc:
+            fail = Failure(src.key, src.path, str(exc))
+            reporter.skipped(fail)
+            failures.append({**fail.to_dict(), **plan.states[src.key].fields()})
+            continue
+        todo.append((info.frames * info.channels, src))
+        rates.add(params.sr or info.sample_rate)
+        seconds += info.duration
+        report.estimated_bytes += _estimate_bytes(
+            params, info.frames, info.channels, info.sample_rate
+        )
+    report.estimated_bytes += sum(_entry_bytes(e) for e in plan.keep_old)
+    report.estimated_bytes += sum(_entry_bytes(r.record) for r in plan.keep_work.values())
+
+    if opts.dry_run:
+        report.added = sorted(s.key for s in plan.compute if s.key not in plan.old_keys)
+        report.updated = sorted(s.key for s in plan.compute if s.key in plan.old_keys)
+        report.failures = failures
+        report.entries = len(plan.keep_old) + len(plan.keep_work) + len(todo)
+        return report
+    if plan.nothing_to_do and old is not None and not failures_changed(old, failures):
+        work.remove()
+        report.failures = failures
+        report.entries = len(plan.keep_old)
+        report.audio_seconds = sum(e["duration"] for e in plan.keep_old)
+        return report
+    if opts.fail_fast and len(failures) > len(plan.failures):
+        raise FailFast(f"stopped at the first failure (--fail-fast): {failures[-1]['key']}")
+
+    if params.kind == "mel":
+        empty = sorted(sr for sr in rates if (params.fmax is None or params.fmax <= sr / 2)
+                       and features.has_empty_filters(params, sr))  # fmt: skip
+        if empty:
+            reporter.warning(
+                f"the mel filterbank has empty filters at {', '.join(f'{sr} Hz' for sr in empty)}: "
+                f"n_mels={params.n_mels} is too high for n_fft={params.n_fft}; "
+                "some bands will be all zeros"
+            )
+    work.start(state, keep=resume)
+    spool = Spool(work)
+    for rec in failures[len(plan.failures) :]:
+        spool.add_failure(rec)
+    new_failures = _compute(todo, params, opts, reporter, spool, plan)
+    failures.extend(new_failures)
+    return _assemble(params, opts, output, old, plan, work, failures, report)
+
+
+def failures_changed(old: dict[str, Any], failures: list[dict[str, Any]]) -> bool:
+    """True when the failure list differs from the one the output records."""
+    key = lambda f: (f["key"], f["source"], f["reason"])  # noqa: E731
+    return sorted(map(key, old.get("failures", []))) != sorted(map(key, failures))
+
+
+def _entry_bytes(record: dict[str, Any]) -> int:
+    return int(np.prod(record["shape"])) * np.dtype(record["dtype"]).itemsize
+
+
+def _compute(
+    todo: list[tuple[int, Source]],
+    params: FeatureParams,
+    opts: RunOptions,
+    reporter: Reporter,
+    spool: Spool,
+    plan: Plan,
+) -> list[dict[str, Any]]:
+    from melcli.pipeline import results
+
+    # Largest files first, so one long file does not finish last alone.
+    ordered = [src for _, src in sorted(todo, key=lambda t: (-t[0], t[1].key))]
+    reporter.start(len(ordered), 0.0)
+    failures: list[dict[str, Any]] = []
+    try:
+        for res in results(ordered, params, jobs=opts.jobs):
+            state = plan.states[res.source.key].fields()
+            if res.failure is not None:
+                rec = {**res.failure.to_dict(), **state}
+                failures.append(rec)
+                spool.add_failure(rec)
+                reporter.advance(res)
+                if opts.fail_fast:
+                    raise FailFast(
+                        f"stopped at the first failure (--fail-fast): {res.failure.key}: "
+                        f"{res.failure.reason}"
+                    )
+                continue
+            if res.meta is None or res.data is None:
+                raise RuntimeError("extract returned neither features nor a failure")
+            spool.add_entry({**res.meta.to_dict(), **state}, res.data)
+            reporter.advance(res)
+    except BaseException:
+        reporter.finish()
+        spool.flush()  # keep what finished, for the resume
+        raise
+    reporter.finish()
+    spool.flush()
+    return failures
+
+
+def _assemble(
+    params: FeatureParams,
+    opts: RunOptions,
+    output: Path,
+    old: dict[str, Any] | None,
+    plan: Plan,
+    work: WorkDir,
+    failures: list[dict[str, Any]],
+    report: RunReport,
+) -> RunReport:
+    from melcli import features
+
+    present = set(plan.states)
+    new = {
+        r.record["key"]: r
+        for r in work.records()
+        if r.kind == "entry" and r.record["key"] in present
+    }
+    kept = {e["key"]: e for e in plan.keep_old if e["key"] not in new}
+    report.added = sorted(k for k in new if k not in plan.old_keys)
+    report.updated = sorted(k for k in new if k in plan.old_keys)
+    report.unchanged = len(kept)
+    report.failures = sorted((f for f in failures if f["key"] not in new), key=lambda f: f["key"])
+    keys = sorted(new.keys() | kept.keys())
+    report.entries = len(keys)
+    if not keys:
+        work.remove()
+        return report
+    writer = writers.open_writer(output, opts.format)
+    try:
+        entries: list[dict[str, Any]] = []
+        npz_cache: dict[Path, Any] = {}
+        for key in keys:
+            if key in new:
+                rec = new[key]
+                npz = npz_cache.get(rec.chunk)
+                if npz is None:
+                    for f in npz_cache.values():
+                        f.close()
+                    npz_cache = {rec.chunk: np.load(rec.chunk, allow_pickle=False)}
+                    npz = npz_cache[rec.chunk]
+                writer.add(rec.record, npz[rec.member])
+                entries.append(rec.record)
+            else:
+                writer.copy_entry(kept[key], output)
+                entries.append(kept[key])
+        for f in npz_cache.values():
+            f.close()
+        freqs: dict[int, list[float]] = {}
+        for sr in sorted({e["sample_rate"] for e in entries}):
+            row = features.row_frequencies(params, sr)
+            writer.add_frequencies(sr, row)
+            freqs[sr] = [float(x) for x in row]
+        man = manifest_mod.build(
+            params=params.to_dict(), command=opts.command, output_format=opts.format,
+            entries=entries, failures=report.failures, frequencies=freqs,
+        )  # fmt: skip
+        writer.commit(man)
+    except BaseException:
+        writer.abort()
+        raise
+    report.wrote = True
+    report.audio_seconds = sum(e["duration"] for e in entries)
+    work.remove()
+    return report

@@ -1,0 +1,251 @@
+"""Crash-safe progress beside the output: the writer lock and the chunk spool.
+
+Finished entries are kept in small self-contained chunk files
+(``.<output>.melcli-work/chunk-NNNNNN.npz``), each written to a temporary name,
+fsynced and renamed, so a chunk is either complete or absent whatever instant
+the process dies. HDF5 files open for writing are often unreadable after a
+crash, so the HDF5 output is only ever built from chunks at the very end, under
+a temporary name, and renamed into place. The work directory is removed once
+the output is committed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from melcli.errors import OutputError
+from melcli.manifest import fsync_dir
+
+#: Finished results are flushed to a chunk at least this often (seconds) ...
+FLUSH_SECONDS = 5.0
+#: ... or as soon as this many bytes of features are buffered.
+FLUSH_BYTES = 64 << 20
+STATE_VERSION = 1
+
+
+def hidden_sibling(output: Path, suffix: str) -> Path:
+    """``feats.h5`` -> ``.feats.h5<suffix>`` in the same directory."""
+    return output.with_name(f".{output.name}{suffix}")
+
+
+def fault_point(name: str) -> None:
+    """Test-only fault injection: SIGKILL this process at a named point.
+
+    ``MELCLI_KILL_AT=<name>[:<n>]`` kills the process the n-th time (default 1)
+    execution reaches ``name``. Used by the tests to prove crash safety at the
+    worst moments; a no-op otherwise.
+    """
+    spec = os.environ.get("MELCLI_KILL_AT")
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(count or 1):
+        os.kill(os.getpid(), 9)
+
+
+_hits: dict[str, int] = {}
+
+
+def disk_error(action: str, path: Path, exc: OSError, needed: int | None = None) -> OutputError:
+    """An OutputError for an OSError, with free space for ENOSPC/EDQUOT."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
+        except OSError:
+            free = 0
+        need = f"needed about {_mb(needed)}, " if needed else ""
+        return OutputError(
+            f"disk full while {action} {path}: {need}{_mb(free)} free on its filesystem"
+        )
+    return OutputError(f"cannot {action.replace('ing', '')} {path}: {exc.strerror or exc}")
+
+
+def _mb(n: int | float | None) -> str:
+    return f"{(n or 0) / 1e6:.1f} MB"
+
+
+class OutputLock:
+    """An OS file lock (flock) beside the output: one writer at a time.
+
+    The kernel drops the lock when its holder dies, so a lock left by a killed
+    run never blocks the next run. The file holds the holder's pid and command,
+    to name it in the message a second run prints.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.path = hidden_sibling(output, ".lock")
+        self._fh: io.TextIOWrapper | None = None
+
+    def acquire(self, command: str) -> None:
+        """Take the lock or raise OutputError naming the running holder."""
+        try:
+            fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+        except OSError as exc:
+            raise OutputError(f"cannot create lock {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown process"
+            fh.close()
+            raise OutputError(
+                f"another melcli is writing this output ({holder}); lock {self.path}"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}: {command}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        """Drop the lock (the lock file stays: removing it would race)."""
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One entry or failure found in a chunk file."""
+
+    kind: str  # "entry" or "failure"
+    record: dict[str, Any]
+    chunk: Path
+    member: str | None
+
+
+class WorkDir:
+    """The resumable progress of one output: ``state.json`` + chunk files."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = hidden_sibling(output, ".melcli-work")
+        self.state_path = self.path / "state.json"
+
+    def exists(self) -> bool:
+        """True when an earlier run left progress here."""
+        return self.state_path.is_file()
+
+    def read_state(self) -> dict[str, Any] | None:
+        """The state of the run that left this directory, or None if unreadable."""
+        try:
+            with open(self.state_path, encoding="utf-8") as fh:
+                state = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else None
+
+    def start(self, state: dict[str, Any], *, keep: bool) -> None:
+        """Create (or, with ``keep``, reuse) the directory and record ``state``."""
+        if not keep:
+            self.remove()
+        try:
+            self.path.mkdir(exist_ok=True)
+            for stale in self.path.glob("*.tmp"):
+                stale.unlink()
+            tmp = self.path / "state.json.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({**state, "version": STATE_VERSION}, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.state_path)
+            fsync_dir(self.path)
+        except OSError as exc:
+            raise disk_error("writing", self.path, exc) from None
+
+    def chunks(self) -> list[Path]:
+        """Complete chunk files, oldest first."""
+        return sorted(self.path.glob("chunk-*.npz"))
+
+    def records(self) -> Iterator[ChunkRecord]:
+        """Every entry and failure stored in the chunks (later chunks win per key)."""
+        for chunk in self.chunks():
+            try:
+                with np.load(chunk, allow_pickle=False) as npz:
+                    meta = json.loads(npz["meta"].tobytes().decode("utf-8"))
+            except (OSError, ValueError, KeyError):
+                continue  # cannot happen for a renamed chunk, but never trust a disk
+            for rec, member in zip(meta["entries"], meta["members"], strict=True):
+                yield ChunkRecord("entry", rec, chunk, member)
+            for rec in meta["failures"]:
+                yield ChunkRecord("failure", rec, chunk, None)
+
+    def remove(self) -> None:
+        """Delete the directory and everything in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Spool:
+    """Buffers finished results in the parent and writes them as chunk files.
+
+    Flushes every `FLUSH_SECONDS` or `FLUSH_BYTES`, so a crash loses at most
+    the last few seconds of finished work.
+    """
+
+    def __init__(self, workdir: WorkDir) -> None:
+        self.workdir = workdir
+        existing = [int(p.stem.split("-")[1]) for p in workdir.chunks()]
+        self._seq = max(existing, default=0)
+        self._entries: list[tuple[dict[str, Any], np.ndarray]] = []
+        self._failures: list[dict[str, Any]] = []
+        self._bytes = 0
+        self._last = time.monotonic()
+
+    def add_entry(self, record: dict[str, Any], data: np.ndarray) -> None:
+        """Buffer one finished entry."""
+        self._entries.append((record, data))
+        self._bytes += data.nbytes
+        self._maybe_flush()
+
+    def add_failure(self, record: dict[str, Any]) -> None:
+        """Buffer one failed input."""
+        self._failures.append(record)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if self._bytes >= FLUSH_BYTES or time.monotonic() - self._last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything buffered as one new chunk (atomically)."""
+        self._last = time.monotonic()
+        if not self._entries and not self._failures:
+            return
+        self._seq += 1
+        final = self.workdir.path / f"chunk-{self._seq:06d}.npz"
+        tmp = final.with_suffix(".tmp")
+        members = [f"a{i}" for i in range(len(self._entries))]
+        meta = {
+            "entries": [rec for rec, _ in self._entries],
+            "members": members,
+            "failures": self._failures,
+        }
+        arrays = {m: data for m, (_, data) in zip(members, self._entries, strict=True)}
+        blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, meta=blob, **arrays)
+                fh.flush()
+                fault_point("chunk-write")
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            fsync_dir(self.workdir.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise disk_error("writing", final, exc, needed=self._bytes) from None
+        self._entries, self._failures, self._bytes = [], [], 0
