@@ -11,6 +11,7 @@ import shlex
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -315,6 +316,8 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     resume = f"finished work is kept in {work}; rerun the same command to resume"
     started = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
+    warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
     try:
         report = runner.execute(found.sources, params, opts, reporter)
     except UsageOutputError as exc:
@@ -334,6 +337,10 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         _print_plan(report, output)
         sys.exit(0)
     if not kw["quiet"]:
+        if report.resumed:
+            click.echo(
+                f"melcli: resumed: {report.resumed} entries kept from the interrupted run", err=True
+            )
         click.echo(f"melcli: {report.summary()}", err=True)
     if report.entries == 0:
         _fail(ExitCode.FAILED, f"no input could be processed; nothing written to {output}")

@@ -8,6 +8,8 @@ The CLI drives this through a `Reporter` and maps the outcome to exit codes.
 
 from __future__ import annotations
 
+import glob
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +181,16 @@ def execute(
         lock.release()
 
 
+def remove_stale(output: Path) -> None:
+    """Delete temporaries a killed run left beside ``output`` (call with the lock held)."""
+    for suffix in (".tmp-*", ".old-*"):
+        for path in output.parent.glob(glob.escape(f".{output.name}") + suffix):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def _execute(
     sources: Sequence[Source],
     params: FeatureParams,
@@ -186,6 +198,8 @@ def _execute(
     reporter: Reporter,
     output: Path,
 ) -> RunReport:
+    if not opts.dry_run:
+        remove_stale(output)
     old = _old_output(output, opts.format, params, opts.overwrite)
     work = WorkDir(output)
     state = {"params": params.to_dict(), "format": opts.format}
