@@ -84,7 +84,9 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """
     import soxr
 
-    n_out = int(math.ceil(y.shape[-1] * target_sr / orig_sr))
+    # exactly librosa.resample's length, float rounding included (44100 -> 48000 Hz
+    # of 44100 samples gives 48001, not 48000)
+    n_out = int(math.ceil(y.shape[-1] * (float(target_sr) / orig_sr)))
     out = np.zeros((y.shape[0], n_out), dtype=np.float32)
     for c in range(y.shape[0]):
         res = soxr.resample(y[c], orig_sr, target_sr, quality="soxr_hq")

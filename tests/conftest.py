@@ -1,0 +1,227 @@
+"""Shared fixtures: seeded randomness, real audio files, and two ways to run the CLI.
+
+* ``rng``: a seeded ``numpy.random.Generator`` (tests are reproducible).
+* ``audio``: an `AudioFactory` writing real WAV / FLAC / OGG files with soundfile
+  into ``tmp_path`` (sines, chirps, noise, any rate, mono or stereo).
+* ``melcli``: runs the real ``melcli`` executable in a subprocess.
+* ``invoke``: runs ``melcli.cli.cli`` in-process through click's ``CliRunner``
+  (click >= 8.2 keeps stdout and stderr apart).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner, Result
+
+from melcli.cli import cli
+
+# librosa.load asks audioread for its backends on every call; the first call
+# imports the stdlib ``aifc`` module, deprecated in 3.11 (a DeprecationWarning
+# that pyproject's filterwarnings=error would turn into a failure of whichever
+# test happens to call librosa.load first). Import it once here, quietly.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioread
+
+    audioread.available_backends()
+
+#: Where tests find the committed real corpus.
+SAMPLE_AUDIO = Path(__file__).resolve().parent.parent / "sample_audio"
+
+#: soundfile (format, subtype) for each suffix the factory writes.
+FORMATS: dict[str, tuple[str, str]] = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+}
+
+
+# ---------------------------------------------------------------------------
+# signals
+# ---------------------------------------------------------------------------
+def sine(freq: float, sr: int, seconds: float, amp: float = 0.5, phase: float = 0.0) -> np.ndarray:
+    """A pure tone, float32, shape (n,)."""
+    t = np.arange(int(round(sr * seconds))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)
+
+
+def chirp(f0: float, f1: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
+    """A linear sweep from f0 to f1 Hz, float32, shape (n,)."""
+    t = np.arange(int(round(sr * seconds))) / sr
+    k = (f1 - f0) / max(seconds, 1e-9)
+    return (amp * np.sin(2 * np.pi * (f0 * t + 0.5 * k * t**2))).astype(np.float32)
+
+
+def noise(rng: np.random.Generator, sr: int, seconds: float, amp: float = 0.2) -> np.ndarray:
+    """Uniform white noise in [-amp, amp), float32, shape (n,)."""
+    return (amp * rng.uniform(-1, 1, int(round(sr * seconds)))).astype(np.float32)
+
+
+class AudioFactory:
+    """Writes real audio files under a temporary directory.
+
+    Every ``write``-like method takes a path relative to the factory's root
+    (sub-directories are created) and returns the absolute `Path`.
+    """
+
+    def __init__(self, root: Path, rng: np.random.Generator) -> None:
+        self.root = root
+        self.rng = rng
+
+    def path(self, name: str) -> Path:
+        """Absolute path of ``name`` under the root; parents created."""
+        p = self.root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write(
+        self, name: str, y: np.ndarray, sr: int, *, subtype: str | None = None
+    ) -> Path:
+        """Write ``y`` (shape (n,) or (channels, n)) with the format of ``name``'s suffix."""
+        p = self.path(name)
+        fmt, default_subtype = FORMATS[p.suffix.lstrip(".").lower()]
+        data = np.asarray(y)
+        if data.ndim == 2:
+            data = data.T  # soundfile wants (frames, channels)
+        sf.write(p, data, sr, format=fmt, subtype=subtype or default_subtype)
+        return p
+
+    def tone(
+        self, name: str, freq: float = 440.0, sr: int = 16000, seconds: float = 0.5,
+        channels: int = 1, amp: float = 0.5,
+    ) -> Path:  # fmt: skip
+        """A sine (each extra channel a different frequency and phase)."""
+        chans = [sine(freq * (1 + 0.5 * c), sr, seconds, amp, phase=c) for c in range(channels)]
+        return self.write(name, chans[0] if channels == 1 else np.stack(chans), sr)
+
+    def sweep(
+        self, name: str, sr: int = 16000, seconds: float = 0.5, channels: int = 1
+    ) -> Path:
+        """A chirp from 100 Hz to 0.45 * sr (reversed on channel 2)."""
+        up = chirp(100.0, 0.45 * sr, sr, seconds)
+        y = up if channels == 1 else np.stack([up, up[::-1]] + [up] * (channels - 2))
+        return self.write(name, y, sr)
+
+    def mix(self, name: str, sr: int = 16000, seconds: float = 0.5, channels: int = 1) -> Path:
+        """Chirp + noise + a tone per channel: energy in every bin, a known structure too."""
+        chans = [
+            0.4 * chirp(50.0, 0.49 * sr, sr, seconds)
+            + noise(self.rng, sr, seconds, 0.1)
+            + sine(1000.0 * (c + 1), sr, seconds, 0.3)
+            for c in range(channels)
+        ]
+        return self.write(name, chans[0] if channels == 1 else np.stack(chans), sr)
+
+    def noise(self, name: str, sr: int = 16000, seconds: float = 0.5, channels: int = 1) -> Path:
+        """White noise."""
+        chans = [noise(self.rng, sr, seconds) for _ in range(channels)]
+        return self.write(name, chans[0] if channels == 1 else np.stack(chans), sr)
+
+    def raw(self, name: str, content: bytes) -> Path:
+        """A file with arbitrary bytes (not audio, truncated audio, ...)."""
+        p = self.path(name)
+        p.write_bytes(content)
+        return p
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded random generator."""
+    return np.random.default_rng(20240521)
+
+
+@pytest.fixture
+def audio(tmp_path: Path, rng: np.random.Generator) -> AudioFactory:
+    """An `AudioFactory` writing under ``tmp_path / 'in'``."""
+    root = tmp_path / "in"
+    root.mkdir()
+    return AudioFactory(root, rng)
+
+
+# ---------------------------------------------------------------------------
+# running the CLI
+# ---------------------------------------------------------------------------
+def melcli_command() -> list[str]:
+    """The real ``melcli`` executable: the one installed beside this Python first."""
+    beside = Path(sys.executable).parent / "melcli"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("melcli")
+    return [found] if found else [sys.executable, "-m", "melcli"]
+
+
+RunMelcli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def melcli(tmp_path: Path) -> RunMelcli:
+    """Run the real executable: ``melcli(*args, input=None, cwd=tmp_path)``.
+
+    Returns the `subprocess.CompletedProcess` (text mode, stdout/stderr captured).
+    """
+    command = melcli_command()
+
+    def run(
+        *args: str | os.PathLike[str], input: str | None = None, cwd: Path | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        return subprocess.run(
+            [*command, *map(str, args)],
+            input=input, capture_output=True, text=True, cwd=cwd or tmp_path, timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )  # fmt: skip
+
+    return run
+
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
+    """Run ``melcli.cli.cli`` through ``CliRunner`` with cwd = ``tmp_path``.
+
+    ``invoke(*args, input=None)`` returns click's `Result`; unexpected
+    exceptions propagate (``catch_exceptions=False``).
+    """
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str | os.PathLike[str], input: str | bytes | None = None) -> Result:
+        with warnings.catch_warnings():
+            # cli.py calls click.get_text_stream, deprecated since click 8.5 (a
+            # known bug, tested on its own by test_cli.py::test_no_deprecation_warnings)
+            warnings.filterwarnings(
+                "ignore", "'get_text_stream' is deprecated", DeprecationWarning
+            )
+            return runner.invoke(
+                cli, [str(a) for a in args], input=input, catch_exceptions=False
+            )
+
+    return run
+
+
+def stderr_lines(text: str, prefix: str) -> list[str]:
+    """Lines of ``text`` starting with ``prefix``."""
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def assert_no_traceback(*texts: str) -> None:
+    """No Python traceback in any of ``texts``."""
+    for text in texts:
+        assert "Traceback" not in text, text
+
+
+def sample_files() -> Sequence[Path]:
+    """Every committed sample file."""
+    return sorted(p for p in SAMPLE_AUDIO.rglob("*") if p.is_file() and p.suffix != ".md")
