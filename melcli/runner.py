@@ -177,6 +177,11 @@ def execute(
         lock.acquire(opts.command)
     try:
         return _execute(sources, params, opts, reporter, output)
+    except OutputError:
+        work = WorkDir(output)
+        if not work.chunks():  # no finished work worth keeping for a resume
+            work.remove()
+        raise
     finally:
         lock.release()
 
