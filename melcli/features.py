@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Any
 
 import numpy as np
 import scipy.fft
@@ -189,9 +190,25 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
                 continue
             mag = _magnitude(spec, params.power)
             if basis is not None:
-                mag = mag @ basis.T  # (frames, n_mels)
+                with _one_blas_thread():
+                    mag = mag @ basis.T  # (frames, n_mels)
             out[c, :, start:stop] = mag.T
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """Run BLAS single-threaded: its float32 sums (the mel projection) depend on
+    the thread count, which differs between ``-j1`` (the parent's threads) and
+    joblib workers (limited); one thread everywhere keeps output identical
+    whatever ``-j`` is."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def scale(spec: np.ndarray, params: FeatureParams) -> np.ndarray:

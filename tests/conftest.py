@@ -198,15 +198,7 @@ def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
     monkeypatch.chdir(tmp_path)
 
     def run(*args: str | os.PathLike[str], input: str | bytes | None = None) -> Result:
-        with warnings.catch_warnings():
-            # cli.py calls click.get_text_stream, deprecated since click 8.5 (a
-            # known bug, tested on its own by test_cli.py::test_no_deprecation_warnings)
-            warnings.filterwarnings(
-                "ignore", "'get_text_stream' is deprecated", DeprecationWarning
-            )
-            return runner.invoke(
-                cli, [str(a) for a in args], input=input, catch_exceptions=False
-            )
+        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
 
     return run
 

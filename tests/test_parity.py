@@ -505,3 +505,17 @@ def test_cli_complex_stft_matches_librosa(
     assert got.dtype == np.complex64
     ref, _ = librosa_reference(a, p)
     assert_parity(got, ref, p)
+
+
+def test_result_does_not_depend_on_blas_threads(audio: AudioFactory) -> None:
+    """-j1 (the parent's BLAS threads) and -j2 (limited workers) must agree bit for bit."""
+    from threadpoolctl import threadpool_limits
+
+    path = audio.mix("m.wav", sr=16000, seconds=1.0)
+    p = FeatureParams(kind="mel", scale="db")
+    results = []
+    for threads in (1, 2, 4):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            results.append(ours(path, p)[0])
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
