@@ -297,7 +297,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     try:
         found = discover(
             kw["inputs"], extensions=parse_extensions(kw["exts"]),
-            stdin=click.get_text_stream("stdin"), null=kw["null"],
+            stdin=sys.stdin, null=kw["null"],
         )  # fmt: skip
     except InputError as exc:
         _usage(str(exc))

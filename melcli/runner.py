@@ -24,7 +24,7 @@ from melcli.errors import DecodeError, ExitCode, MelcliError, OutputError, Usage
 from melcli.params import FeatureParams
 from melcli.pipeline import Failure, Result
 from melcli.plan import Plan, make_plan
-from melcli.workdir import OutputLock, Spool, WorkDir
+from melcli.workdir import OutputLock, Spool, WorkDir, disk_error
 
 
 class Reporter(Protocol):
@@ -360,25 +360,22 @@ def _assemble(
         work.remove()
         return report
     writer = writers.open_writer(output, opts.format)
+    entries: list[dict[str, Any]] = []
+    chunk_path: Path | None = None
+    chunk: Any = None
     try:
-        entries: list[dict[str, Any]] = []
-        npz_cache: dict[Path, Any] = {}
         for key in keys:
             if key in new:
                 rec = new[key]
-                npz = npz_cache.get(rec.chunk)
-                if npz is None:
-                    for f in npz_cache.values():
-                        f.close()
-                    npz_cache = {rec.chunk: np.load(rec.chunk, allow_pickle=False)}
-                    npz = npz_cache[rec.chunk]
-                writer.add(rec.record, npz[rec.member])
+                if rec.chunk != chunk_path:  # chunks are read one at a time, in key order
+                    if chunk is not None:
+                        chunk.close()
+                    chunk_path, chunk = rec.chunk, np.load(rec.chunk, allow_pickle=False)
+                writer.add(rec.record, chunk[rec.member])
                 entries.append(rec.record)
             else:
                 writer.copy_entry(kept[key], output)
                 entries.append(kept[key])
-        for f in npz_cache.values():
-            f.close()
         freqs: dict[int, list[float]] = {}
         for sr in sorted({e["sample_rate"] for e in entries}):
             row = features.row_frequencies(params, sr)
@@ -389,9 +386,15 @@ def _assemble(
             entries=entries, failures=report.failures, frequencies=freqs,
         )  # fmt: skip
         writer.commit(man)
+    except OSError as exc:  # anything the writer did not already translate
+        writer.abort()
+        raise disk_error("writing", output, exc) from None
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if chunk is not None:
+            chunk.close()
     report.wrote = True
     report.audio_seconds = sum(e["duration"] for e in entries)
     work.remove()

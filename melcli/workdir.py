@@ -63,7 +63,9 @@ _hits: dict[str, int] = {}
 
 def disk_error(action: str, path: Path, exc: OSError, needed: int | None = None) -> OutputError:
     """An OutputError for an OSError, with free space for ENOSPC/EDQUOT."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    text = str(exc)
+    # h5py reports the C library's errno inside its message, not in exc.errno
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in text or "No space left" in text:
         try:
             free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
         except OSError:
@@ -72,7 +74,8 @@ def disk_error(action: str, path: Path, exc: OSError, needed: int | None = None)
         return OutputError(
             f"disk full while {action} {path}: {need}{_mb(free)} free on its filesystem"
         )
-    return OutputError(f"cannot {action.replace('ing', '')} {path}: {exc.strerror or exc}")
+    verb = {"writing": "write", "creating": "create"}.get(action, action)
+    return OutputError(f"cannot {verb} {path}: {exc.strerror or exc}")
 
 
 def _mb(n: int | float | None) -> str:

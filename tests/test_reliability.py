@@ -1,0 +1,461 @@
+"""Issue 3: crash safety, resume, incremental reruns, the lock, a full disk.
+
+Real subprocesses killed with real signals, real files read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from melcli.cli import cli
+
+MELCLI = [sys.executable, "-m", "melcli"]
+
+
+def write_tone(
+    path: Path, seconds: float, sr: int = 16000, freq: float = 440.0, seed: int = 0
+) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.5 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, y.astype(np.float32), sr, subtype="PCM_16")
+
+
+def make_corpus(root: Path, n: int = 6, seconds: float = 1.0) -> Path:
+    for i in range(n):
+        write_tone(root / f"d{i % 2}" / f"f{i:03d}.wav", seconds, freq=200.0 + 50 * i, seed=i)
+    return root
+
+
+def run(
+    *args: str | Path, env: dict[str, str] | None = None, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [*MELCLI, *map(str, args)], capture_output=True, text=True, env=full_env, **kw
+    )  # type: ignore[call-overload]
+
+
+def h5_content(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """All datasets under /features and the manifest without run-specific fields."""
+    data: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f["features"].visititems(
+            lambda name, obj: (
+                data.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+        man = json.loads(f["manifest"][()])
+    return data, strip(man)
+
+
+def npy_content(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    data = {
+        p.relative_to(path).as_posix()[: -len(".npy")]: np.load(p, allow_pickle=False)
+        for p in sorted(path.rglob("*.npy"))
+    }
+    return data, strip(json.loads((path / "manifest.json").read_text()))
+
+
+def strip(man: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in man.items() if k not in ("created", "command")}
+
+
+def content(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    return h5_content(path) if path.suffix == ".h5" else npy_content(path)
+
+
+def assert_same(a: Path, b: Path) -> None:
+    da, ma = content(a)
+    db, mb = content(b)
+    assert ma == mb
+    assert sorted(da) == sorted(db)
+    for key in da:
+        assert da[key].dtype == db[key].dtype
+        assert np.array_equal(da[key], db[key]), key
+
+
+def leftovers(directory: Path, output: Path) -> list[str]:
+    """Temporaries beside ``output`` (the lock file is allowed to stay)."""
+    return sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.name.startswith(f".{output.name}") and p.name != f".{output.name}.lock"
+    )
+
+
+# -- fault injection at the worst moments ------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy"])
+@pytest.mark.parametrize("point", ["chunk-write", "assemble:3", "rename", "after-rename"])
+def test_kill_at_worst_moments_keeps_old_output_and_resumes(
+    tmp_path: Path, fmt: str, point: str
+) -> None:
+    data = make_corpus(tmp_path / "data")
+    out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
+    assert run("mel", data, "-o", out, "-j", "1").returncode == 0
+    before = content(out)
+    # grow and change the data set, then die at `point` while updating the output
+    write_tone(data / "d0" / "new1.wav", 1.0, freq=900)
+    write_tone(data / "d1" / "new2.wav", 1.5, freq=950)
+    write_tone(data / "d0" / "f000.wav", 2.0, freq=1000)
+    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL
+    after_kill = content(out)  # readable by h5py / numpy at every instant
+    if point == "after-rename":
+        assert sorted(after_kill[0]) != sorted(before[0])  # the new output was already in place
+    else:
+        assert after_kill[1] == before[1]
+        assert sorted(after_kill[0]) == sorted(before[0])
+    # rerun the same command: completes, and equals a run that was never interrupted
+    again = run("mel", data, "-o", out, "-j", "1")
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr
+    ref = tmp_path / ("ref.h5" if fmt == "h5" else "ref")
+    assert run("mel", data, "-o", ref, "-j", "1").returncode == 0
+    assert_same(out, ref)
+    assert leftovers(tmp_path, out) == []
+    if fmt == "h5":  # the sidecar agrees with the manifest inside the file
+        with h5py.File(out, "r") as f:
+            inside = json.loads(f["manifest"][()])
+        assert json.loads(out.with_suffix(".json").read_text()) == inside
+
+
+def test_kill_during_first_run_leaves_no_output(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data")
+    out = tmp_path / "feats.h5"
+    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": "assemble:2"})
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    again = run("mel", data, "-o", out, "-j", "1")
+    assert again.returncode == 0
+    # everything had been computed and spooled before the kill: nothing is recomputed
+    assert "resumed: 6 entries" in again.stderr
+    assert leftovers(tmp_path, out) == []
+
+
+# -- real signals to the real process group ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small files that take seconds to process with a tiny hop (many frames)."""
+    root = tmp_path_factory.mktemp("slow")
+    for i in range(48):
+        write_tone(root / f"s{i:02d}.wav", 6.0, freq=300.0 + 7 * i, seed=i)
+    return root
+
+
+SLOW_ARGS = ["--n-fft", "2048", "--hop-length", "24", "-j", "2"]
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*MELCLI, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _wait_for_chunk(work: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(work.glob("chunk-*.npz")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no chunk was ever written"
+        time.sleep(0.05)
+
+
+def _chunk_keys(work: Path) -> set[str]:
+    keys: set[str] = set()
+    for chunk in work.glob("chunk-*.npz"):
+        with np.load(chunk, allow_pickle=False) as npz:
+            keys |= {e["key"] for e in json.loads(npz["meta"].tobytes())["entries"]}
+    return keys
+
+
+@pytest.fixture(scope="module")
+def slow_reference(slow_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ref = tmp_path_factory.mktemp("ref") / "ref.h5"
+    done = run("mel", slow_corpus, "-o", ref, *SLOW_ARGS)
+    assert done.returncode == 0, done.stderr
+    return ref
+
+
+def test_sigkill_of_process_group_then_resume(
+    slow_corpus: Path, slow_reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "feats.h5"
+    proc = _start(["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS], tmp_path)
+    work = tmp_path / ".feats.h5.melcli-work"
+    _wait_for_chunk(work, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # power loss: parent and workers at once
+    proc.communicate()
+    assert not out.exists()
+    finished = _chunk_keys(work)
+    assert finished
+    again = run("mel", slow_corpus, "-o", out, *SLOW_ARGS)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed: {len(finished)} entries" in again.stderr
+    assert_same(out, slow_reference)
+    assert not work.exists()
+
+
+def _group_alive(pgid: int) -> bool:
+    ps = subprocess.run(["ps", "-o", "pid=", "-g", str(pgid)], capture_output=True, text=True)
+    return bool(ps.stdout.strip())
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_ctrl_c_and_sigterm_keep_progress(
+    slow_corpus: Path, slow_reference: Path, tmp_path: Path, sig: int, code: int, word: str
+) -> None:
+    out = tmp_path / "feats.h5"
+    proc = _start(["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS], tmp_path)
+    work = tmp_path / ".feats.h5.melcli-work"
+    _wait_for_chunk(work, proc)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    stopped = time.monotonic() - sent
+    assert proc.returncode == code
+    assert stopped < 10  # "promptly": workers are stopped, not waited for
+    lines = [line for line in err.splitlines() if line.startswith("melcli: error")]
+    assert len(lines) == 1 and word in lines[0] and "rerun the same command to resume" in lines[0]
+    assert "Traceback" not in err
+    assert not out.exists()
+    kept = _chunk_keys(work)
+    assert kept
+    # workers stop within a few seconds of their parent
+    deadline = time.monotonic() + 5
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid)
+    again = run("mel", slow_corpus, "-o", out, *SLOW_ARGS)
+    assert again.returncode == 0
+    assert f"resumed: {len(kept)} entries" in again.stderr
+    assert_same(out, slow_reference)
+
+
+# -- incremental reruns ---------------------------------------------------------------------------
+
+
+def _cli(*args: str | Path, input: str | None = None) -> tuple[int, str, str]:
+    res = CliRunner().invoke(cli, [str(a) for a in args], input=input)
+    return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy"])
+def test_incremental_rerun_adds_updates_removes_only_what_changed(tmp_path: Path, fmt: str) -> None:
+    data = make_corpus(tmp_path / "data", n=8)
+    out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    before, _ = content(out)
+    write_tone(data / "d0" / "added1.wav", 1.0, freq=700)
+    write_tone(data / "d1" / "added2.wav", 1.0, freq=710)
+    write_tone(data / "d1" / "added3.wav", 1.0, freq=720)
+    write_tone(data / "d0" / "f002.wav", 1.2, freq=730)  # updated
+    (data / "d1" / "f001.wav").unlink()
+    (data / "d0" / "f004.wav").unlink()
+    code, stdout, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    assert code == 0, stderr
+    assert "added 3, updated 1, removed 2, unchanged 5, failed 0" in stderr
+    after, man = content(out)
+    assert sorted(after) == sorted(
+        ["d0/f000.wav", "d0/f002.wav", "d0/f006.wav", "d1/f003.wav", "d1/f005.wav", "d1/f007.wav",
+         "d0/added1.wav", "d1/added2.wav", "d1/added3.wav"]
+    )  # fmt: skip
+    for key in ("d0/f000.wav", "d0/f006.wav", "d1/f003.wav", "d1/f005.wav", "d1/f007.wav"):
+        assert after[key].tobytes() == before[key].tobytes()
+    assert after["d0/f002.wav"].shape != before["d0/f002.wav"].shape
+    assert [e["key"] for e in man["entries"]] == sorted(after)  # type: ignore[index]
+    assert leftovers(tmp_path, out) == []
+
+
+def test_rerun_with_nothing_to_do_decodes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_corpus(tmp_path / "data")
+    out = tmp_path / "feats.h5"
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    stamp = out.stat().st_mtime_ns
+
+    def no_decoding(*a: object, **k: object) -> None:
+        raise AssertionError("decoded on a rerun with nothing to do")
+
+    monkeypatch.setattr("melcli.audio.load", no_decoding)
+    monkeypatch.setattr("melcli.audio.probe", no_decoding)
+    code, stdout, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    assert code == 0, stderr
+    assert "added 0, updated 0, removed 0, unchanged 6, failed 0" in stderr
+    assert out.stat().st_mtime_ns == stamp  # not rewritten
+    assert stdout.strip() == str(out)
+
+
+def test_different_parameters_refuse_and_name_them(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data", n=2)
+    out = tmp_path / "feats.h5"
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    code, _, stderr = _cli(
+        "mel", data, "-o", out, "-j", "1", "--n-mels", "64", "--hop-length", "256"
+    )
+    assert code == 2
+    assert "n_mels (128 -> 64)" in stderr and "hop_length (512 -> 256)" in stderr
+    assert "--overwrite" in stderr
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1", "--n-mels", "64", "--overwrite")
+    assert code == 0, stderr
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["params"])["n_mels"] == 64
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data", n=4)
+    out = tmp_path / "feats.h5"
+    code, stdout, _ = _cli("mel", data, "-o", out, "--dry-run")
+    assert code == 0
+    assert sorted(os.listdir(tmp_path)) == ["data"]
+    assert "would add 4, update 0, remove 0, keep 0 unchanged" in stdout
+    assert "estimated output size" in stdout
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    write_tone(data / "d0" / "extra.wav", 2.0)
+    (data / "d1" / "f001.wav").unlink()
+    listing = sorted(os.listdir(tmp_path))
+    stamp = out.stat().st_mtime_ns
+    code, stdout, _ = _cli("mel", data, "-o", out, "--dry-run")
+    assert code == 0
+    assert "add d0/extra.wav" in stdout.splitlines()
+    assert "remove d1/f001.wav" in stdout.splitlines()
+    assert "would add 1, update 0, remove 1, keep 3 unchanged" in stdout
+    assert sorted(os.listdir(tmp_path)) == listing and out.stat().st_mtime_ns == stamp
+
+
+def test_checksum_ignores_touch_but_sees_content(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data", n=3)
+    out = tmp_path / "feats.h5"
+    assert _cli("mel", data, "-o", out, "-j", "1", "--checksum")[0] == 0
+    target = data / "d0" / "f000.wav"
+    os.utime(target, (time.time() + 100, time.time() + 100))
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1", "--checksum")
+    assert "added 0, updated 0, removed 0, unchanged 3, failed 0" in stderr
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")  # size + mtime: touched = changed
+    assert "updated 1" in stderr
+    write_tone(target, 1.0, freq=1234)  # same size, new content
+    os.utime(target, (1_000_000_000, 1_000_000_000))
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1", "--checksum")
+    assert "updated 1" in stderr
+    man = json.loads(out.with_suffix(".json").read_text())
+    assert all(e["source_hash"].startswith("sha256:") for e in man["entries"])
+
+
+def test_broken_file_is_not_retried_until_it_changes(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data", n=2)
+    (data / "bad.wav").write_bytes(b"not audio at all")
+    out = tmp_path / "feats.h5"
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    assert code == 3 and "melcli: skipped bad.wav:" in stderr
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    assert code == 3  # still listed as failed, not decoded again
+    assert "skipped" not in stderr and "unchanged 2, failed 1" in stderr
+    write_tone(data / "bad.wav", 1.0)
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    assert code == 0 and "added 1, updated 0, removed 0, unchanged 2, failed 0" in stderr
+
+
+# -- one writer at a time -------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from melcli.workdir import OutputLock
+lock = OutputLock(Path(sys.argv[1]))
+lock.acquire("melcli mel holder")
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_writer_exits_naming_the_first_and_dead_lock_does_not_block(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data", n=2)
+    out = tmp_path / "feats.h5"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        second = run("mel", data, "-o", out, "-j", "1")
+        assert second.returncode == 1
+        assert f"pid {holder.pid}" in second.stderr and "another melcli" in second.stderr
+        assert not out.exists()
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its flock
+        holder.communicate()
+    third = run("mel", data, "-o", out, "-j", "1")
+    assert third.returncode == 0, third.stderr
+
+
+# -- the disk fills up ----------------------------------------------------------------------------
+
+
+def _assert_disk_full(
+    code: int, stderr: str, out: Path, before: tuple[dict[str, np.ndarray], dict[str, object]]
+) -> None:
+    assert code == 1
+    line = [x for x in stderr.splitlines() if x.startswith("melcli: error")]
+    assert len(line) == 1 and "disk full" in line[0] and "MB" in line[0]
+    assert "Traceback" not in stderr
+    now = content(out)
+    assert now[1] == before[1] and sorted(now[0]) == sorted(before[0])
+    assert not [p for p in out.parent.rglob("*") if ".tmp" in p.name]
+
+
+def test_disk_full_on_a_real_tiny_filesystem(tmp_path: Path) -> None:
+    """A 700 KB tmpfs (CI runs as root, so it can mount one)."""
+    assert os.geteuid() == 0, "this test mounts a tmpfs and needs root (CI runs as root)"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mnt)], check=True)
+    try:
+        data = make_corpus(tmp_path / "data", n=2, seconds=0.5)
+        out = mnt / "feats.h5"
+        assert run("mel", data, "-o", out, "-j", "1").returncode == 0
+        before = content(out)
+        big = run("stft", data, "-o", out, "-j", "1", "--overwrite", "--hop-length", "16")
+        _assert_disk_full(big.returncode, big.stderr, out, before)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_disk_full_injected_while_assembling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_corpus(tmp_path / "data", n=3)
+    out = tmp_path / "feats.h5"
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    before = content(out)
+    write_tone(data / "d0" / "more.wav", 1.0)
+
+    def full(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", full)
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    _assert_disk_full(code, stderr, out, before)
+    monkeypatch.undo()
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    assert code == 0 and "resumed: 1 entries" in stderr
