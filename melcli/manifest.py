@@ -74,8 +74,21 @@ def utc_now() -> str:
 
 
 def dumps(manifest: dict[str, Any]) -> str:
-    """Serialise as stable, human-readable JSON."""
-    return json.dumps(manifest, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    """Serialise as stable, readable JSON: one line per entry, failure and rate."""
+
+    def one(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+    parts = []
+    for key, value in manifest.items():
+        if isinstance(value, list) and value:
+            body = "[\n" + ",\n".join(f"  {one(v)}" for v in value) + "\n ]"
+        elif isinstance(value, dict) and value:
+            body = "{\n" + ",\n".join(f"  {one(k)}: {one(v)}" for k, v in value.items()) + "\n }"
+        else:
+            body = one(value)
+        parts.append(f" {one(key)}: {body}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def fsync_dir(path: Path) -> None:
