@@ -48,8 +48,16 @@ def melcli_args(params: str, kind: str) -> list[str]:
     p = PARAMS[params]
     if params == "default":
         return []
-    args = ["--sr", str(p["sr"]), "--n-fft", str(p["n_fft"]),
-            "--win-length", str(p["win_length"]), "--hop-length", str(p["hop_length"])]
+    args = [
+        "--sr",
+        str(p["sr"]),
+        "--n-fft",
+        str(p["n_fft"]),
+        "--win-length",
+        str(p["win_length"]),
+        "--hop-length",
+        str(p["hop_length"]),
+    ]
     if kind == "mel":
         args += ["--n-mels", str(p["n_mels"])]
     return args
@@ -57,8 +65,11 @@ def melcli_args(params: str, kind: str) -> list[str]:
 
 def list_audio(d: str | Path) -> list[Path]:
     """Audio files directly inside ``d``, sorted by name."""
-    return sorted(p for p in Path(d).iterdir()
-                  if p.is_file() and p.suffix.lower() in AUDIO_EXTS and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in Path(d).iterdir()
+        if p.is_file() and p.suffix.lower() in AUDIO_EXTS and not p.name.startswith(".")
+    )
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -92,8 +103,15 @@ BLOCK_FRAMES = 128
 class MinimalMath:
     """Framing + window + float32 rfft + |X|^2 (+ mel matmul), one thread, in blocks."""
 
-    def __init__(self, sr: int, n_fft: int, win_length: int | None, hop_length: int,
-                 n_mels: int, block: int = BLOCK_FRAMES) -> None:
+    def __init__(
+        self,
+        sr: int,
+        n_fft: int,
+        win_length: int | None,
+        hop_length: int,
+        n_mels: int,
+        block: int = BLOCK_FRAMES,
+    ) -> None:
         import librosa.filters
         import numpy as np
         import scipy.signal
@@ -102,9 +120,10 @@ class MinimalMath:
         w = scipy.signal.get_window("hann", win_length, fftbins=True).astype(np.float32)
         lpad = (n_fft - win_length) // 2
         self.window = np.zeros(n_fft, dtype=np.float32)
-        self.window[lpad:lpad + win_length] = w
+        self.window[lpad : lpad + win_length] = w
         self.fb_t = np.ascontiguousarray(
-            librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, dtype=np.float32).T)
+            librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, dtype=np.float32).T
+        )
         self.n_fft, self.hop, self.block = n_fft, hop_length, block
         self.n_bins = n_fft // 2 + 1
 
@@ -123,7 +142,7 @@ class MinimalMath:
         tmp = np.empty((self.block, self.n_bins), dtype=np.float32)
         for i in range(0, n, self.block):
             m = min(self.block, n - i)
-            np.multiply(frames[i:i + m], self.window, out=buf[:m])
+            np.multiply(frames[i : i + m], self.window, out=buf[:m])
             x = scipy.fft.rfft(buf[:m], axis=1, workers=1)
             np.multiply(x.real, x.real, out=pw[:m])
             np.multiply(x.imag, x.imag, out=tmp[:m])
@@ -136,7 +155,7 @@ class MinimalMath:
 
         out = np.empty((1 + y.shape[0] // self.hop, self.n_bins), dtype=np.float32)
         for i, p in self._blocks(y):
-            out[i:i + p.shape[0]] = p
+            out[i : i + p.shape[0]] = p
         return out
 
     def mel(self, y: np.ndarray) -> np.ndarray:
@@ -145,7 +164,7 @@ class MinimalMath:
 
         out = np.empty((1 + y.shape[0] // self.hop, self.fb_t.shape[1]), dtype=np.float32)
         for i, p in self._blocks(y):
-            np.matmul(p, self.fb_t, out=out[i:i + p.shape[0]])
+            np.matmul(p, self.fb_t, out=out[i : i + p.shape[0]])
         return out
 
 
@@ -169,9 +188,12 @@ def run_math(directory: str, param_names: list[str]) -> dict[str, Any]:
     files = list_audio(directory)
     t0 = time.perf_counter()
     audio = _load_mono(files)
-    res: dict[str, Any] = {"mode": "math", "n_files": len(files),
-                           "decode_mono_s": time.perf_counter() - t0,
-                           "audio_s": sum(y.shape[0] / sr for y, sr in audio)}
+    res: dict[str, Any] = {
+        "mode": "math",
+        "n_files": len(files),
+        "decode_mono_s": time.perf_counter() - t0,
+        "audio_s": sum(y.shape[0] / sr for y, sr in audio),
+    }
     with threadpool_limits(limits=1):
         for name in param_names:
             p = PARAMS[name]
@@ -186,8 +208,9 @@ def run_math(directory: str, param_names: list[str]) -> dict[str, Any]:
             engines: dict[int, MinimalMath] = {}
             for _, sr in ys:
                 if sr not in engines:
-                    engines[sr] = MinimalMath(sr, p["n_fft"], p["win_length"], p["hop_length"],
-                                              p["n_mels"])
+                    engines[sr] = MinimalMath(
+                        sr, p["n_fft"], p["win_length"], p["hop_length"], p["n_mels"]
+                    )
                     warm = np.zeros(sr, dtype=np.float32)  # first-call costs outside timing
                     engines[sr].mel(warm)
                     engines[sr].power(warm)
@@ -208,9 +231,10 @@ def run_selftest(directory: str, n: int = 3) -> dict[str, Any]:
     import numpy as np
 
     worst = 0.0
-    for name, p in PARAMS.items():
+    for p in PARAMS.values():
         for path in list_audio(directory)[:n]:
-            y, sr = librosa.load(path, sr=p["sr"])
+            y, sr_f = librosa.load(path, sr=p["sr"])
+            sr = int(sr_f)
             kw = {"n_fft": p["n_fft"], "hop_length": p["hop_length"], "win_length": p["win_length"]}
             e = MinimalMath(sr, p["n_fft"], p["win_length"], p["hop_length"], p["n_mels"])
             ref_m = librosa.feature.melspectrogram(y=y, sr=sr, n_mels=p["n_mels"], **kw)
@@ -255,8 +279,15 @@ def run_librosa(directory: str, outdir: str, kind: str, params: str, jobs: int) 
         from joblib import Parallel, delayed
 
         Parallel(n_jobs=jobs)(delayed(one)(f) for f in files)
-    return {"mode": "librosa", "kind": kind, "params": params, "jobs": jobs,
-            "n_files": len(files), "t_import": t_import, "t_work": time.perf_counter() - t0}
+    return {
+        "mode": "librosa",
+        "kind": kind,
+        "params": params,
+        "jobs": jobs,
+        "n_files": len(files),
+        "t_import": t_import,
+        "t_work": time.perf_counter() - t0,
+    }
 
 
 # --------------------------------------------------------------------------- CLI

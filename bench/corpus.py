@@ -75,12 +75,24 @@ CLIP_RATES = (16000, 22050)
 # espeak-ng voices (languages) and variants; English text read by other-language
 # voices is fine here: we only want varied, realistic speech-like spectra.
 VOICES = (
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
-    "de", "fr-fr", "es", "it", "nl", "pt", "sv", "pl",
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-x-gbclan",
+    "de",
+    "fr-fr",
+    "es",
+    "it",
+    "nl",
+    "pt",
+    "sv",
+    "pl",
 )
 VARIANTS = ("", "+m1", "+m3", "+m5", "+f1", "+f2", "+f3", "+f4", "+croak", "+whisper")
 
-WORDS = (
+_WORDS_TEXT = (
     "the a of and to in is that it for on was with as by at from this be are or have "
     "an which one had not but what all were when we there can been has more if will "
     "spectrum window frame audio signal filter river morning quiet engineer measure "
@@ -91,7 +103,8 @@ WORDS = (
     "thunder lightning coffee bicycle library museum theatre village forest island "
     "winter summer autumn spring north south east west yesterday tomorrow together "
     "carefully slowly quickly suddenly always never sometimes perhaps certainly"
-).split()
+)
+WORDS = _WORDS_TEXT.split()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -178,8 +191,20 @@ def _espeak_clip(text: str, voice: str, speed: int, pitch: int, gap: int) -> np.
     """Synthesise ``text`` with espeak-ng and return float32 mono audio at 16 kHz."""
     with tempfile.TemporaryDirectory(prefix="melcli-espeak-") as td:
         wav = Path(td) / "s.wav"
-        cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap),
-               "-w", str(wav), text]
+        cmd = [
+            "espeak-ng",
+            "-v",
+            voice,
+            "-s",
+            str(speed),
+            "-p",
+            str(pitch),
+            "-g",
+            str(gap),
+            "-w",
+            str(wav),
+            text,
+        ]
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         y, sr = sf.read(wav, dtype="float32", always_2d=False)
     if y.ndim > 1:
@@ -208,19 +233,24 @@ def _synthetic_speech(seed: int, n: int, sr: int = SPEECH_SR) -> np.ndarray:
         if rng.random() < 0.2:  # fricative
             src = rng.standard_normal(seg_n) * 0.3
         else:
-            f0 = f0_base * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(1, 4) * t + rng.uniform(0, 6)))
+            f0 = f0_base * (
+                1 + 0.15 * np.sin(2 * np.pi * rng.uniform(1, 4) * t + rng.uniform(0, 6))
+            )
             ph = phase + 2 * np.pi * np.cumsum(f0) / sr
             phase = float(ph[-1]) if seg_n else phase
             src = (np.mod(ph, 2 * np.pi) < 0.6).astype(np.float64) - 0.1
             src += 0.02 * rng.standard_normal(seg_n)
         y = src
-        for fc, bw in ((rng.uniform(300, 900), 80), (rng.uniform(900, 2500), 120),
-                       (rng.uniform(2400, 3500), 200)):
+        for fc, bw in (
+            (rng.uniform(300, 900), 80),
+            (rng.uniform(900, 2500), 120),
+            (rng.uniform(2400, 3500), 200),
+        ):
             r = np.exp(-np.pi * bw / sr)
             th = 2 * np.pi * fc / sr
             y = y + lfilter([1 - r], [1, -2 * r * np.cos(th), r * r], src) * 2
         env = np.sin(np.pi * np.linspace(0, 1, seg_n)) ** 0.7
-        out[pos:pos + seg_n] = y * env
+        out[pos : pos + seg_n] = y * env
         pos += seg_n
         if rng.random() < 0.15:
             pos += int(rng.uniform(0.1, 0.5) * sr)  # pause
@@ -256,8 +286,16 @@ def make_speech(i: int, duration_s: int, use_espeak: bool) -> np.ndarray:
 
 # --------------------------------------------------------------------------- music
 
-_CHORDS = ((0, 4, 7), (0, 3, 7), (0, 4, 7, 11), (0, 3, 7, 10), (0, 4, 7, 10), (0, 5, 7),
-           (0, 3, 6), (0, 4, 8))
+_CHORDS = (
+    (0, 4, 7),
+    (0, 3, 7),
+    (0, 4, 7, 11),
+    (0, 3, 7, 10),
+    (0, 4, 7, 10),
+    (0, 5, 7),
+    (0, 3, 6),
+    (0, 4, 8),
+)
 
 
 def make_music(i: int, duration_s: int, sr: int = MUSIC_SR) -> np.ndarray:
@@ -285,7 +323,7 @@ def make_music(i: int, duration_s: int, sr: int = MUSIC_SR) -> np.ndarray:
             tone = np.zeros_like(t)
             for h in range(1, n_harm + 1):
                 if f * h < sr / 2 - 1000:
-                    tone += np.sin(2 * np.pi * f * h * t + rng.uniform(0, 2 * np.pi)) / h ** 1.3
+                    tone += np.sin(2 * np.pi * f * h * t + rng.uniform(0, 2 * np.pi)) / h**1.3
             tone *= env * (0.6 if k == len(notes) - 1 else 0.3)
             out[a:b, 0] += tone * (1 - pan)
             out[a:b, 1] += tone * pan
@@ -302,8 +340,8 @@ def make_music(i: int, duration_s: int, sr: int = MUSIC_SR) -> np.ndarray:
         hit = rng.standard_normal(m) * np.exp(-ht[:m] / 0.02) * 0.25
         if k % 4 == 0:
             hit += np.sin(2 * np.pi * 55 * ht[:m]) * np.exp(-ht[:m] / 0.08) * 0.8
-        out[a:a + m, 0] += hit
-        out[a:a + m, 1] += hit
+        out[a : a + m, 0] += hit
+        out[a : a + m, 1] += hit
     out += 1e-3 * rng.standard_normal(out.shape)
     return _peak_normalise(out).astype(np.float32)
 
@@ -311,7 +349,9 @@ def make_music(i: int, duration_s: int, sr: int = MUSIC_SR) -> np.ndarray:
 # --------------------------------------------------------------------------- clips
 
 
-def make_clip(i: int, duration_s: int, speech: Callable[[int], np.ndarray] | None) -> tuple[np.ndarray, int]:
+def make_clip(
+    i: int, duration_s: int, speech: Callable[[int], np.ndarray] | None
+) -> tuple[np.ndarray, int]:
     """The i-th 1 s clip: a mixture of 2-4 of tones/chirp/noise/AM/clicks/speech slice."""
     rng = np.random.default_rng([3, i])
     sr = CLIP_RATES[i % len(CLIP_RATES)]
@@ -336,8 +376,11 @@ def make_clip(i: int, duration_s: int, speech: Callable[[int], np.ndarray] | Non
                 w /= np.std(w) + 1e-9
             y += 0.3 * g * w
         elif kind == "am":
-            y += g * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) * (
-                0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 20) * t))
+            y += (
+                g
+                * np.sin(2 * np.pi * rng.uniform(200, 2000) * t)
+                * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 20) * t))
+            )
         elif kind == "clicks":
             y[:: int(sr / rng.uniform(2, 40))] += g * 2
         elif kind == "speech" and speech is not None:
@@ -345,7 +388,7 @@ def make_clip(i: int, duration_s: int, speech: Callable[[int], np.ndarray] | Non
             if sr != SPEECH_SR:
                 s = soxr.resample(s, SPEECH_SR, sr, quality="HQ")
             off = int(rng.integers(0, max(1, s.size - n)))
-            seg = s[off:off + n]
+            seg = s[off : off + n]
             y[: seg.size] += g * seg / (np.max(np.abs(seg)) + 1e-9)
     fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.005)
     return _peak_normalise(y * fade).astype(np.float32), sr
@@ -392,8 +435,12 @@ def corpus_dir(scale: str) -> Path:
 
 def expected_spec(scale: str, speech_source: str) -> dict[str, Any]:
     """The spec recorded in STAMP.json; a mismatch triggers a rebuild."""
-    return {"version": CORPUS_VERSION, "scale": scale, **SCALES[scale],
-            "speech_source": speech_source}
+    return {
+        "version": CORPUS_VERSION,
+        "scale": scale,
+        **SCALES[scale],
+        "speech_source": speech_source,
+    }
 
 
 def _file_list(d: Path) -> list[Path]:
@@ -435,12 +482,19 @@ def build(scale: str = "full", force: bool = False, verbose: bool = True) -> dic
     spec = expected_spec(scale, speech_source)
     root = corpus_dir(scale)
     stamp = read_stamp(scale)
-    if (not force and stamp is not None and stamp.get("spec") == spec
-            and all((root / s).is_dir() for s in SUBSETS)):
+    if (
+        not force
+        and stamp is not None
+        and stamp.get("spec") == spec
+        and all((root / s).is_dir() for s in SUBSETS)
+    ):
         return stamp
     if ver is None:
-        print("corpus: NOTICE: espeak-ng unavailable; using synthetic speech-like signals "
-              "instead of espeak-ng speech.", file=sys.stderr)
+        print(
+            "corpus: NOTICE: espeak-ng unavailable; using synthetic speech-like signals "
+            "instead of espeak-ng speech.",
+            file=sys.stderr,
+        )
     t_start = time.perf_counter()
     if root.exists():
         shutil.rmtree(root)
@@ -451,8 +505,11 @@ def build(scale: str = "full", force: bool = False, verbose: bool = True) -> dic
 
     def log(msg: str) -> None:
         if verbose:
-            print(f"corpus[{scale}]: {msg} ({time.perf_counter() - t_start:.1f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"corpus[{scale}]: {msg} ({time.perf_counter() - t_start:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def speech_one(i: int) -> None:
         y = make_speech(i, sc["speech_s"], ver is not None)
@@ -492,10 +549,18 @@ def build(scale: str = "full", force: bool = False, verbose: bool = True) -> dic
     for s in SUBSETS:
         files = _file_list(root / s)
         secs = sum(sf.info(str(p)).frames / sf.info(str(p)).samplerate for p in files)
-        subsets[s] = {"n_files": len(files), "audio_s": round(secs, 6),
-                      "bytes": sum(p.stat().st_size for p in files), "digest": _digest(files)}
-    stamp = {"spec": spec, "subsets": subsets, "build_s": round(time.perf_counter() - t_start, 1),
-             "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+        subsets[s] = {
+            "n_files": len(files),
+            "audio_s": round(secs, 6),
+            "bytes": sum(p.stat().st_size for p in files),
+            "digest": _digest(files),
+        }
+    stamp = {
+        "spec": spec,
+        "subsets": subsets,
+        "build_s": round(time.perf_counter() - t_start, 1),
+        "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     tmp = root / ".STAMP.json.tmp"
     tmp.write_text(json.dumps(stamp, indent=2) + "\n")
     os.replace(tmp, root / "STAMP.json")
