@@ -12,14 +12,13 @@ cached, instead of once per file as ``librosa.feature.melspectrogram`` does.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
+from melcli import dsp
 from melcli.errors import DecodeError
-from melcli.params import FeatureParams, window_spec
+from melcli.params import FeatureParams, parse_window
 
 #: Frames are processed in blocks of about this many samples (per channel) so
 #: that the windowed frames and their FFT of a long file never exist whole.
@@ -43,9 +42,8 @@ def fft_window(window: str, win_length: int, n_fft: int) -> np.ndarray:
     -------
     np.ndarray, shape (n_fft,), float64, read-only
     """
-    from scipy.signal import get_window  # 0.5 s import: only when a window is needed
-
-    win = get_window(window_spec(window), win_length, fftbins=True)
+    name, param = parse_window(window)
+    win = dsp.periodic_window(name, win_length, param)
     out = np.zeros(n_fft, dtype=np.float64)
     left = (n_fft - win_length) // 2
     out[left : left + win_length] = win
@@ -57,27 +55,23 @@ def fft_window(window: str, win_length: int, n_fft: int) -> np.ndarray:
 def _mel_basis(
     sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool, norm: str | None
 ) -> tuple[np.ndarray, bool]:
-    import librosa.filters
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        basis = librosa.filters.mel(
-            sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm,
-            dtype=np.float32,
-        )  # fmt: skip
-    empty = any("Empty filters" in str(w.message) for w in caught)
+    basis, empty = dsp.mel_filterbank(
+        sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm
+    )
     basis.flags.writeable = False
     return basis, empty
 
 
-def _mel_args(params: FeatureParams, sr: int) -> tuple[int, int, int, float, float, bool, str | None]:
+def _mel_args(
+    params: FeatureParams, sr: int
+) -> tuple[int, int, int, float, float, bool, str | None]:
     norm = None if params.norm == "none" else params.norm
     fmax = params.effective_fmax(sr)
     return (sr, params.n_fft, params.n_mels, params.fmin, fmax, params.mel_scale == "htk", norm)
 
 
 def mel_basis(params: FeatureParams, sr: int) -> np.ndarray:
-    """The mel filterbank ``librosa.filters.mel`` builds for these parameters.
+    """The mel filterbank ``librosa.filters.mel`` builds for these parameters (see `dsp`).
 
     Returns
     -------
@@ -103,10 +97,8 @@ def row_frequencies(params: FeatureParams, sr: int) -> np.ndarray:
     """
     if params.kind == "stft":
         return np.linspace(0.0, sr / 2, 1 + params.n_fft // 2)
-    import librosa
-
-    return librosa.mel_frequencies(
-        n_mels=params.n_mels + 2,
+    return dsp.mel_frequencies(
+        params.n_mels + 2,
         fmin=params.fmin,
         fmax=params.effective_fmax(sr),
         htk=params.mel_scale == "htk",
@@ -184,7 +176,7 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
             stop = min(start + block, n_frames)
             # float64 frames and FFT, rounded to complex64, as librosa.stft does:
             # a float32 FFT would lose the quiet bins (their dB) to rounding noise.
-            spec = scipy.fft.rfft(frames[start:stop] * win, axis=-1).astype(np.complex64)
+            spec = np.fft.rfft(frames[start:stop] * win, axis=-1).astype(np.complex64)
             if params.complex:
                 out[c, :, start:stop] = spec.T
                 continue
