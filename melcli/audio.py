@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,18 +42,53 @@ class AudioInfo:
 
 
 def _reason(path: str, exc: Exception) -> str:
-    if isinstance(exc, FileNotFoundError):
+    # libsndfile says only "System error" for these: look at the path itself
+    if isinstance(exc, FileNotFoundError) or not os.path.exists(path):
         return "broken symlink" if os.path.islink(path) else "file not found"
-    if isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError) or not os.access(path, os.R_OK):
         return "permission denied"
-    if isinstance(exc, IsADirectoryError):
+    if isinstance(exc, IsADirectoryError) or os.path.isdir(path):
         return "is a directory"
     text = str(exc)
     # libsndfile: "Error opening 'x.wav': Format not recognised." -> the part after the path
     if ": " in text and text.startswith("Error opening"):
         text = text.split(": ", 1)[1]
     text = " ".join(text.split()).rstrip(".")
+    if os.path.isfile(path):
+        if os.path.getsize(path) == 0:
+            return "cannot decode: empty file (0 bytes)"
+        if text.startswith("File does not exist"):
+            # what libsndfile says when its MP3 decoder gives up on a file it probed
+            return "cannot decode: not a recognised audio format (corrupt or not audio)"
     return f"cannot decode: {text or type(exc).__name__}"
+
+
+@contextlib.contextmanager
+def _quiet_c_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while libsndfile opens or reads a file.
+
+    Its MP3 decoder (libmpg123) prints lines such as ``Note: Illegal
+    Audio-MPEG-Header ... Trying to resync...`` straight to fd 2 when it probes
+    a corrupt or non-audio file; melcli reports the failure itself, in one line.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to silence
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def probe(path: str) -> AudioInfo:
@@ -62,7 +100,8 @@ def probe(path: str) -> AudioInfo:
         When the file is missing, unreadable or not audio libsndfile can read.
     """
     try:
-        info = sf.info(path)
+        with _quiet_c_stderr():
+            info = sf.info(path)
     except Exception as exc:  # libsndfile raises several unrelated types
         raise DecodeError(_reason(path, exc)) from None
     if info.samplerate <= 0 or info.channels <= 0:
@@ -120,7 +159,7 @@ def load(path: str, *, sr: int | None, mono: bool) -> tuple[np.ndarray, int, Aud
     DecodeError
     """
     try:
-        with sf.SoundFile(path) as f:
+        with _quiet_c_stderr(), sf.SoundFile(path) as f:
             info = AudioInfo(f.format, f.subtype, int(f.samplerate), int(f.channels), int(f.frames))
             data = f.read(dtype="float32", always_2d=True)
     except DecodeError:
@@ -137,3 +176,30 @@ def load(path: str, *, sr: int | None, mono: bool) -> tuple[np.ndarray, int, Aud
     elif sr is not None:
         rate = sr
     return y, rate, info
+
+
+def load_segment(path: str, start: int, stop: int, *, mono: bool) -> np.ndarray:
+    """Decode samples [start, stop) of a file at its native rate.
+
+    Returns
+    -------
+    np.ndarray, shape (channels, stop - start), float32
+        One channel (the mean) when ``mono``.
+
+    Raises
+    ------
+    DecodeError
+        Unreadable file, or fewer samples than its header promised.
+    """
+    try:
+        with sf.SoundFile(path) as f:
+            f.seek(start)
+            data = f.read(stop - start, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise DecodeError(_reason(path, exc)) from None
+    if data.shape[0] != stop - start:
+        raise DecodeError(f"cannot decode: {data.shape[0]} samples at {start}, expected {stop - start}")
+    y = np.ascontiguousarray(data.T)
+    if mono and y.shape[0] > 1:
+        y = np.mean(y, axis=0, keepdims=True)
+    return y

@@ -84,9 +84,7 @@ class AudioFactory:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
-    def write(
-        self, name: str, y: np.ndarray, sr: int, *, subtype: str | None = None
-    ) -> Path:
+    def write(self, name: str, y: np.ndarray, sr: int, *, subtype: str | None = None) -> Path:
         """Write ``y`` (shape (n,) or (channels, n)) with the format of ``name``'s suffix."""
         p = self.path(name)
         fmt, default_subtype = FORMATS[p.suffix.lstrip(".").lower()]
@@ -104,9 +102,7 @@ class AudioFactory:
         chans = [sine(freq * (1 + 0.5 * c), sr, seconds, amp, phase=c) for c in range(channels)]
         return self.write(name, chans[0] if channels == 1 else np.stack(chans), sr)
 
-    def sweep(
-        self, name: str, sr: int = 16000, seconds: float = 0.5, channels: int = 1
-    ) -> Path:
+    def sweep(self, name: str, sr: int = 16000, seconds: float = 0.5, channels: int = 1) -> Path:
         """A chirp from 100 Hz to 0.45 * sr (reversed on channel 2)."""
         up = chirp(100.0, 0.45 * sr, sr, seconds)
         y = up if channels == 1 else np.stack([up, up[::-1]] + [up] * (channels - 2))

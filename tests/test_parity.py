@@ -17,6 +17,7 @@ import h5py
 import librosa
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import SAMPLE_AUDIO, AudioFactory, sample_files, sine
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -133,14 +134,13 @@ WINDOWS = ["rectangular", "boxcar", "hann", "hamming", "blackman", "bartlett",
 @pytest.mark.parametrize(
     "kw",
     [
-        pytest.param({"kind": "stft", "n_fft": 256, "win_length": 200, "hop_length": 64}, id="stft"),
+        pytest.param({"kind": "stft", "n_fft": 256, "win_length": 200, "hop_length": 64},
+                     id="stft"),
         pytest.param({"kind": "mel", "n_fft": 512, "hop_length": 128, "n_mels": 40,
                       "scale": "db"}, id="mel-db"),
     ],
 )  # fmt: skip
-def test_every_window_matches_librosa(
-    audio: AudioFactory, window: str, kw: dict[str, Any]
-) -> None:
+def test_every_window_matches_librosa(audio: AudioFactory, window: str, kw: dict[str, Any]) -> None:
     path = audio.mix("w.wav", sr=16000, seconds=0.4)
     check(path, window=window, **kw)
 
@@ -314,7 +314,9 @@ def test_float64_output_is_float64(audio: AudioFactory) -> None:
 # ---------------------------------------------------------------------------
 # the committed real corpus
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("path", sample_files(), ids=lambda p: p.relative_to(SAMPLE_AUDIO).as_posix())
+@pytest.mark.parametrize(
+    "path", sample_files(), ids=lambda p: p.relative_to(SAMPLE_AUDIO).as_posix()
+)
 @pytest.mark.parametrize(
     "kw",
     [
@@ -480,8 +482,9 @@ def test_cli_npy_keep_channels_resampled_matches_librosa(
     a = audio.mix("a.wav", sr=48000, seconds=0.5, channels=2)
     b = audio.mix("b.flac", sr=16000, seconds=0.5)
     out = tmp_path / "feats"
-    r = melcli("stft", audio.root, "-o", out, "-j1", "--keep-channels", "--sr", "22050",
-               "--n-fft", "512", "--window", "gaussian:60", "--power", "1", "--scale", "log")  # fmt: skip
+    args = ["--keep-channels", "--sr", "22050", "--n-fft", "512", "--window", "gaussian:60",
+            "--power", "1", "--scale", "log"]  # fmt: skip
+    r = melcli("stft", audio.root, "-o", out, "-j1", *args)
     assert r.returncode == 0, r.stderr
     p = FeatureParams(kind="stft", mono=False, sr=22050, n_fft=512, window="gaussian:60",
                       power=1.0, scale="log")  # fmt: skip
@@ -492,9 +495,7 @@ def test_cli_npy_keep_channels_resampled_matches_librosa(
         assert_parity(got, ref, p)
 
 
-def test_cli_complex_stft_matches_librosa(
-    audio: AudioFactory, invoke: Any, tmp_path: Path
-) -> None:
+def test_cli_complex_stft_matches_librosa(audio: AudioFactory, invoke: Any, tmp_path: Path) -> None:
     a = audio.mix("a.wav", sr=16000, seconds=0.4)
     out = tmp_path / "c.h5"
     r = invoke("stft", a, "-o", out, "--complex", "--n-fft", "256", "--no-center", "-j1")
@@ -519,3 +520,54 @@ def test_result_does_not_depend_on_blas_threads(audio: AudioFactory) -> None:
             results.append(ours(path, p)[0])
     for other in results[1:]:
         np.testing.assert_array_equal(results[0], other)
+
+
+# ---------------------------------------------------------------------------
+# random parameters, random signals
+# ---------------------------------------------------------------------------
+@st.composite
+def random_params(draw: st.DrawFn) -> FeatureParams:
+    kind = draw(st.sampled_from(["stft", "mel"]))
+    n_fft = draw(st.sampled_from([32, 100, 128, 255, 256, 400, 512, 1024]))
+    scale = draw(st.sampled_from(["linear", "db", "log"]))
+    kw: dict[str, Any] = {
+        "kind": kind, "n_fft": n_fft, "scale": scale,
+        "win_length": draw(st.one_of(st.none(), st.integers(max(1, n_fft // 4), n_fft))),
+        "hop_length": draw(st.one_of(st.none(), st.integers(1, n_fft))),
+        "window": draw(st.sampled_from(["hann", "rectangular", "hamming", "blackman", "bartlett",
+                                        "flattop", "kaiser:6.5", "gaussian:9"])),
+        "center": draw(st.booleans()), "pad_mode": draw(st.sampled_from(["constant", "reflect",
+                                                                          "edge"])),
+        "power": draw(st.sampled_from([1.0, 2.0]) if scale == "db" else st.sampled_from(
+            [0.5, 1.0, 2.0, 3.0])),
+        "mono": draw(st.booleans()),
+    }  # fmt: skip
+    if scale == "db":
+        kw["top_db"] = draw(st.one_of(st.none(), st.floats(10, 120)))
+    if kind == "mel":
+        kw["n_mels"] = draw(st.integers(1, 64))
+        kw["mel_scale"] = draw(st.sampled_from(["slaney", "htk"]))
+        kw["norm"] = draw(st.sampled_from(["slaney", "none"]))
+        kw["fmin"] = draw(st.sampled_from([0.0, 20.0, 300.0]))
+        kw["fmax"] = draw(st.sampled_from([None, 3000.0, 7999.0]))
+    return FeatureParams(**kw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=random_params(), seed=st.integers(0, 2**32 - 1), n=st.integers(1024, 6000),
+       channels=st.integers(1, 3))  # fmt: skip
+def test_random_parameters_match_librosa(
+    tmp_path_factory: pytest.TempPathFactory, p: FeatureParams, seed: int, n: int, channels: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 16000
+    y = np.stack([0.3 * rng.uniform(-1, 1, n) + 0.5 * np.sin(2 * np.pi * rng.uniform(50, 7000) * t)
+                  for _ in range(channels)]).astype(np.float32)  # fmt: skip
+    path = tmp_path_factory.mktemp("random") / "r.wav"
+    sf.write(path, y.T, 16000, subtype="FLOAT")
+    got, _ = ours(path, p)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Empty filters", UserWarning)
+        ref, _ = librosa_reference(path, p)
+    assert_parity(got, ref, p)
+    assert got.shape[-1] == p.n_frames(n)
