@@ -89,6 +89,10 @@ BAD_CASES: dict[str, BadCase] = {
                   ["--no-center", "--n-fft", "512"], r"too short.*160.*512"),
     "nan.wav": (lambda a, t: float_wav_with(a, "nan.wav", np.nan), [], r"NaN"),
     "inf.wav": (lambda a, t: float_wav_with(a, "inf.wav", np.inf), [], r"Inf"),
+    # 0.9 x an on-bin tone: |X|**2 peaks at (0.9 * 512)**2 > 65504, float16's largest
+    "loud.wav": (lambda a, t: a.tone("loud.wav", freq=500, sr=16000, seconds=0.5, amp=0.9),
+                 ["--dtype", "float16", "--n-mels", "8", "--norm", "none", "--n-fft", "1600"],
+                 r"overflow float16"),
     "eight_khz.wav": (lambda a, t: a.tone("eight_khz.wav", freq=300, sr=8000, seconds=0.5),
                       ["--fmax", "6000"], r"fmax.*6000.*Nyquist.*4000"),
 }  # fmt: skip

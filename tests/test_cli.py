@@ -727,3 +727,14 @@ def test_inspect_key_on_audio_is_a_usage_error(corpus: AudioFactory, invoke: Inv
 def test_inspect_missing_path(invoke: Invoke, tmp_path: Path) -> None:
     r = invoke("inspect", tmp_path / "nothing.h5")
     assert r.exit_code == 2 and "nothing.h5" in r.stderr
+
+
+def test_inspect_text_keeps_one_line_per_file(audio: AudioFactory, invoke: Invoke) -> None:
+    """A control character in a file name (a newline) must not break the table."""
+    audio.tone("odd\nname.wav", seconds=0.2)
+    audio.tone("plain.wav", seconds=0.2)
+    r = invoke("inspect", audio.root)
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4, r.stdout  # header, two files, total
+    assert lines[1].startswith("odd\\nname.wav")
