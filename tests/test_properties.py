@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from melcli import features
@@ -298,6 +298,21 @@ def _real_files() -> dict[str, bytes]:
 REAL = _real_files()
 
 
+def _float_wav_with_first_frame(left: float, right: float) -> bytes:
+    """The stereo float WAV of `REAL` with its first frame's two samples replaced."""
+    data = bytearray(REAL["wav-FLOAT"])
+    at = data.index(b"data") + 8
+    data[at : at + 8] = np.array([left, right], dtype="<f4").tobytes()
+    return bytes(data)
+
+
+#: Regression examples (mangled real files hypothesis found): +Inf and -Inf in the
+#: two channels of one frame (the downmix makes a NaN, with a numpy warning), and
+#: huge finite samples (legal in a float WAV) that overflow float32 in |X|**2.
+INF_PAIR = _float_wav_with_first_frame(np.inf, -np.inf)
+HUGE_PAIR = _float_wav_with_first_frame(3e38, 3e38)
+
+
 @st.composite
 def hostile_bytes(draw: st.DrawFn) -> bytes:
     """Pure noise, or a real file truncated, overwritten in places, or spliced."""
@@ -343,6 +358,9 @@ def _write(scratch: Path, content: bytes, suffix: str) -> Path:
     suffix=st.sampled_from(SUFFIXES),
     params=st.sampled_from(EXTRACT_PARAMS),
 )
+@example(content=INF_PAIR, suffix="wav", params=EXTRACT_PARAMS[0])
+@example(content=HUGE_PAIR, suffix="wav", params=EXTRACT_PARAMS[0])
+@example(content=HUGE_PAIR, suffix="wav", params=EXTRACT_PARAMS[2])
 def test_extract_never_raises(
     scratch: Path, content: bytes, suffix: str, params: FeatureParams
 ) -> None:
@@ -439,6 +457,8 @@ def _good_wav(path: Path) -> None:
     files=st.lists(st.tuples(hostile_bytes(), st.sampled_from(SUFFIXES)), min_size=1, max_size=4),
     with_good=st.booleans(),
 )
+@example(files=[(INF_PAIR, "wav")], with_good=True)
+@example(files=[(HUGE_PAIR, "wav")], with_good=False)
 def test_cli_over_random_files(
     scratch: Path, files: list[tuple[bytes, str]], with_good: bool
 ) -> None:
