@@ -13,6 +13,7 @@ import numpy as np
 import soundfile as sf
 
 from melcli.errors import DecodeError
+from melcli.features import check_samples
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,12 @@ def probe(path: str) -> AudioInfo:
     except Exception as exc:  # libsndfile raises several unrelated types
         raise DecodeError(_reason(path, exc)) from None
     if info.samplerate <= 0 or info.channels <= 0:
-        raise DecodeError(f"cannot decode: invalid header ({info.samplerate} Hz, {info.channels} ch)")
-    return AudioInfo(info.format, info.subtype, int(info.samplerate), int(info.channels), int(info.frames))
+        raise DecodeError(
+            f"cannot decode: invalid header ({info.samplerate} Hz, {info.channels} ch)"
+        )
+    return AudioInfo(
+        info.format, info.subtype, int(info.samplerate), int(info.channels), int(info.frames)
+    )
 
 
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -162,13 +167,15 @@ def load(path: str, *, sr: int | None, mono: bool) -> tuple[np.ndarray, int, Aud
         with _quiet_c_stderr(), sf.SoundFile(path) as f:
             info = AudioInfo(f.format, f.subtype, int(f.samplerate), int(f.channels), int(f.frames))
             data = f.read(dtype="float32", always_2d=True)
+            _check_complete(f, data.shape[0])
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(_reason(path, exc)) from None
     y = np.ascontiguousarray(data.T)
+    check_samples(y)
     if mono and y.shape[0] > 1:
-        y = np.mean(y, axis=0, keepdims=True)
+        y = downmix(y)
     rate = info.sample_rate
     if sr is not None and sr != rate and y.shape[-1] > 0:
         y = resample(y, rate, sr)
@@ -198,8 +205,41 @@ def load_segment(path: str, start: int, stop: int, *, mono: bool) -> np.ndarray:
     except Exception as exc:
         raise DecodeError(_reason(path, exc)) from None
     if data.shape[0] != stop - start:
-        raise DecodeError(f"cannot decode: {data.shape[0]} samples at {start}, expected {stop - start}")
+        raise DecodeError(
+            f"cannot decode: {data.shape[0]} samples at {start}, expected {stop - start}"
+        )
     y = np.ascontiguousarray(data.T)
+    check_samples(y)
     if mono and y.shape[0] > 1:
-        y = np.mean(y, axis=0, keepdims=True)
+        y = downmix(y)
     return y
+
+
+#: Placeholder sizes streaming writers put in a WAV header before the length is known.
+_UNKNOWN_SIZES = {"0", "4294967295", "2147483647", "4294967294"}
+
+
+def _check_complete(f: sf.SoundFile, got: int) -> None:
+    """Raise DecodeError when a file holds fewer samples than it declares.
+
+    libsndfile quietly shortens a WAV whose data chunk runs past the end of the
+    file (its log says ``data : 32000 (should be 15956)``), and returns fewer
+    frames than ``frames`` when a compressed stream breaks off.
+    """
+    if got < f.frames:
+        raise DecodeError(f"truncated: decoded {got} of {f.frames} samples")
+    for line in f.extra_info.splitlines():
+        parts = line.split()
+        # "data : 32000 (should be 15956)"
+        if len(parts) == 6 and parts[0] == "data" and parts[3:5] == ["(should", "be"]:
+            declared, actual = parts[2], parts[5].rstrip(")")
+            if declared not in _UNKNOWN_SIZES and actual.isdigit() and int(actual) < int(declared):
+                raise DecodeError(
+                    f"truncated: header declares {declared} bytes of audio, file holds {actual}"
+                )
+
+
+def downmix(y: np.ndarray) -> np.ndarray:
+    """Mean of the channels, as ``librosa.to_mono``: shape (1, n), float32."""
+    with np.errstate(over="ignore", invalid="ignore"):  # huge samples: caught later
+        return np.mean(y, axis=0, keepdims=True)

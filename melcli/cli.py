@@ -448,7 +448,7 @@ def _print_output(info: dict[str, Any]) -> None:
         echo(f"rates:      {', '.join(str(r) for r in info['sample_rates'])} Hz")
     echo(f"failures:   {len(info['failures'])}")
     for f in info["failures"]:
-        echo(f"  {f['key']}: {f['reason']}")
+        echo(f"  {_show(f['key'])}: {f['reason']}")
     entry = info.get("entry")
     if entry:
         echo(f"entry {entry['key']}: shape {tuple(entry['shape'])} {entry['dtype']}  "
@@ -463,7 +463,7 @@ def _print_output(info: dict[str, Any]) -> None:
 def _print_audio(info: dict[str, Any]) -> None:
     rows = [("key", "format", "subtype", "rate", "ch", "frames", "duration", "mel shape")]
     for f in info["files"]:
-        rows.append((f["key"], f["format"], f["subtype"], str(f["sample_rate"]),
+        rows.append((_show(f["key"]), f["format"], f["subtype"], str(f["sample_rate"]),
                      str(f["channels"]), str(f["frames"]), f"{f['duration']:.3f} s",
                      "x".join(str(n) for n in f["mel_shape"])))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -472,7 +472,7 @@ def _print_audio(info: dict[str, Any]) -> None:
     click.echo(f"{info['total_files']} files, {info['total_duration']:.2f} s of audio"
                + (f", {len(info['errors'])} unreadable" if info["errors"] else ""))  # fmt: skip
     for e in info["errors"]:
-        click.echo(f"  {e['key']}: {e['reason']}")
+        click.echo(f"  {_show(e['key'])}: {e['reason']}")
     for w in info["warnings"]:
         click.echo(f"melcli: warning: {w}", err=True)
 

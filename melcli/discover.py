@@ -154,7 +154,9 @@ def discover(
         elif os.path.isdir(item):
             found.extend(_walk(item, exts, warnings))
         elif os.path.lexists(item):
-            found.append(Source(posixpath.basename(item.replace(os.sep, "/")), os.path.abspath(item)))
+            found.append(
+                Source(posixpath.basename(item.replace(os.sep, "/")), os.path.abspath(item))
+            )
         else:
             raise InputError(f"input not found: {item}")
     by_key: dict[str, Source] = {}
@@ -167,4 +169,32 @@ def discover(
                 f"two inputs map to the same key {src.key!r}: {other.path} and {src.path}; "
                 "give their common parent directory instead"
             )
+    _check_nesting(by_key)
     return Discovery(sorted(by_key.values()), warnings)
+
+
+def _check_nesting(by_key: dict[str, Source]) -> None:
+    """Refuse keys that cannot coexist in an output tree.
+
+    ``x.wav`` and ``x.wav/inner.wav`` (an HDF5 dataset cannot also be a group),
+    ``a.wav`` and ``a.wav.npy/b.wav`` (the file ``a.wav.npy`` cannot also be a
+    directory), and ``manifest.json/...`` (the npy manifest's name).
+    """
+    for key in sorted(by_key):
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            other = by_key.get(prefix) or (
+                by_key.get(prefix[: -len(".npy")]) if prefix.endswith(".npy") else None
+            )
+            if other is not None:
+                raise InputError(
+                    f"keys {other.key!r} ({other.path}) and {key!r} ({by_key[key].path}) "
+                    "cannot both be stored: one would be a folder of the other; "
+                    "rename one of them or process them separately"
+                )
+        if len(parts) > 1 and parts[0] == "manifest.json":
+            raise InputError(
+                f"key {key!r} ({by_key[key].path}) would collide with the npy output's "
+                "manifest.json; rename that folder"
+            )

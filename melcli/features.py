@@ -23,6 +23,9 @@ from melcli.params import FeatureParams, parse_window
 #: Frames are processed in blocks of about this many samples (per channel) so
 #: that the windowed frames and their FFT of a long file never exist whole.
 BLOCK_SAMPLES = 1 << 21
+#: Largest sample magnitude accepted: float audio is nominally within [-1, 1];
+#: far beyond this the power spectrum overflows float32.
+MAX_SAMPLE = 1e6
 
 
 @functools.lru_cache(maxsize=32)
@@ -144,6 +147,13 @@ def _magnitude(spec: np.ndarray, power: float) -> np.ndarray:
     return mag if power == 1.0 else mag**power
 
 
+def pad_center(y: np.ndarray, params: FeatureParams, left: int, right: int) -> np.ndarray:
+    """Pad ``y`` (channels, n) by ``left`` / ``right`` samples with ``params.pad_mode``."""
+    if not (left or right):
+        return y
+    return np.pad(y, [(0, 0), (left, right)], mode=params.pad_mode)
+
+
 def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
     """Linear-scale STFT magnitudes (or complex STFT) or mel spectrogram.
 
@@ -160,18 +170,28 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
     np.ndarray, shape (channels, n_bins, n_frames)
         float32 (complex64 with ``params.complex``), before scaling.
     """
+    half = params.n_fft // 2 if params.center else 0
+    x = pad_center(np.asarray(y, dtype=np.float32), params, half, half)
+    return frames_spectrogram(x, sr, params, params.n_frames(y.shape[-1]))
+
+
+def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: int) -> np.ndarray:
+    """The first ``n_frames`` frames of an already padded signal (no centring here).
+
+    Frame t covers ``x[:, t * hop : t * hop + n_fft]``.
+
+    Returns
+    -------
+    np.ndarray, shape (channels, n_bins, n_frames)
+    """
     n_fft, hop = params.n_fft, params.hop_length
-    y = np.asarray(y, dtype=np.float32)
-    if params.center:
-        y = np.pad(y, [(0, 0), (n_fft // 2, n_fft // 2)], mode=params.pad_mode)
-    n_frames = params.n_frames(y.shape[-1] - (2 * (n_fft // 2) if params.center else 0))
     win = fft_window(params.window, params.win_length, n_fft)
     basis = mel_basis(params, sr) if params.kind == "mel" else None
     out_dtype = np.complex64 if params.complex else np.float32
-    out = np.empty((y.shape[0], params.n_bins, n_frames), dtype=out_dtype)
+    out = np.empty((x.shape[0], params.n_bins, n_frames), dtype=out_dtype)
     block = max(1, BLOCK_SAMPLES // n_fft)
-    for c in range(y.shape[0]):
-        frames = np.lib.stride_tricks.sliding_window_view(y[c], n_fft)[::hop][:n_frames]
+    for c in range(x.shape[0]):
+        frames = np.lib.stride_tricks.sliding_window_view(x[c], n_fft)[::hop][:n_frames]
         for start in range(0, n_frames, block):
             stop = min(start + block, n_frames)
             # float64 frames and FFT, rounded to complex64, as librosa.stft does:
@@ -186,6 +206,17 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
                     mag = mag @ basis.T  # (frames, n_mels)
             out[c, :, start:stop] = mag.T
     return out
+
+
+def segment_bounds(params: FeatureParams, frame_start: int, frame_stop: int) -> tuple[int, int]:
+    """Sample range [a, b) of the unpadded signal that frames [start, stop) need.
+
+    ``a`` may be negative and ``b`` may pass the end: those samples come from
+    the centre padding (see `compute_segment`).
+    """
+    half = params.n_fft // 2 if params.center else 0
+    a = frame_start * params.hop_length - half
+    return a, (frame_stop - 1) * params.hop_length + params.n_fft - half
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,10 +275,65 @@ def compute(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
         rate, or values that overflow float16.
     """
     check_file_params(params, sr, y.shape[-1])
-    bad = int(np.count_nonzero(~np.isfinite(y)))
+    check_samples(y)
+    return _finish(spectrogram(y, sr, params), params)
+
+
+def compute_segment(
+    segment: np.ndarray,
+    sr: int,
+    params: FeatureParams,
+    *,
+    n_samples: int,
+    frame_start: int,
+    frame_stop: int,
+) -> np.ndarray:
+    """Frames [frame_start, frame_stop) of a long signal, from a slice of it.
+
+    Gives the same values as ``compute(y)[..., frame_start:frame_stop]`` while
+    only ``y[max(a, 0):min(b, n)]`` is in memory (``a, b = segment_bounds(...)``):
+    the centre padding at either end of the signal is rebuilt from the slice,
+    which must then hold at least ``n_fft // 2 + 1`` samples (the caller splits
+    only long signals). ``params.top_db`` needs the whole signal's maximum and
+    is not supported here.
+
+    Parameters
+    ----------
+    segment : np.ndarray, shape (channels, k), float32
+        ``y[:, max(a, 0):min(b, n_samples)]``.
+    sr : int
+    params : FeatureParams
+    n_samples : int
+        Length of the whole signal.
+    frame_start, frame_stop : int
+        The frames wanted.
+
+    Returns
+    -------
+    np.ndarray
+        As `compute`, with ``frame_stop - frame_start`` frames.
+    """
+    check_file_params(params, sr, n_samples)
+    check_samples(segment)
+    a, b = segment_bounds(params, frame_start, frame_stop)
+    x = pad_center(segment, params, max(0, -a), max(0, b - n_samples))
+    return _finish(frames_spectrogram(x, sr, params, frame_stop - frame_start), params)
+
+
+def check_samples(y: np.ndarray) -> None:
+    """Raise DecodeError for NaN/Inf samples (counted over all channels) or absurd values."""
+    bad = int(y.size - np.count_nonzero(np.isfinite(y)))
     if bad:
         raise DecodeError(f"audio contains {bad} NaN/Inf samples")
-    out = scale(spectrogram(y, sr, params), params)
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    if peak > MAX_SAMPLE:  # |X|**2 of such samples overflows float32
+        raise DecodeError(
+            f"sample values up to {peak:.3g} are out of range (|x| <= {MAX_SAMPLE:g})"
+        )
+
+
+def _finish(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
+    out = scale(spec, params)
     if out.dtype != np.dtype(params.out_dtype):
         with np.errstate(over="ignore"):
             cast = out.astype(params.out_dtype)

@@ -66,9 +66,7 @@ def parse_window(spec: str) -> tuple[str, float | None]:
     raw_name, sep, raw_param = spec.strip().partition(":")
     name = WINDOWS.get(raw_name.strip().lower())
     if name is None:
-        valid = ", ".join(
-            f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS
-        )
+        valid = ", ".join(f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS)
         raise ParameterError(f"unknown window {spec!r}; valid windows: {valid}")
     if name in WINDOW_PARAM:
         if not sep or not raw_param.strip():
@@ -179,9 +177,7 @@ class FeatureParams:
             fix("win_length", self.n_fft)
         _positive_int("win_length", self.win_length)
         if self.win_length > self.n_fft:
-            raise ParameterError(
-                f"win_length={self.win_length} must not exceed n_fft={self.n_fft}"
-            )
+            raise ParameterError(f"win_length={self.win_length} must not exceed n_fft={self.n_fft}")
         if self.hop_length is None:
             fix("hop_length", max(1, self.win_length // 4))
         _positive_int("hop_length", self.hop_length)
@@ -215,8 +211,7 @@ class FeatureParams:
                 raise ParameterError("complex output needs dtype float32 or float64")
         if self.scale == "db" and self.power not in (1.0, 2.0):
             raise ParameterError(
-                f"scale='db' needs power 1 (amplitude_to_db) or 2 (power_to_db), "
-                f"not {self.power}"
+                f"scale='db' needs power 1 (amplitude_to_db) or 2 (power_to_db), not {self.power}"
             )
         _positive_int("n_mels", self.n_mels)
         fix("fmin", float(self.fmin))
@@ -255,10 +250,13 @@ class FeatureParams:
     def n_frames(self, n_samples: int) -> int:
         """Frames for a signal of ``n_samples`` samples (0 if too short).
 
-        ``1 + n // hop`` with ``center``, ``1 + (n - n_fft) // hop`` without.
+        ``1 + n // hop`` with ``center`` (``1 + (n - 1) // hop`` for odd n_fft,
+        whose centre padding is one sample shorter), ``1 + (n - n_fft) // hop``
+        without.
         """
         if self.center:
-            return 1 + n_samples // self.hop_length
+            padded = n_samples + 2 * (self.n_fft // 2)
+            return 1 + (padded - self.n_fft) // self.hop_length
         if n_samples < self.n_fft:
             return 0
         return 1 + (n_samples - self.n_fft) // self.hop_length

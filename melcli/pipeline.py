@@ -59,60 +59,140 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class Result:
-    """What the per-file job returns: features and metadata, or a failure."""
+class Task:
+    """One unit of work: a whole file, or a range of frames of a long one.
+
+    Attributes
+    ----------
+    source : Source
+    part, parts : int
+        This task is part ``part`` (0-based) of ``parts``; (0, 1) is a whole file.
+    frame_start, frame_stop : int
+        The frames this part computes (ignored for a whole file).
+    """
 
     source: Source
+    part: int = 0
+    parts: int = 1
+    frame_start: int = 0
+    frame_stop: int = 0
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the per-file job returns: features and metadata, or a failure.
+
+    For a part of a long file, ``meta`` describes the whole entry (its full
+    shape) and ``data`` holds frames ``task.frame_start`` onwards.
+    """
+
+    task: Task
     meta: EntryMeta | None = None
     data: np.ndarray | None = None
     failure: Failure | None = None
 
+    @property
+    def source(self) -> Source:
+        """The input this result is about."""
+        return self.task.source
 
-def extract(source: Source, params: FeatureParams) -> Result:
-    """Compute the features of one file: a pure function of (source, params).
+
+def extract(task: Task | Source, params: FeatureParams) -> Result:
+    """Compute the features of one file (or one part of it): a pure function.
 
     Never writes anything and never raises for a bad file: expected problems
     become ``Result.failure``. Runs in worker processes.
 
     Parameters
     ----------
-    source : Source
+    task : Task or Source
+        A Source is the whole file.
     params : FeatureParams
 
     Returns
     -------
     Result
     """
+    if isinstance(task, Source):
+        task = Task(task)
+    source = task.source
     try:
         try:
             st = os.stat(source.path)
         except OSError as exc:
             raise DecodeError(audio._reason(source.path, exc)) from None
-        y, sr, info = audio.load(source.path, sr=params.sr, mono=params.mono)
-        data = features.compute(y, sr, params)
+        if task.parts == 1:
+            y, sr, info = audio.load(source.path, sr=params.sr, mono=params.mono)
+            n_samples = int(y.shape[-1])
+            data = features.compute(y, sr, params)
+            shape = tuple(int(n) for n in data.shape)
+        else:  # a slice of a long file at its native rate: only that slice is decoded
+            info = audio.probe(source.path)
+            sr, n_samples = info.sample_rate, info.frames
+            a, b = features.segment_bounds(params, task.frame_start, task.frame_stop)
+            y = audio.load_segment(source.path, max(a, 0), min(b, n_samples), mono=params.mono)
+            data = features.compute_segment(
+                y, sr, params, n_samples=n_samples,
+                frame_start=task.frame_start, frame_stop=task.frame_stop,
+            )  # fmt: skip
+            shape = (*data.shape[:-1], params.n_frames(n_samples))
     except DecodeError as exc:
-        return Result(source, failure=Failure(source.key, source.path, str(exc)))
+        return Result(task, failure=Failure(source.key, source.path, str(exc)))
     except MemoryError:
-        return Result(source, failure=Failure(source.key, source.path, "out of memory"))
+        return Result(task, failure=Failure(source.key, source.path, "out of memory"))
     except Exception as exc:  # a bug or an exotic file: record it, keep the batch going
         reason = f"internal error: {type(exc).__name__}: {exc}"
-        return Result(source, failure=Failure(source.key, source.path, reason))
+        return Result(task, failure=Failure(source.key, source.path, reason))
     meta = EntryMeta(
         key=source.key,
         source=source.path,
         sample_rate=sr,
         native_sample_rate=info.sample_rate,
         channels=info.channels,
-        n_samples=int(y.shape[-1]),
-        duration=y.shape[-1] / sr,
-        shape=tuple(int(n) for n in data.shape),
+        n_samples=n_samples,
+        duration=n_samples / sr,
+        shape=shape,
         dtype=str(data.dtype),
         format=info.format,
         subtype=info.subtype,
         source_size=int(st.st_size),
         source_mtime=st.st_mtime,
     )
-    return Result(source, meta=meta, data=data)
+    return Result(task, meta=meta, data=data)
+
+
+#: Files longer than this (samples per channel) are split into parts of about
+#: `PART_SAMPLES`, computed as separate tasks: memory stays flat on hour-long
+#: files and both cores work on one long file.
+SPLIT_SAMPLES = 1 << 22
+PART_SAMPLES = 1 << 20
+#: Containers where libsndfile seeks to an exact sample (compressed lossy
+#: formats may not): only these are split.
+SEEKABLE_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "AIFF", "CAF", "W64", "RF64", "AU", "NIST"})
+
+
+def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> list[Task]:
+    """One task per file, or several frame ranges for a long file.
+
+    A file is split when it is long, seekable sample-exactly, needs no
+    resampling (a resampler's output depends on the whole signal) and no
+    ``top_db`` (which needs the whole entry's maximum).
+    """
+    n = info.frames
+    if (
+        n <= SPLIT_SAMPLES
+        or info.format not in SEEKABLE_FORMATS
+        or (params.sr is not None and params.sr != info.sample_rate)
+        or params.top_db is not None
+    ):
+        return [Task(source)]
+    total = params.n_frames(n)
+    step = max(1, PART_SAMPLES // params.hop_length)
+    starts = list(range(0, total, step))
+    return [
+        Task(source, i, len(starts), start, min(start + step, total))
+        for i, start in enumerate(starts)
+    ]
 
 
 def default_jobs() -> int:
@@ -123,18 +203,21 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-def results(sources: Sequence[Source], params: FeatureParams, *, jobs: int) -> Iterator[Result]:
-    """Run `extract` over sources and yield results as they finish.
+def results(tasks: Sequence[Task], params: FeatureParams, *, jobs: int) -> Iterator[Result]:
+    """Run `extract` over tasks and yield results as they finish.
 
     This is the one place that chooses the executor: in-process for one job,
     else a joblib pool (the active joblib backend, loky by default) whose
     results stream back unordered, with bounded pre-dispatch.
     """
-    if jobs <= 1 or len(sources) <= 1:
-        for src in sources:
-            yield extract(src, params)
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield extract(task, params)
         return
     from joblib import Parallel, delayed
 
-    parallel = Parallel(n_jobs=min(jobs, len(sources)), return_as="generator_unordered")
-    yield from parallel(delayed(extract)(src, params) for src in sources)
+    backend = os.environ.get("MELCLI_BACKEND", "loky")
+    parallel = Parallel(
+        n_jobs=min(jobs, len(tasks)), backend=backend, return_as="generator_unordered"
+    )
+    yield from parallel(delayed(extract)(task, params) for task in tasks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,9 +22,9 @@ from melcli import writers
 from melcli.discover import Source
 from melcli.errors import DecodeError, ExitCode, MelcliError, OutputError, UsageOutputError
 from melcli.params import FeatureParams
-from melcli.pipeline import Failure, Result
+from melcli.pipeline import Failure, Result, Task, make_tasks
 from melcli.plan import Plan, make_plan
-from melcli.workdir import OutputLock, Spool, WorkDir, disk_error
+from melcli.workdir import ChunkRecord, OutputLock, Spool, WorkDir, disk_error
 
 
 class Reporter(Protocol):
@@ -227,7 +227,7 @@ def _execute(
     from melcli import audio, features
 
     failures: list[dict[str, Any]] = list(plan.failures)
-    todo: list[tuple[int, Source]] = []
+    todo: list[tuple[int, Task]] = []
     rates: set[int] = set()
     seconds = 0.0
     for src in plan.compute:
@@ -237,8 +237,11 @@ def _execute(
             fail = Failure(src.key, src.path, str(exc))
             reporter.skipped(fail)
             failures.append({**fail.to_dict(), **plan.states[src.key].fields()})
+            if opts.fail_fast and not opts.dry_run:
+                raise FailFast(f"stopped at the first failure (--fail-fast): {src.key}") from None
             continue
-        todo.append((info.frames * info.channels, src))
+        tasks = make_tasks(src, info, params)
+        todo.extend((info.frames * info.channels // len(tasks), t) for t in tasks)
         rates.add(params.sr or info.sample_rate)
         seconds += info.duration
         report.estimated_bytes += _estimate_bytes(
@@ -251,7 +254,9 @@ def _execute(
         report.added = sorted(s.key for s in plan.compute if s.key not in plan.old_keys)
         report.updated = sorted(s.key for s in plan.compute if s.key in plan.old_keys)
         report.failures = failures
-        report.entries = len(plan.keep_old) + len(plan.keep_work) + len(todo)
+        report.entries = (
+            len(plan.keep_old) + len(plan.keep_work) + len({t.source.key for _, t in todo})
+        )
         return report
     if plan.nothing_to_do and old is not None and not failures_changed(old, failures):
         work.remove()
@@ -259,8 +264,6 @@ def _execute(
         report.entries = len(plan.keep_old)
         report.audio_seconds = sum(e["duration"] for e in plan.keep_old)
         return report
-    if opts.fail_fast and len(failures) > len(plan.failures):
-        raise FailFast(f"stopped at the first failure (--fail-fast): {failures[-1]['key']}")
 
     if params.kind == "mel":
         empty = sorted(sr for sr in rates if (params.fmax is None or params.fmax <= sr / 2)
@@ -291,7 +294,7 @@ def _entry_bytes(record: dict[str, Any]) -> int:
 
 
 def _compute(
-    todo: list[tuple[int, Source]],
+    todo: list[tuple[int, Task]],
     params: FeatureParams,
     opts: RunOptions,
     reporter: Reporter,
@@ -300,27 +303,35 @@ def _compute(
 ) -> list[dict[str, Any]]:
     from melcli.pipeline import results
 
-    # Largest files first, so one long file does not finish last alone.
-    ordered = [src for _, src in sorted(todo, key=lambda t: (-t[0], t[1].key))]
+    # Largest first, so one long file does not finish last alone.
+    ordered = [t for _, t in sorted(todo, key=lambda t: (-t[0], t[1].source.key, t[1].part))]
     reporter.start(len(ordered), 0.0)
-    failures: list[dict[str, Any]] = []
+    failures: dict[str, dict[str, Any]] = {}
     try:
         for res in results(ordered, params, jobs=opts.jobs):
-            state = plan.states[res.source.key].fields()
+            key = res.source.key
+            state = plan.states[key].fields()
+            if key in failures:  # another part of this file already failed
+                reporter.advance(res)
+                continue
             if res.failure is not None:
                 rec = {**res.failure.to_dict(), **state}
-                failures.append(rec)
+                failures[key] = rec
                 spool.add_failure(rec)
                 reporter.advance(res)
                 if opts.fail_fast:
                     raise FailFast(
-                        f"stopped at the first failure (--fail-fast): {res.failure.key}: "
-                        f"{res.failure.reason}"
+                        f"stopped at the first failure (--fail-fast): {key}: {res.failure.reason}"
                     )
                 continue
             if res.meta is None or res.data is None:
                 raise RuntimeError("extract returned neither features nor a failure")
-            spool.add_entry({**res.meta.to_dict(), **state}, res.data)
+            rec = {**res.meta.to_dict(), **state}
+            if res.task.parts > 1:
+                rec.update(
+                    part=res.task.part, parts=res.task.parts, frame_start=res.task.frame_start
+                )
+            spool.add_entry(rec, res.data)
             reporter.advance(res)
     except BaseException:
         reporter.finish()
@@ -328,7 +339,31 @@ def _compute(
         raise
     reporter.finish()
     spool.flush()
-    return failures
+    return list(failures.values())
+
+
+class _ChunkReader:
+    """Reads pieces from chunk files, keeping a few open (keys arrive sorted)."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self.open: dict[Path, Any] = {}
+
+    def pieces(self, rec: ChunkRecord) -> Iterator[tuple[int, np.ndarray]]:
+        for chunk, member, frame in rec.pieces:
+            npz = self.open.pop(chunk, None)
+            if npz is None:
+                npz = np.load(chunk, allow_pickle=False)
+                if len(self.open) >= self.keep:
+                    oldest = next(iter(self.open))
+                    self.open.pop(oldest).close()
+            self.open[chunk] = npz  # most recently used last
+            yield frame, npz[member]
+
+    def close(self) -> None:
+        for npz in self.open.values():
+            npz.close()
+        self.open.clear()
 
 
 def _assemble(
@@ -361,18 +396,12 @@ def _assemble(
         return report
     writer = writers.open_writer(output, opts.format)
     entries: list[dict[str, Any]] = []
-    chunk_path: Path | None = None
-    chunk: Any = None
+    reader = _ChunkReader()
     try:
         for key in keys:
             if key in new:
-                rec = new[key]
-                if rec.chunk != chunk_path:  # chunks are read one at a time, in key order
-                    if chunk is not None:
-                        chunk.close()
-                    chunk_path, chunk = rec.chunk, np.load(rec.chunk, allow_pickle=False)
-                writer.add(rec.record, chunk[rec.member])
-                entries.append(rec.record)
+                writer.add(new[key].record, reader.pieces(new[key]))
+                entries.append(new[key].record)
             else:
                 writer.copy_entry(kept[key], output)
                 entries.append(kept[key])
@@ -393,8 +422,7 @@ def _assemble(
         writer.abort()
         raise
     finally:
-        if chunk is not None:
-            chunk.close()
+        reader.close()
     report.wrote = True
     report.audio_seconds = sum(e["duration"] for e in entries)
     work.remove()

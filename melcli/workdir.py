@@ -123,14 +123,21 @@ class OutputLock:
             self._fh = None
 
 
+#: Fields a part of a long file adds to its entry record in a chunk.
+PART_FIELDS = ("part", "parts", "frame_start")
+
+
 @dataclass(frozen=True)
 class ChunkRecord:
-    """One entry or failure found in a chunk file."""
+    """One finished entry or failure found in the chunk files.
+
+    ``pieces`` locates an entry's data: (chunk file, member, first frame) per
+    part, in frame order; one piece at frame 0 for a whole file.
+    """
 
     kind: str  # "entry" or "failure"
     record: dict[str, Any]
-    chunk: Path
-    member: str | None
+    pieces: tuple[tuple[Path, str, int], ...] = ()
 
 
 class WorkDir:
@@ -176,17 +183,40 @@ class WorkDir:
         return sorted(self.path.glob("chunk-*.npz"))
 
     def records(self) -> Iterator[ChunkRecord]:
-        """Every entry and failure stored in the chunks (later chunks win per key)."""
+        """Every complete entry and every failure stored in the chunks.
+
+        The parts of a long file are gathered into one entry, and only when all
+        of them are present; a failure recorded for a key wins over its parts.
+        """
+        entries: dict[str, dict[str, Any]] = {}
+        pieces: dict[str, dict[int, tuple[Path, str, int]]] = {}
+        failures: dict[str, dict[str, Any]] = {}
         for chunk in self.chunks():
             try:
                 with np.load(chunk, allow_pickle=False) as npz:
                     meta = json.loads(npz["meta"].tobytes().decode("utf-8"))
             except (OSError, ValueError, KeyError):
                 continue  # cannot happen for a renamed chunk, but never trust a disk
+            # within a chunk, failures were spooled after the parts that preceded them
             for rec, member in zip(meta["entries"], meta["members"], strict=True):
-                yield ChunkRecord("entry", rec, chunk, member)
+                key = rec["key"]
+                part = int(rec.get("part", 0))
+                failures.pop(key, None)  # a later success wins
+                if key not in entries:
+                    entries[key] = {k: v for k, v in rec.items() if k not in PART_FIELDS}
+                    entries[key]["_parts"] = int(rec.get("parts", 1))
+                pieces.setdefault(key, {})[part] = (chunk, member, int(rec.get("frame_start", 0)))
             for rec in meta["failures"]:
-                yield ChunkRecord("failure", rec, chunk, None)
+                failures[rec["key"]] = rec  # a later failure wins
+                entries.pop(rec["key"], None)
+                pieces.pop(rec["key"], None)
+        for rec in failures.values():
+            yield ChunkRecord("failure", rec)
+        for key, rec in entries.items():
+            n_parts = rec.pop("_parts")
+            got = pieces[key]
+            if len(got) == n_parts:
+                yield ChunkRecord("entry", rec, tuple(got[i] for i in range(n_parts)))
 
     def remove(self) -> None:
         """Delete the directory and everything in it."""

@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,8 +79,11 @@ class Writer(Protocol):
     path: Path
     format: str
 
-    def add(self, record: dict[str, Any], data: np.ndarray) -> None:
-        """Store one new entry (keys arrive sorted, once each)."""
+    def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:
+        """Store one new entry of shape ``record['shape']`` from (first frame, array) pieces.
+
+        Keys arrive sorted, once each; a whole file is one piece at frame 0.
+        """
 
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:
         """Copy an unchanged entry byte for byte from the previous output."""
@@ -110,15 +114,26 @@ class H5Writer:
         except OSError as exc:
             raise OutputError(f"cannot create {self.tmp}: {exc}") from None
 
-    def add(self, record: dict[str, Any], data: np.ndarray) -> None:  # noqa: D102
+    def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:  # noqa: D102
         check_key(record["key"])
+        name = f"features/{record['key']}"
+        shape = tuple(record["shape"])
         try:
-            ds = self._file.create_dataset(f"features/{record['key']}", data=data)
-            for name in ("sample_rate", "n_samples", "duration", "channels", "source"):
-                ds.attrs[name] = record[name]
+            ds = None
+            for frame, data in pieces:
+                if ds is None and frame == 0 and data.shape == shape:
+                    ds = self._file.create_dataset(name, data=data)  # a whole file
+                    continue
+                if ds is None:
+                    ds = self._file.create_dataset(name, shape=shape, dtype=record["dtype"])
+                ds[..., frame : frame + data.shape[-1]] = data
+            if ds is None:
+                raise OutputError(f"no data for {record['key']}")
+            for attr in ("sample_rate", "n_samples", "duration", "channels", "source"):
+                ds.attrs[attr] = record[attr]
             ds.attrs["frequencies"] = f"/frequencies/{record['sample_rate']}"
         except OSError as exc:
-            raise disk_error("writing", self.tmp, exc, needed=data.nbytes) from None
+            raise disk_error("writing", self.tmp, exc, needed=_nbytes(record)) from None
         fault_point("assemble")
 
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
@@ -202,11 +217,23 @@ class NpyWriter:
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
-    def add(self, record: dict[str, Any], data: np.ndarray) -> None:  # noqa: D102
+    def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:  # noqa: D102
+        shape = tuple(record["shape"])
         try:
-            np.save(self._target(record["key"]), data, allow_pickle=False)
+            target = self._target(record["key"])
+            out = None
+            for frame, data in pieces:
+                if out is None and frame == 0 and data.shape == shape:
+                    np.save(target, data, allow_pickle=False)  # a whole file
+                    break
+                if out is None:  # the parts of a long file, written in place
+                    out = np.lib.format.open_memmap(target, "w+", record["dtype"], shape)
+                out[..., frame : frame + data.shape[-1]] = data
+            if out is not None:
+                out.flush()
+                del out
         except OSError as exc:
-            raise disk_error("writing", self.tmp, exc, needed=data.nbytes) from None
+            raise disk_error("writing", self.tmp, exc, needed=_nbytes(record)) from None
         fault_point("assemble")
 
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
@@ -282,6 +309,10 @@ def open_writer(output: Path, fmt: str) -> Writer:
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"cannot write {output}: directory {path.parent} is not writable")
     return H5Writer(path) if fmt == "h5" else NpyWriter(path)
+
+
+def _nbytes(record: dict[str, Any]) -> int:
+    return int(np.prod(record["shape"])) * np.dtype(record["dtype"]).itemsize
 
 
 def _fsync_file(path: Path) -> None:
