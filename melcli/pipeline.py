@@ -187,11 +187,17 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
     ):
         return [Task(source)]
     total = params.n_frames(n)
-    step = max(1, PART_SAMPLES // params.hop_length)
+    # every part spans more than n_fft samples, so the centre padding at either
+    # end of the signal can be rebuilt from the part's own samples
+    least = params.n_fft // params.hop_length + 2
+    step = max(least, PART_SAMPLES // params.hop_length)
     starts = list(range(0, total, step))
+    if len(starts) > 1 and total - starts[-1] < least:
+        starts.pop()  # the last part takes the short remainder
+    stops = [*starts[1:], total]
     return [
-        Task(source, i, len(starts), start, min(start + step, total))
-        for i, start in enumerate(starts)
+        Task(source, i, len(starts), start, stop)
+        for i, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
 
 
