@@ -107,8 +107,10 @@ def test_cli_long_file_h5_and_npy_identical_and_resumable(
         h5 = f["features/long.wav"][()]
     npy = np.load(tmp_path / "o" / "long.wav.npy", allow_pickle=False)
     np.testing.assert_array_equal(h5, npy)
-    whole = _whole(data / "long.wav", FeatureParams(kind="mel", sr=16000, n_fft=512,
-                                                    win_length=400, hop_length=160, n_mels=80))  # fmt: skip
+    speech = FeatureParams(
+        kind="mel", sr=16000, n_fft=512, win_length=400, hop_length=160, n_mels=80
+    )
+    whole = _whole(data / "long.wav", speech)
     np.testing.assert_allclose(h5, whole, rtol=0, atol=1e-6 * float(whole.max()))
     man = json.loads((tmp_path / "o.json").read_text())
     rec = next(e for e in man["entries"] if e["key"] == "long.wav")
