@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -64,32 +65,43 @@ def _reason(path: str, exc: Exception) -> str:
     return f"cannot decode: {text or type(exc).__name__}"
 
 
+#: Held while fd 2 is redirected (see `quiet_c_stderr`); whoever writes to
+#: stderr while decoding may run in other threads takes it too (the CLI does).
+STDERR_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
-def _quiet_c_stderr() -> Iterator[None]:
+def quiet_c_stderr(enabled: bool = True) -> Iterator[None]:
     """Silence file descriptor 2 while libsndfile opens or reads a file.
 
     Its MP3 decoder (libmpg123) prints lines such as ``Note: Illegal
     Audio-MPEG-Header ... Trying to resync...`` straight to fd 2 when it probes
     a corrupt or non-audio file; melcli reports the failure itself, in one line.
+    fd 2 is process-wide, so this holds `STDERR_LOCK`: decoding threads take
+    turns here, and messages printed under the lock are never swallowed.
     """
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to silence
+    if not enabled:
         yield
         return
-    try:
-        sys.stderr.flush()
-        null = os.open(os.devnull, os.O_WRONLY)
+    with STDERR_LOCK:
         try:
-            os.dup2(null, 2)
-        finally:
-            os.close(null)
-        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to silence
             yield
+            return
+        try:
+            sys.stderr.flush()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, 2)
+            finally:
+                os.close(null)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
         finally:
-            os.dup2(saved, 2)
-    finally:
-        os.close(saved)
+            os.close(saved)
 
 
 def probe(path: str) -> AudioInfo:
@@ -101,7 +113,7 @@ def probe(path: str) -> AudioInfo:
         When the file is missing, unreadable or not audio libsndfile can read.
     """
     try:
-        with _quiet_c_stderr():
+        with quiet_c_stderr():
             info = sf.info(path)
     except Exception as exc:  # libsndfile raises several unrelated types
         raise DecodeError(_reason(path, exc)) from None
@@ -139,7 +151,9 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return out
 
 
-def load(path: str, *, sr: int | None, mono: bool) -> tuple[np.ndarray, int, AudioInfo]:
+def load(
+    path: str, *, sr: int | None, mono: bool, quiet: bool = True
+) -> tuple[np.ndarray, int, AudioInfo]:
     """Decode a file to float32 as ``librosa.load(path, sr=sr, mono=mono)`` does.
 
     Parameters
@@ -149,6 +163,10 @@ def load(path: str, *, sr: int | None, mono: bool) -> tuple[np.ndarray, int, Aud
         Target rate; None keeps the native rate.
     mono : bool
         Average the channels (``librosa.to_mono``).
+    quiet : bool
+        Silence the C decoders' own messages on fd 2 (see `quiet_c_stderr`);
+        only MP3's decoder prints, so callers that know the format pass False
+        for other formats and decode without taking `STDERR_LOCK`.
 
     Returns
     -------
@@ -164,7 +182,7 @@ def load(path: str, *, sr: int | None, mono: bool) -> tuple[np.ndarray, int, Aud
     DecodeError
     """
     try:
-        with _quiet_c_stderr(), sf.SoundFile(path) as f:
+        with quiet_c_stderr(quiet), sf.SoundFile(path) as f:
             info = AudioInfo(f.format, f.subtype, int(f.samplerate), int(f.channels), int(f.frames))
             data = f.read(dtype="float32", always_2d=True)
             _check_complete(f, data.shape[0])

@@ -118,7 +118,11 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
                      help="Stored dtype (complex64/complex128 with stft --complex)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-                     help="Worker processes; 1 runs in-process.  [default: usable CPUs]"),
+                     help="Parallel workers; 1 runs in-process.  [default: usable CPUs]"),
+        click.option("--backend", type=click.Choice(["threading", "loky"]), default="threading",
+                     show_default=True,
+                     help="joblib backend for -j > 1: threads (decoding and FFTs release "
+                          "the GIL) or loky worker processes."),
         click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                      help="Suffixes counted as audio in a directory walk "
                           "(files named explicitly are always tried)."),
@@ -235,6 +239,9 @@ class _CliReporter:
     """Prints a run's events on stderr: skipped files, warnings, a tqdm bar."""
 
     def __init__(self, *, quiet: bool, verbose: bool, progress: bool | None) -> None:
+        from melcli.audio import STDERR_LOCK  # decoding threads may redirect fd 2
+
+        self.lock = STDERR_LOCK
         self.quiet, self.verbose = quiet, verbose
         self.progress = (sys.stderr.isatty() if progress is None else progress) and not quiet
         self.bar: Any = None
@@ -242,10 +249,11 @@ class _CliReporter:
         self.done_seconds = 0.0
 
     def _line(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            click.echo(text, err=True)
+        with self.lock:
+            if self.bar is not None:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                click.echo(text, err=True)
 
     def warning(self, message: str) -> None:
         if not self.quiet:
@@ -269,6 +277,10 @@ class _CliReporter:
             if self.verbose:
                 self._line(f"melcli: done {_show(result.meta.key)} {tuple(result.meta.shape)}")
         if self.bar is not None:
+            self._tick()
+
+    def _tick(self) -> None:
+        with self.lock:
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             self.bar.set_postfix_str(
                 f"{self.done_seconds / 3600 / elapsed:.3g} audio h/s", refresh=False
@@ -277,7 +289,8 @@ class _CliReporter:
 
     def finish(self) -> None:
         if self.bar is not None:
-            self.bar.close()
+            with self.lock:
+                self.bar.close()
             self.bar = None
 
 
@@ -310,7 +323,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     opts = runner.RunOptions(
         output=output, format=fmt, command=_command_line(), jobs=kw["jobs"] or default_jobs(),
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
-        dry_run=kw["dry_run"],
+        dry_run=kw["dry_run"], backend=kw["backend"],
     )  # fmt: skip
     work = f".{output.name}.melcli-work"
     resume = f"finished work is kept in {work}; rerun the same command to resume"

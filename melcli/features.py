@@ -202,8 +202,8 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
                 continue
             mag = _magnitude(spec, params.power)
             if basis is not None:
-                with _one_blas_thread():
-                    mag = mag @ basis.T  # (frames, n_mels)
+                single_threaded_blas()
+                mag = mag @ basis.T  # (frames, n_mels)
             out[c, :, start:stop] = mag.T
     return out
 
@@ -226,12 +226,16 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
-def _one_blas_thread() -> Any:
-    """Run BLAS single-threaded: its float32 sums (the mel projection) depend on
-    the thread count, which differs between ``-j1`` (the parent's threads) and
-    joblib workers (limited); one thread everywhere keeps output identical
-    whatever ``-j`` is."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+def single_threaded_blas() -> None:
+    """Make BLAS single-threaded in this process (and leave it so).
+
+    melcli's parallelism is across files; BLAS threads inside would oversubscribe
+    the cores, and float32 sums (the mel projection) depend on the BLAS thread
+    count, so one thread everywhere keeps output identical whatever ``-j`` is.
+    It is set before every projection, whatever the caller set before, and never
+    restored, which is also safe while several threads compute.
+    """
+    _blas_controller().limit(limits=1, user_api="blas")
 
 
 def scale(spec: np.ndarray, params: FeatureParams) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,8 @@ class Task:
         This task is part ``part`` (0-based) of ``parts``; (0, 1) is a whole file.
     frame_start, frame_stop : int
         The frames this part computes (ignored for a whole file).
+    format : str
+        The container its header announced ('' if not probed).
     """
 
     source: Source
@@ -76,6 +79,7 @@ class Task:
     parts: int = 1
     frame_start: int = 0
     frame_stop: int = 0
+    format: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
     """
     if isinstance(task, Source):
         task = Task(task)
+    _ignore_sigint_in_worker_process()
     source = task.source
     try:
         try:
@@ -122,7 +127,9 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
         except OSError as exc:
             raise DecodeError(audio._reason(source.path, exc)) from None
         if task.parts == 1:
-            y, sr, info = audio.load(source.path, sr=params.sr, mono=params.mono)
+            y, sr, info = audio.load(
+                source.path, sr=params.sr, mono=params.mono, quiet=task.format in ("", "MP3")
+            )
             n_samples = int(y.shape[-1])
             data = features.compute(y, sr, params)
             shape = tuple(int(n) for n in data.shape)
@@ -185,7 +192,7 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
         or (params.sr is not None and params.sr != info.sample_rate)
         or params.top_db is not None
     ):
-        return [Task(source)]
+        return [Task(source, format=info.format)]
     total = params.n_frames(n)
     # every part spans more than n_fft samples, so the centre padding at either
     # end of the signal can be rebuilt from the part's own samples
@@ -196,9 +203,27 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
         starts.pop()  # the last part takes the short remainder
     stops = [*starts[1:], total]
     return [
-        Task(source, i, len(starts), start, stop)
+        Task(source, i, len(starts), start, stop, info.format)
         for i, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
+
+
+_PARENT_ENV = "MELCLI_PARENT_PID"
+
+
+def _ignore_sigint_in_worker_process() -> None:
+    """Worker processes leave Ctrl-C to the parent, which cancels them quietly.
+
+    Without this a loky worker hit by the terminal's SIGINT prints its own
+    KeyboardInterrupt traceback.
+    """
+    parent = os.environ.get(_PARENT_ENV)
+    if parent and parent != str(os.getpid()) and not _sigint_ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        globals()["_sigint_ignored"] = True
+
+
+_sigint_ignored = False
 
 
 def default_jobs() -> int:
@@ -209,12 +234,21 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-def results(tasks: Sequence[Task], params: FeatureParams, *, jobs: int) -> Iterator[Result]:
+#: joblib backends melcli offers (``--backend``). Threads are the default:
+#: decoding (libsndfile), the FFT, the matmul and most array work release the
+#: GIL, there is no worker start-up and results need no pickling (measured in
+#: docs/benchmarks.md). ``loky`` runs worker processes instead.
+BACKENDS = ("threading", "loky")
+
+
+def results(
+    tasks: Sequence[Task], params: FeatureParams, *, jobs: int, backend: str = "threading"
+) -> Iterator[Result]:
     """Run `extract` over tasks and yield results as they finish.
 
     This is the one place that chooses the executor: in-process for one job,
-    else a joblib pool (the active joblib backend, loky by default) whose
-    results stream back unordered, with bounded pre-dispatch.
+    else a joblib pool of ``backend`` whose results stream back unordered, with
+    bounded pre-dispatch (memory stays flat however many files there are).
     """
     if jobs <= 1 or len(tasks) <= 1:
         for task in tasks:
@@ -222,7 +256,8 @@ def results(tasks: Sequence[Task], params: FeatureParams, *, jobs: int) -> Itera
         return
     from joblib import Parallel, delayed
 
-    backend = os.environ.get("MELCLI_BACKEND", "loky")
+    os.environ[_PARENT_ENV] = str(os.getpid())  # inherited by worker processes
+
     parallel = Parallel(
         n_jobs=min(jobs, len(tasks)), backend=backend, return_as="generator_unordered"
     )

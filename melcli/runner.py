@@ -62,6 +62,7 @@ class RunOptions:
     fail_fast: bool = False
     checksum: bool = False
     dry_run: bool = False
+    backend: str = "threading"
 
 
 @dataclass
@@ -308,7 +309,7 @@ def _compute(
     reporter.start(len(ordered), 0.0)
     failures: dict[str, dict[str, Any]] = {}
     try:
-        for res in results(ordered, params, jobs=opts.jobs):
+        for res in results(ordered, params, jobs=opts.jobs, backend=opts.backend):
             key = res.source.key
             state = plan.states[key].fields()
             if key in failures:  # another part of this file already failed
