@@ -64,7 +64,7 @@ def periodic_window(name: str, length: int, param: float | None = None) -> np.nd
     return _symmetric(name, length + 1, param)[:-1]
 
 
-def hz_to_mel(hz: np.ndarray, *, htk: bool) -> np.ndarray:
+def hz_to_mel(hz: np.ndarray | float, *, htk: bool) -> np.ndarray:
     """Hz to mel: HTK ``2595 log10(1 + f/700)`` or Slaney (linear below 1 kHz, log above)."""
     f = np.asanyarray(hz, dtype=np.float64)
     if htk:
@@ -77,7 +77,7 @@ def hz_to_mel(hz: np.ndarray, *, htk: bool) -> np.ndarray:
     return np.where(log_t, min_log_mel + np.log(np.maximum(f, 1e-300) / 1000.0) / logstep, mels)
 
 
-def mel_to_hz(mels: np.ndarray, *, htk: bool) -> np.ndarray:
+def mel_to_hz(mels: np.ndarray | float, *, htk: bool) -> np.ndarray:
     """Inverse of `hz_to_mel`."""
     m = np.asanyarray(mels, dtype=np.float64)
     if htk:

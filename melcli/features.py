@@ -151,7 +151,7 @@ def pad_center(y: np.ndarray, params: FeatureParams, left: int, right: int) -> n
     """Pad ``y`` (channels, n) by ``left`` / ``right`` samples with ``params.pad_mode``."""
     if not (left or right):
         return y
-    return np.pad(y, [(0, 0), (left, right)], mode=params.pad_mode)
+    return np.pad(y, [(0, 0), (left, right)], mode=params.pad_mode)  # type: ignore[call-overload]
 
 
 def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:

@@ -141,7 +141,8 @@ def inspect_audio(inputs: list[str], extensions: tuple[str, ...]) -> dict[str, A
 
     found = discover(inputs, extensions=extensions)
     default = FeatureParams(kind="mel")
-    files, errors = [], []
+    files: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
     for src in found.sources:
         try:
             info = audio.probe(src.path)

@@ -272,7 +272,7 @@ class Spool:
         blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         try:
             with open(tmp, "wb") as fh:
-                np.savez(fh, meta=blob, **arrays)
+                np.savez(fh, meta=blob, **arrays)  # type: ignore[arg-type]
                 fh.flush()
                 fault_point("chunk-write")
                 os.fsync(fh.fileno())
