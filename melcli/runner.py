@@ -24,7 +24,7 @@ from melcli.errors import DecodeError, ExitCode, MelcliError, OutputError, Usage
 from melcli.params import FeatureParams
 from melcli.pipeline import Failure, Result, Task, make_tasks
 from melcli.plan import Plan, make_plan
-from melcli.workdir import ChunkRecord, OutputLock, Spool, WorkDir, disk_error
+from melcli.workdir import ChunkFile, ChunkRecord, OutputLock, Spool, WorkDir, disk_error
 
 
 class Reporter(Protocol):
@@ -348,22 +348,21 @@ class _ChunkReader:
 
     def __init__(self, keep: int = 8) -> None:
         self.keep = keep
-        self.open: dict[Path, Any] = {}
+        self.open: dict[Path, ChunkFile] = {}
 
     def pieces(self, rec: ChunkRecord) -> Iterator[tuple[int, np.ndarray]]:
         for chunk, member, frame in rec.pieces:
-            npz = self.open.pop(chunk, None)
-            if npz is None:
-                npz = np.load(chunk, allow_pickle=False)
+            cf = self.open.pop(chunk, None)
+            if cf is None:
+                cf = ChunkFile(chunk)
                 if len(self.open) >= self.keep:
-                    oldest = next(iter(self.open))
-                    self.open.pop(oldest).close()
-            self.open[chunk] = npz  # most recently used last
-            yield frame, npz[member]
+                    self.open.pop(next(iter(self.open))).close()
+            self.open[chunk] = cf  # most recently used last
+            yield frame, cf.read(member)
 
     def close(self) -> None:
-        for npz in self.open.values():
-            npz.close()
+        for cf in self.open.values():
+            cf.close()
         self.open.clear()
 
 

@@ -129,8 +129,8 @@ class H5Writer:
                 ds[..., frame : frame + data.shape[-1]] = data
             if ds is None:
                 raise OutputError(f"no data for {record['key']}")
-            for attr in ("sample_rate", "n_samples", "duration", "channels", "source"):
-                ds.attrs[attr] = record[attr]
+            _numeric_attrs(ds, record)
+            ds.attrs["source"] = record["source"]
             ds.attrs["frequencies"] = f"/frequencies/{record['sample_rate']}"
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc, needed=_nbytes(record)) from None
@@ -309,6 +309,23 @@ def open_writer(output: Path, fmt: str) -> Writer:
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"cannot write {output}: directory {path.parent} is not writable")
     return H5Writer(path) if fmt == "h5" else NpyWriter(path)
+
+
+_NUMERIC_ATTRS = (("sample_rate", "<i8"), ("n_samples", "<i8"), ("duration", "<f8"),
+                  ("channels", "<i8"))  # fmt: skip
+
+
+def _numeric_attrs(ds: Any, record: dict[str, Any]) -> None:
+    """Scalar attributes through h5py's low-level API: the high-level one costs
+    ~50 us per attribute, a third of writing a one-second clip's entry. They
+    read back exactly as ``ds.attrs[name] = value`` would have stored them."""
+    from h5py import h5a, h5s, h5t
+
+    space = h5s.create(h5s.SCALAR)
+    for name, dtype in _NUMERIC_ATTRS:
+        tid = h5t.STD_I64LE if dtype == "<i8" else h5t.IEEE_F64LE
+        attr = h5a.create(ds.id, name.encode(), tid, space)
+        attr.write(np.asarray(record[name], dtype=dtype))
 
 
 def _nbytes(record: dict[str, Any]) -> int:

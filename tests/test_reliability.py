@@ -20,6 +20,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from melcli.cli import cli
+from melcli.workdir import ChunkFile
 
 MELCLI = [sys.executable, "-m", "melcli"]
 
@@ -172,7 +173,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
 
 def _wait_for_chunk(work: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while not list(work.glob("chunk-*.npz")):
+    while not list(work.glob("chunk-*.bin")):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no chunk was ever written"
         time.sleep(0.05)
@@ -180,9 +181,9 @@ def _wait_for_chunk(work: Path, proc: subprocess.Popen[str], timeout: float = 60
 
 def _chunk_keys(work: Path) -> set[str]:
     keys: set[str] = set()
-    for chunk in work.glob("chunk-*.npz"):
-        with np.load(chunk, allow_pickle=False) as npz:
-            keys |= {e["key"] for e in json.loads(npz["meta"].tobytes())["entries"]}
+    for chunk in work.glob("chunk-*.bin"):
+        with ChunkFile(chunk) as cf:
+            keys |= {e["key"] for e in cf.meta["entries"]}
     return keys
 
 
