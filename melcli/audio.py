@@ -190,10 +190,8 @@ def load(
         raise
     except Exception as exc:
         raise DecodeError(_reason(path, exc)) from None
-    y = np.ascontiguousarray(data.T)
-    check_samples(y)
-    if mono and y.shape[0] > 1:
-        y = downmix(y)
+    check_samples(data)
+    y = downmix(data) if mono else np.ascontiguousarray(data.T)
     rate = info.sample_rate
     if sr is not None and sr != rate and y.shape[-1] > 0:
         y = resample(y, rate, sr)
@@ -226,11 +224,8 @@ def load_segment(path: str, start: int, stop: int, *, mono: bool) -> np.ndarray:
         raise DecodeError(
             f"cannot decode: {data.shape[0]} samples at {start}, expected {stop - start}"
         )
-    y = np.ascontiguousarray(data.T)
-    check_samples(y)
-    if mono and y.shape[0] > 1:
-        y = downmix(y)
-    return y
+    check_samples(data)
+    return downmix(data) if mono else np.ascontiguousarray(data.T)
 
 
 #: Placeholder sizes streaming writers put in a WAV header before the length is known.
@@ -257,7 +252,19 @@ def _check_complete(f: sf.SoundFile, got: int) -> None:
                 )
 
 
-def downmix(y: np.ndarray) -> np.ndarray:
-    """Mean of the channels, as ``librosa.to_mono``: shape (1, n), float32."""
-    with np.errstate(over="ignore", invalid="ignore"):  # huge samples: caught later
-        return np.mean(y, axis=0, keepdims=True)
+def downmix(data: np.ndarray) -> np.ndarray:
+    """Mean of the channels of interleaved ``data`` (n, channels): shape (1, n), float32.
+
+    Bit for bit ``librosa.to_mono`` (``np.mean`` over the channel axis of the
+    (channels, n) array: channels added in order, then divided by their count),
+    without first copying the interleaved samples into channel rows.
+    """
+    channels = data.shape[1]
+    if channels == 1:
+        return data.reshape(1, -1).copy() if not data.flags.c_contiguous else data.reshape(1, -1)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge samples: caught earlier
+        acc = data[:, 0] + data[:, 1]
+        for c in range(2, channels):
+            acc += data[:, c]
+        acc /= np.float32(channels)
+    return acc.reshape(1, -1)

@@ -326,10 +326,13 @@ def compute_segment(
 
 def check_samples(y: np.ndarray) -> None:
     """Raise DecodeError for NaN/Inf samples (counted over all channels) or absurd values."""
-    bad = int(y.size - np.count_nonzero(np.isfinite(y)))
-    if bad:
+    if not y.size:
+        return
+    hi, lo = float(np.max(y)), float(np.min(y))  # NaN propagates: one pass each, no copy
+    if not (np.isfinite(hi) and np.isfinite(lo)):
+        bad = int(y.size - np.count_nonzero(np.isfinite(y)))
         raise DecodeError(f"audio contains {bad} NaN/Inf samples")
-    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    peak = max(hi, -lo)
     if peak > MAX_SAMPLE:  # |X|**2 of such samples overflows float32
         raise DecodeError(
             f"sample values up to {peak:.3g} are out of range (|x| <= {MAX_SAMPLE:g})"
