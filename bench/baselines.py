@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +136,7 @@ class MinimalMath:
         self.block = block or min(1024, max(16, BLOCK_BYTES // (4 * n_fft)))
         self.n_bins = n_fft // 2 + 1
 
-    def _blocks(self, y: np.ndarray):  # type: ignore[no-untyped-def]
+    def _blocks(self, y: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start, |X|^2 block) pairs for centered, zero-padded frames of ``y``."""
         import numpy as np
         import scipy.fft

@@ -585,6 +585,30 @@ class Bench:
             shutil.rmtree(cold_dir, ignore_errors=True)
         self.extras["numba_cold"], self.extras["numba_warm"] = cold, warm
         self.extras["numba_cache_files"] = sum(1 for _ in warm_dir.rglob("*") if _.is_file())
+        if not self.quick:
+            # reference: what an empty numba cache costs the plain librosa loop (librosa's
+            # guvectorize'd functions compile at import when their cache is missing)
+            lib_cold = self.scratch / "numba-librosa-cold"
+            lib_cold.mkdir()
+            lib_cmd = [
+                PY,
+                BASELINES,
+                "librosa",
+                str(self.data_dir("speech")),
+                str(out),
+                "--kind",
+                "mel",
+                "--params",
+                "speech",
+                "--jobs",
+                "1",
+            ]
+            r = run_process(
+                lib_cmd, env=dict(os.environ, NUMBA_CACHE_DIR=str(lib_cold)), poll=False
+            )
+            if r.ok:
+                self.extras["librosa_numba_cold"] = r.wall
+                self.extras["librosa_numba_cold_import"] = (r.result or {}).get("t_import")
 
     def find(
         self, subset: str, params: str | None, kind: str | None, name: str
@@ -777,6 +801,16 @@ class Bench:
                 f"{wm:.2f} s, diff {cm - wm:+.2f} s | <= +{COLD_TARGET} s | "
                 f"{mark(checks[-1][1])}{note} |"
             )
+            lc = self.extras.get("librosa_numba_cold")
+            lw = self.find("speech", "speech", "mel", "librosa-loop")
+            lwm = lw.median_wall() if lw else None
+            if lc is not None:
+                imp = self.extras.get("librosa_numba_cold_import")
+                L.append(
+                    f"| reference: librosa loop (speech/speech/mel) with an empty "
+                    f"NUMBA_CACHE_DIR, 1 run | {lc:.2f} s (imports {fmt(imp)} s) vs warm "
+                    f"{fmt(lwm)} s | | (info) |"
+                )
         else:
             checks.append(("numba", None))
             L.append(f"| empty NUMBA_CACHE_DIR vs warm | n/a | <= +{COLD_TARGET} s | n/a |")
