@@ -279,20 +279,9 @@ def _execute(
     spool = Spool(work)
     for rec in failures[len(plan.failures) :]:
         spool.add_failure(rec)
-    # New entries go to the chunk spool (for a resume) and, meanwhile, straight
-    # into the new output under its temporary name, so writing it overlaps the
-    # computing; after a crash only the chunks count.
-    writer = writers.open_writer(output, opts.format)
-    try:
-        written, new_failures = _compute(todo, params, opts, reporter, spool, plan, writer)
-        failures.extend(new_failures)
-        return _assemble(params, opts, output, plan, work, failures, report, writer, written)
-    except OSError as exc:  # anything the writer did not already translate
-        writer.abort()
-        raise disk_error("writing", output, exc) from None
-    except BaseException:
-        writer.abort()
-        raise
+    new_failures = _compute(todo, params, opts, reporter, spool, plan)
+    failures.extend(new_failures)
+    return _assemble(params, opts, output, old, plan, work, failures, report)
 
 
 def failures_changed(old: dict[str, Any], failures: list[dict[str, Any]]) -> bool:
@@ -312,16 +301,13 @@ def _compute(
     reporter: Reporter,
     spool: Spool,
     plan: Plan,
-    writer: writers.Writer,
-) -> tuple[set[str], list[dict[str, Any]]]:
-    """Run the tasks; returns the keys written whole into ``writer`` and the failures."""
+) -> list[dict[str, Any]]:
     from melcli.pipeline import results
 
     # Largest first, so one long file does not finish last alone.
     ordered = [t for _, t in sorted(todo, key=lambda t: (-t[0], t[1].source.key, t[1].part))]
     reporter.start(len(ordered), 0.0)
     failures: dict[str, dict[str, Any]] = {}
-    parts_done: dict[str, int] = {}
     try:
         for res in results(ordered, params, jobs=opts.jobs, backend=opts.backend):
             key = res.source.key
@@ -333,8 +319,6 @@ def _compute(
                 rec = {**res.failure.to_dict(), **state}
                 failures[key] = rec
                 spool.add_failure(rec)
-                if parts_done.pop(key, 0):
-                    writer.discard(key)
                 reporter.advance(res)
                 if opts.fail_fast:
                     raise FailFast(
@@ -344,11 +328,11 @@ def _compute(
             if res.meta is None or res.data is None:
                 raise RuntimeError("extract returned neither features nor a failure")
             rec = {**res.meta.to_dict(), **state}
-            task = res.task
-            part = {"part": task.part, "parts": task.parts, "frame_start": task.frame_start}
-            spool.add_entry({**rec, **part} if task.parts > 1 else rec, res.data)
-            writer.write_piece(rec, task.frame_start, res.data)
-            parts_done[key] = parts_done.get(key, 0) + 1
+            if res.task.parts > 1:
+                rec.update(
+                    part=res.task.part, parts=res.task.parts, frame_start=res.task.frame_start
+                )
+            spool.add_entry(rec, res.data)
             reporter.advance(res)
     except BaseException:
         reporter.finish()
@@ -356,9 +340,7 @@ def _compute(
         raise
     reporter.finish()
     spool.flush()
-    parts = {t.source.key: t.parts for _, t in todo}
-    written = {k for k, n in parts_done.items() if n == parts[k]}
-    return written, list(failures.values())
+    return list(failures.values())
 
 
 class _ChunkReader:
@@ -388,14 +370,12 @@ def _assemble(
     params: FeatureParams,
     opts: RunOptions,
     output: Path,
+    old: dict[str, Any] | None,
     plan: Plan,
     work: WorkDir,
     failures: list[dict[str, Any]],
     report: RunReport,
-    writer: writers.Writer,
-    written: set[str],
 ) -> RunReport:
-    """Complete the new output (kept and resumed entries, frequencies, manifest), commit."""
     from melcli import features
 
     present = set(plan.states)
@@ -412,16 +392,14 @@ def _assemble(
     keys = sorted(new.keys() | kept.keys())
     report.entries = len(keys)
     if not keys:
-        writer.abort()
         work.remove()
         return report
+    writer = writers.open_writer(output, opts.format)
     entries: list[dict[str, Any]] = []
     reader = _ChunkReader()
     try:
         for key in keys:
-            if key in written:  # already in the output, written while computing
-                entries.append(new[key].record)
-            elif key in new:  # finished by an interrupted run
+            if key in new:
                 writer.add(new[key].record, reader.pieces(new[key]))
                 entries.append(new[key].record)
             else:
@@ -437,6 +415,12 @@ def _assemble(
             entries=entries, failures=report.failures, frequencies=freqs,
         )  # fmt: skip
         writer.commit(man)
+    except OSError as exc:  # anything the writer did not already translate
+        writer.abort()
+        raise disk_error("writing", output, exc) from None
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         reader.close()
     report.wrote = True

@@ -85,12 +85,6 @@ class Writer(Protocol):
         Keys arrive sorted, once each; a whole file is one piece at frame 0.
         """
 
-    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:
-        """Store frames ``frame...`` of an entry (created on its first piece), any order."""
-
-    def discard(self, key: str) -> None:
-        """Drop a partly written entry (another part of its file failed)."""
-
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:
         """Copy an unchanged entry byte for byte from the previous output."""
 
@@ -121,35 +115,26 @@ class H5Writer:
             raise OutputError(f"cannot create {self.tmp}: {exc}") from None
 
     def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:  # noqa: D102
-        for frame, data in pieces:
-            self.write_piece(record, frame, data)
-        fault_point("assemble")
-
-    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:  # noqa: D102
+        check_key(record["key"])
         name = f"features/{record['key']}"
         shape = tuple(record["shape"])
         try:
-            whole = frame == 0 and data.shape == shape
-            ds = None if whole else self._file.get(name)
-            if ds is None:
-                check_key(record["key"])
-                if whole:
-                    ds = self._file.create_dataset(name, data=data)
-                else:
+            ds = None
+            for frame, data in pieces:
+                if ds is None and frame == 0 and data.shape == shape:
+                    ds = self._file.create_dataset(name, data=data)  # a whole file
+                    continue
+                if ds is None:
                     ds = self._file.create_dataset(name, shape=shape, dtype=record["dtype"])
-                _numeric_attrs(ds, record)
-                ds.attrs["source"] = record["source"]
-                ds.attrs["frequencies"] = f"/frequencies/{record['sample_rate']}"
-            if not whole:
                 ds[..., frame : frame + data.shape[-1]] = data
+            if ds is None:
+                raise OutputError(f"no data for {record['key']}")
+            _numeric_attrs(ds, record)
+            ds.attrs["source"] = record["source"]
+            ds.attrs["frequencies"] = f"/frequencies/{record['sample_rate']}"
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc, needed=_nbytes(record)) from None
-        fault_point("write")
-
-    def discard(self, key: str) -> None:  # noqa: D102
-        name = f"features/{key}"
-        if name in self._file:
-            del self._file[name]
+        fault_point("assemble")
 
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
         import h5py
@@ -233,30 +218,23 @@ class NpyWriter:
         return target
 
     def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:  # noqa: D102
-        for frame, data in pieces:
-            self.write_piece(record, frame, data)
-        fault_point("assemble")
-
-    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:  # noqa: D102
         shape = tuple(record["shape"])
         try:
             target = self._target(record["key"])
-            if frame == 0 and data.shape == shape:  # a whole file
-                np.save(target, data, allow_pickle=False)
-                fault_point("write")
-                return
-            # the parts of a long file, written in place
-            mode = "r+" if target.exists() else "w+"
-            out = np.lib.format.open_memmap(target, mode, record["dtype"], shape)
-            out[..., frame : frame + data.shape[-1]] = data
-            out.flush()
-            del out
+            out = None
+            for frame, data in pieces:
+                if out is None and frame == 0 and data.shape == shape:
+                    np.save(target, data, allow_pickle=False)  # a whole file
+                    break
+                if out is None:  # the parts of a long file, written in place
+                    out = np.lib.format.open_memmap(target, "w+", record["dtype"], shape)
+                out[..., frame : frame + data.shape[-1]] = data
+            if out is not None:
+                out.flush()
+                del out
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc, needed=_nbytes(record)) from None
-        fault_point("write")
-
-    def discard(self, key: str) -> None:  # noqa: D102
-        (self.tmp / f"{key}.npy").unlink(missing_ok=True)
+        fault_point("assemble")
 
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
         src = old_output / f"{record['key']}.npy"
