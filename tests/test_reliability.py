@@ -156,12 +156,13 @@ def test_kill_during_first_run_leaves_no_output(tmp_path: Path) -> None:
 def slow_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small files that take seconds to process with a tiny hop (many frames)."""
     root = tmp_path_factory.mktemp("slow")
-    for i in range(48):
+    for i in range(96):
         write_tone(root / f"s{i:02d}.wav", 6.0, freq=300.0 + 7 * i, seed=i)
     return root
 
 
-SLOW_ARGS = ["--n-fft", "2048", "--hop-length", "24", "-j", "2"]
+# ~10 s of work on 2 cores, so that the first chunk (flushed after 5 s) lands mid-run
+SLOW_ARGS = ["--n-fft", "2048", "--hop-length", "4", "--n-mels", "8", "-j", "2"]
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
