@@ -104,6 +104,15 @@ def quiet_c_stderr(enabled: bool = True) -> Iterator[None]:
             os.close(saved)
 
 
+def _fs(path: str) -> str | bytes:
+    """The path as libsndfile can open it: bytes when the name is not valid UTF-8."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
 def probe(path: str) -> AudioInfo:
     """Read a file's header.
 
@@ -114,9 +123,10 @@ def probe(path: str) -> AudioInfo:
     """
     try:
         with quiet_c_stderr():
-            info = sf.info(path)
+            info = sf.info(_fs(path))
     except Exception as exc:  # libsndfile raises several unrelated types
         raise DecodeError(_reason(path, exc)) from None
+    _check_header(info.extra_info)
     if info.samplerate <= 0 or info.channels <= 0:
         raise DecodeError(
             f"cannot decode: invalid header ({info.samplerate} Hz, {info.channels} ch)"
@@ -182,7 +192,7 @@ def load(
     DecodeError
     """
     try:
-        with quiet_c_stderr(quiet), sf.SoundFile(path) as f:
+        with quiet_c_stderr(quiet), sf.SoundFile(_fs(path)) as f:
             info = AudioInfo(f.format, f.subtype, int(f.samplerate), int(f.channels), int(f.frames))
             data = f.read(dtype="float32", always_2d=True)
             _check_complete(f, data.shape[0])
@@ -215,7 +225,7 @@ def load_segment(path: str, start: int, stop: int, *, mono: bool) -> np.ndarray:
         Unreadable file, or fewer samples than its header promised.
     """
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(_fs(path)) as f:
             f.seek(start)
             data = f.read(stop - start, dtype="float32", always_2d=True)
     except Exception as exc:
@@ -241,7 +251,12 @@ def _check_complete(f: sf.SoundFile, got: int) -> None:
     """
     if got < f.frames:
         raise DecodeError(f"truncated: decoded {got} of {f.frames} samples")
-    for line in f.extra_info.splitlines():
+    _check_header(f.extra_info)
+
+
+def _check_header(extra_info: str) -> None:
+    """Raise DecodeError when libsndfile's log says the data chunk is cut short."""
+    for line in extra_info.splitlines():
         parts = line.split()
         # "data : 32000 (should be 15956)"
         if len(parts) == 6 and parts[0] == "data" and parts[3:5] == ["(should", "be"]:

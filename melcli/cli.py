@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from melcli._version import __version__
+from melcli.discover import AUDIO_EXTENSIONS
 from melcli.errors import (
     ExitCode,
     InputError,
@@ -29,12 +30,13 @@ from melcli.errors import (
 )
 from melcli.params import DTYPES, NORMS, PAD_MODES, SCALES, WINDOW_PARAM, WINDOWS, FeatureParams
 
-DEFAULT_EXTS = "wav,flac,ogg,oga,opus,mp3,aiff,aif,aifc,au,snd,caf,w64,rf64"
+DEFAULT_EXTS = ",".join(AUDIO_EXTENSIONS)
 _WINDOW_NAMES = ", ".join(f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS)
 
 
-class Terminated(Exception):
-    """Raised in the parent when SIGTERM arrives."""
+class Terminated(BaseException):
+    """Raised in the parent when SIGTERM arrives (a BaseException, like
+    KeyboardInterrupt, so no ``except Exception`` on the way swallows it)."""
 
 
 class MelcliGroup(click.Group):
@@ -262,7 +264,7 @@ class _CliReporter:
     def skipped(self, failure: Any) -> None:
         self._line(f"melcli: skipped {_show(failure.key)}: {failure.reason}")
 
-    def start(self, files: int, seconds: float) -> None:
+    def start(self, files: int) -> None:
         self.started = time.perf_counter()
         if self.progress and files:
             from tqdm import tqdm
@@ -273,9 +275,13 @@ class _CliReporter:
         if result.failure is not None:
             self.skipped(result.failure)
         elif result.meta is not None:
-            self.done_seconds += result.meta.duration
+            parts = result.task.parts
+            self.done_seconds += result.meta.duration / parts
             if self.verbose:
-                self._line(f"melcli: done {_show(result.meta.key)} {tuple(result.meta.shape)}")
+                part = f" part {result.task.part + 1}/{parts}" if parts > 1 else ""
+                self._line(
+                    f"melcli: done {_show(result.meta.key)}{part} {tuple(result.meta.shape)}"
+                )
         if self.bar is not None:
             self._tick()
 
@@ -316,6 +322,8 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         _usage(str(exc))
     for warning in found.warnings:
         reporter.warning(warning)
+    for error in found.errors:  # shown even with -q: entries under it are kept, not updated
+        click.echo(f"melcli: error: {error}; its entries are kept as they were", err=True)
     if not found.sources:
         _fail(ExitCode.FAILED, f"no audio found in {' '.join(kw['inputs'])}")
     from melcli.pipeline import default_jobs
@@ -332,7 +340,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
     warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
     try:
-        report = runner.execute(found.sources, params, opts, reporter)
+        report = runner.execute(found.sources, params, opts, reporter, found.unreadable)
     except UsageOutputError as exc:
         _usage(str(exc))
     except runner.FailFast as exc:
@@ -491,11 +499,17 @@ def _print_audio(info: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: Click's errors, Ctrl-C anywhere -> 130, exit codes."""
     try:
-        cli.main(prog_name="melcli")
+        rc = cli.main(prog_name="melcli", standalone_mode=False)
+    except click.exceptions.Abort:  # Ctrl-C outside a run (Click wraps KeyboardInterrupt)
+        _fail(ExitCode.INTERRUPTED, "interrupted")
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
     except MelcliError as exc:  # a library error that escaped the commands
         _fail(ExitCode.FAILED, str(exc))
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from melcli.errors import InputError
@@ -35,10 +35,33 @@ class Source:
 
 @dataclass
 class Discovery:
-    """What `discover` found: the sources and warnings about skipped paths."""
+    """What `discover` found.
+
+    Attributes
+    ----------
+    sources : list of Source
+    warnings : list of str
+        Paths skipped on purpose (a directory reached twice).
+    unreadable : list of str
+        Key prefixes of directories that could not be listed ('' for a whole
+        root): an incremental run keeps the entries under them as they were.
+    errors : list of str
+        One message per unreadable directory.
+    """
 
     sources: list[Source]
     warnings: list[str]
+    unreadable: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: undecodable bytes of a file name become ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def parse_extensions(text: str) -> tuple[str, ...]:
@@ -60,11 +83,11 @@ def _safe_key(path: str) -> str:
     """Key for a path named explicitly: relative paths keep their directories."""
     norm = posixpath.normpath(path.replace(os.sep, "/"))
     if norm.startswith("/") or norm == ".." or norm.startswith("../") or "/../" in norm:
-        return posixpath.basename(norm)
-    return norm
+        return printable(posixpath.basename(norm))
+    return printable(norm)
 
 
-def _walk(root: str, exts: frozenset[str], warnings: list[str]) -> Iterator[Source]:
+def _walk(root: str, exts: frozenset[str], found: Discovery) -> Iterator[Source]:
     """Files under ``root`` with an audio suffix, sorted, hidden names skipped.
 
     Symlinked files and directories are followed; a directory reached twice (a
@@ -72,23 +95,30 @@ def _walk(root: str, exts: frozenset[str], warnings: list[str]) -> Iterator[Sour
     """
     seen: set[tuple[int, int]] = set()
     abs_root = os.path.abspath(root)
+    warnings = found.warnings
+
+    def unreadable(directory: str, rel: str, exc: OSError) -> None:
+        found.errors.append(f"cannot read directory {printable(directory)}: {exc.strerror}")
+        found.unreadable.append(rel)
 
     def visit(directory: str, rel: str) -> Iterator[Source]:
         try:
             st = os.stat(directory)
         except OSError as exc:
-            warnings.append(f"cannot read directory {directory}: {exc.strerror}")
+            unreadable(directory, rel, exc)
             return
         ident = (st.st_dev, st.st_ino)
         if ident in seen:
-            warnings.append(f"skipped {directory}: directory already walked (symlink loop)")
+            warnings.append(
+                f"skipped {printable(directory)}: directory already walked (symlink loop)"
+            )
             return
         seen.add(ident)
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            warnings.append(f"cannot read directory {directory}: {exc.strerror}")
+            unreadable(directory, rel, exc)
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -102,7 +132,7 @@ def _walk(root: str, exts: frozenset[str], warnings: list[str]) -> Iterator[Sour
                 yield from visit(entry.path, child_rel)
             elif entry.name.rsplit(".", 1)[-1].lower() in exts and "." in entry.name:
                 # broken symlinks are kept: decoding reports them as failures
-                yield Source(child_rel, entry.path)
+                yield Source(printable(child_rel), entry.path)
 
     yield from visit(abs_root, "")
 
@@ -140,7 +170,7 @@ def discover(
         map to the same key.
     """
     exts = frozenset(extensions)
-    warnings: list[str] = []
+    result = Discovery([], [])
     found: list[Source] = []
     for item in inputs:
         if item == "-":
@@ -148,15 +178,14 @@ def discover(
                 raise InputError("'-' given but no standard input is available")
             for path in read_path_list(stdin, null=null):
                 if os.path.isdir(path):
-                    found.extend(_walk(path, exts, warnings))
+                    found.extend(_walk(path, exts, result))
                 else:  # missing files are kept and fail (recorded) when decoded
                     found.append(Source(_safe_key(path), os.path.abspath(path)))
         elif os.path.isdir(item):
-            found.extend(_walk(item, exts, warnings))
+            found.extend(_walk(item, exts, result))
         elif os.path.lexists(item):
-            found.append(
-                Source(posixpath.basename(item.replace(os.sep, "/")), os.path.abspath(item))
-            )
+            name = posixpath.basename(item.replace(os.sep, "/"))
+            found.append(Source(printable(name), os.path.abspath(item)))
         else:
             raise InputError(f"input not found: {item}")
     by_key: dict[str, Source] = {}
@@ -170,7 +199,8 @@ def discover(
                 "give their common parent directory instead"
             )
     _check_nesting(by_key)
-    return Discovery(sorted(by_key.values()), warnings)
+    result.sources = sorted(by_key.values())
+    return result
 
 
 def _check_nesting(by_key: dict[str, Source]) -> None:

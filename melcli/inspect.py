@@ -18,6 +18,14 @@ def _size_on_disk(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _h5_beside(manifest: Path) -> Path:
+    """The HDF5 file a ``<stem>.json`` manifest describes (``.h5`` or ``.hdf5``)."""
+    for suffix in (".h5", ".hdf5"):
+        if manifest.with_suffix(suffix).exists():
+            return manifest.with_suffix(suffix)
+    return manifest.with_suffix(".h5")
+
+
 def kind_of(path: Path) -> str:
     """Classify ``path``: 'h5', 'npy', 'manifest' or 'audio'."""
     if path.is_dir():
@@ -106,8 +114,8 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
         man_path = path / "manifest.json" if kind == "npy" else path
         man = manifest_mod.read(man_path)
         root = man_path.parent
+        data_path = _h5_beside(path)
         if man["output_format"] == "h5" and kind == "manifest":
-            data_path = path.with_suffix(".h5")
             size = data_path.stat().st_size if data_path.exists() else 0
         else:
             size = _size_on_disk(root)
@@ -117,7 +125,7 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
             if rec is None:
                 raise OutputError(f"no entry {key!r} in {path}")
             if man["output_format"] == "h5":
-                return inspect_output(path.with_suffix(".h5"), key) | {"path": str(path)}
+                return inspect_output(data_path, key) | {"path": str(path)}
             import numpy as np
 
             info["entry"] = _stats(key, np.load(root / f"{key}.npy", allow_pickle=False), rec)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from melcli import audio, features
-from melcli.discover import Source
+from melcli.discover import Source, printable
 from melcli.errors import DecodeError
 from melcli.params import FeatureParams
 
@@ -40,11 +40,6 @@ class EntryMeta:
         d["shape"] = list(self.shape)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EntryMeta:
-        """Inverse of `to_dict`."""
-        return cls(**{**d, "shape": tuple(d["shape"])})
-
 
 @dataclass(frozen=True)
 class Failure:
@@ -72,6 +67,8 @@ class Task:
         The frames this part computes (ignored for a whole file).
     format : str
         The container its header announced ('' if not probed).
+    info : AudioInfo, optional
+        The header, for the parts of a long file (read once by the parent).
     """
 
     source: Source
@@ -80,6 +77,7 @@ class Task:
     frame_start: int = 0
     frame_stop: int = 0
     format: str = ""
+    info: audio.AudioInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
             data = features.compute(y, sr, params)
             shape = tuple(int(n) for n in data.shape)
         else:  # a slice of a long file at its native rate: only that slice is decoded
-            info = audio.probe(source.path)
+            info = task.info or audio.probe(source.path)
             sr, n_samples = info.sample_rate, info.frames
             a, b = features.segment_bounds(params, task.frame_start, task.frame_stop)
             y = audio.load_segment(source.path, max(a, 0), min(b, n_samples), mono=params.mono)
@@ -144,15 +142,15 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
             )  # fmt: skip
             shape = (*data.shape[:-1], params.n_frames(n_samples))
     except DecodeError as exc:
-        return Result(task, failure=Failure(source.key, source.path, str(exc)))
+        return Result(task, failure=Failure(source.key, printable(source.path), str(exc)))
     except MemoryError:
-        return Result(task, failure=Failure(source.key, source.path, "out of memory"))
+        return Result(task, failure=Failure(source.key, printable(source.path), "out of memory"))
     except Exception as exc:  # a bug or an exotic file: record it, keep the batch going
         reason = f"internal error: {type(exc).__name__}: {exc}"
-        return Result(task, failure=Failure(source.key, source.path, reason))
+        return Result(task, failure=Failure(source.key, printable(source.path), reason))
     meta = EntryMeta(
         key=source.key,
-        source=source.path,
+        source=printable(source.path),
         sample_rate=sr,
         native_sample_rate=info.sample_rate,
         channels=info.channels,
@@ -203,7 +201,7 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
         starts.pop()  # the last part takes the short remainder
     stops = [*starts[1:], total]
     return [
-        Task(source, i, len(starts), start, stop, info.format)
+        Task(source, i, len(starts), start, stop, info.format, info)
         for i, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
 

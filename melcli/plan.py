@@ -25,11 +25,15 @@ class SourceState:
     hash: str | None = None
 
     def matches(self, record: dict[str, Any]) -> bool:
-        """True when ``record`` (an entry or failure) was made from this content."""
+        """True when ``record`` (an entry or failure) was made from this content.
+
+        With a hash (``--checksum``) only the hash counts: a record made
+        without one does not match, so the input is recomputed once.
+        """
         if self.size is None:
             return False
-        if self.hash is not None and record.get("source_hash"):
-            return bool(record["source_hash"] == self.hash)
+        if self.hash is not None:
+            return bool(record.get("source_hash") == self.hash)
         return record.get("source_size") == self.size and record.get("source_mtime") == self.mtime
 
     def fields(self) -> dict[str, Any]:
@@ -54,6 +58,20 @@ def source_state(path: str, *, checksum: bool) -> SourceState:
     except OSError:
         return SourceState(None, None)
     return SourceState(int(st.st_size), st.st_mtime, digest)
+
+
+#: Reasons that depend only on a file's content (and the parameters): such a
+#: failure is carried over until the file changes. Anything else (permission
+#: denied, a missing file, out of memory, ...) is retried on every run.
+CONTENT_FAILURES = (
+    "cannot decode", "truncated", "too short", "no audio samples", "audio contains",
+    "sample values", "values up to", "fmax=", "fmin=",
+)  # fmt: skip
+
+
+def is_content_failure(reason: str) -> bool:
+    """True for a failure that will recur as long as the file is unchanged."""
+    return reason.startswith(CONTENT_FAILURES) and "System error" not in reason
 
 
 @dataclass
@@ -96,6 +114,7 @@ def make_plan(
     old_manifest: dict[str, Any] | None,
     work_records: Iterable[ChunkRecord],
     checksum: bool,
+    unreadable: Iterable[str] = (),
 ) -> Plan:
     """Compare the inputs with the existing output and the work directory.
 
@@ -110,6 +129,9 @@ def make_plan(
         What an interrupted run with the same parameters already finished.
     checksum : bool
         Compare content hashes instead of size + mtime.
+    unreadable : iterable of str
+        Key prefixes of directories that could not be listed this time: the
+        existing entries under them are kept, not removed.
 
     Returns
     -------
@@ -127,16 +149,26 @@ def make_plan(
         plan.states[src.key] = state
         old = old_entries.get(src.key)
         done = work.get(src.key)
-        if done is not None and state.matches(done.record):
+        if old is not None and state.matches(old):  # the output already has it
+            plan.keep_old.append(old)
+        elif done is not None and state.matches(done.record):
             if done.kind == "entry":
                 plan.keep_work[src.key] = done
             else:
                 plan.failures.append(done.record)
-        elif old is not None and state.matches(old):
-            plan.keep_old.append({**old, **state.fields()} if checksum else old)
-        elif src.key in old_failures and state.matches(old_failures[src.key]):
+        elif (
+            src.key in old_failures
+            and state.matches(old_failures[src.key])
+            and is_content_failure(old_failures[src.key]["reason"])
+        ):
             plan.failures.append(old_failures[src.key])
         else:
             plan.compute.append(src)
-    plan.removed = sorted(set(old_entries) - present)
+    hidden = tuple(unreadable)
+    for key in sorted(set(old_entries) - present):
+        if any(p == "" or key.startswith(p + "/") for p in hidden):
+            plan.keep_old.append(old_entries[key])
+            plan.states[key] = SourceState(None, None)
+        else:
+            plan.removed.append(key)
     return plan

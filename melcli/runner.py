@@ -9,6 +9,7 @@ The CLI drives this through a `Reporter` and maps the outcome to exit codes.
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 
 from melcli import manifest as manifest_mod
 from melcli import writers
-from melcli.discover import Source
+from melcli.discover import Source, printable
 from melcli.errors import DecodeError, ExitCode, MelcliError, OutputError, UsageOutputError
 from melcli.params import FeatureParams
 from melcli.pipeline import Failure, Result, Task, make_tasks
@@ -36,8 +37,8 @@ class Reporter(Protocol):
     def skipped(self, failure: Failure) -> None:
         """An input failed; the batch goes on."""
 
-    def start(self, files: int, seconds: float) -> None:
-        """Computing begins: ``files`` inputs, ``seconds`` of audio."""
+    def start(self, files: int) -> None:
+        """Computing begins: ``files`` tasks (a long file is split into several)."""
 
     def advance(self, result: Result) -> None:
         """One input finished (written to the spool or failed)."""
@@ -108,7 +109,7 @@ def repair_sidecar(output: Path, man: dict[str, Any]) -> None:
 
 
 def _old_output(
-    output: Path, fmt: str, params: FeatureParams, overwrite: bool
+    output: Path, fmt: str, params: FeatureParams, overwrite: bool, dry_run: bool
 ) -> dict[str, Any] | None:
     exists = output.exists() or output.is_symlink()
     if not exists:
@@ -121,6 +122,12 @@ def _old_output(
     try:
         man = writers.read_manifest(output, fmt)
     except OutputError as exc:
+        if output.is_dir() and not output.is_symlink() and any(output.iterdir()):
+            # never delete a directory melcli did not make, --overwrite or not
+            raise UsageOutputError(
+                f"output {output} is a directory that is not a melcli output ({exc}); "
+                "refusing to replace it: choose another --output"
+            ) from None
         if overwrite:
             return None
         raise UsageOutputError(
@@ -144,7 +151,7 @@ def _old_output(
             f"output {output} was made with different parameters: {shown}; "
             "use --overwrite to replace it"
         )
-    if fmt == "h5":
+    if fmt == "h5" and not dry_run:
         repair_sidecar(output, man)
     return man
 
@@ -160,6 +167,7 @@ def execute(
     params: FeatureParams,
     opts: RunOptions,
     reporter: Reporter,
+    unreadable: Sequence[str] = (),
 ) -> RunReport:
     """Run one extraction (or, with ``opts.dry_run``, say what it would do).
 
@@ -177,18 +185,38 @@ def execute(
     if not opts.dry_run:
         lock.acquire(opts.command)
     try:
-        return _execute(sources, params, opts, reporter, output)
+        return _execute(sources, params, opts, reporter, output, unreadable)
     except OutputError:
         work = WorkDir(output)
-        if not work.chunks():  # no finished work worth keeping for a resume
+        if not opts.dry_run and not work.chunks():  # no finished work worth keeping
             work.remove()
         raise
     finally:
         lock.release()
 
 
+def check_inputs_outside(sources: Sequence[Source], output: Path) -> None:
+    """Refuse an output that is an input or would hold inputs (replacing it loses them)."""
+    out = os.path.realpath(output)
+    for src in sources:
+        real = os.path.realpath(src.path)
+        if real == out or real.startswith(out + os.sep):
+            raise UsageOutputError(
+                f"output {output} contains the input {src.path}; choose an --output "
+                "outside the inputs"
+            )
+
+
 def remove_stale(output: Path) -> None:
-    """Delete temporaries a killed run left beside ``output`` (call with the lock held)."""
+    """Delete temporaries a killed run left beside ``output`` (call with the lock held).
+
+    Where a directory swap without RENAME_EXCHANGE was cut between its two
+    renames, the previous output is first put back.
+    """
+    if not (output.exists() or output.is_symlink()):
+        olds = sorted(output.parent.glob(glob.escape(f".{output.name}") + ".old-*"))
+        if olds:
+            os.rename(olds[-1], output)
     for suffix in (".tmp-*", ".old-*"):
         for path in output.parent.glob(glob.escape(f".{output.name}") + suffix):
             if path.is_dir() and not path.is_symlink():
@@ -203,10 +231,12 @@ def _execute(
     opts: RunOptions,
     reporter: Reporter,
     output: Path,
+    unreadable: Sequence[str] = (),
 ) -> RunReport:
     if not opts.dry_run:
         remove_stale(output)
-    old = _old_output(output, opts.format, params, opts.overwrite)
+    check_inputs_outside(sources, output)
+    old = _old_output(output, opts.format, params, opts.overwrite, opts.dry_run)
     work = WorkDir(output)
     state = {"params": params.to_dict(), "format": opts.format}
     prior = work.read_state() if work.exists() else None
@@ -217,6 +247,7 @@ def _execute(
     )
     plan = make_plan(
         sources,
+        unreadable=unreadable,
         old_manifest=old,
         work_records=work.records() if resume else (),
         checksum=opts.checksum,
@@ -230,12 +261,11 @@ def _execute(
     failures: list[dict[str, Any]] = list(plan.failures)
     todo: list[tuple[int, Task]] = []
     rates: set[int] = set()
-    seconds = 0.0
     for src in plan.compute:
         try:
             info = audio.probe(src.path)
         except DecodeError as exc:
-            fail = Failure(src.key, src.path, str(exc))
+            fail = Failure(src.key, printable(src.path), str(exc))
             reporter.skipped(fail)
             failures.append({**fail.to_dict(), **plan.states[src.key].fields()})
             if opts.fail_fast and not opts.dry_run:
@@ -244,7 +274,6 @@ def _execute(
         tasks = make_tasks(src, info, params)
         todo.extend((info.frames * info.channels // len(tasks), t) for t in tasks)
         rates.add(params.sr or info.sample_rate)
-        seconds += info.duration
         report.estimated_bytes += _estimate_bytes(
             params, info.frames, info.channels, info.sample_rate
         )
@@ -281,7 +310,7 @@ def _execute(
         spool.add_failure(rec)
     new_failures = _compute(todo, params, opts, reporter, spool, plan)
     failures.extend(new_failures)
-    return _assemble(params, opts, output, old, plan, work, failures, report)
+    return _assemble(params, opts, output, plan, work, failures, report, reporter)
 
 
 def failures_changed(old: dict[str, Any], failures: list[dict[str, Any]]) -> bool:
@@ -306,7 +335,7 @@ def _compute(
 
     # Largest first, so one long file does not finish last alone.
     ordered = [t for _, t in sorted(todo, key=lambda t: (-t[0], t[1].source.key, t[1].part))]
-    reporter.start(len(ordered), 0.0)
+    reporter.start(len(ordered))
     failures: dict[str, dict[str, Any]] = {}
     try:
         for res in results(ordered, params, jobs=opts.jobs, backend=opts.backend):
@@ -370,11 +399,11 @@ def _assemble(
     params: FeatureParams,
     opts: RunOptions,
     output: Path,
-    old: dict[str, Any] | None,
     plan: Plan,
     work: WorkDir,
     failures: list[dict[str, Any]],
     report: RunReport,
+    reporter: Reporter,
 ) -> RunReport:
     from melcli import features
 
@@ -415,6 +444,8 @@ def _assemble(
             entries=entries, failures=report.failures, frequencies=freqs,
         )  # fmt: skip
         writer.commit(man)
+        for warning in writer.warnings:
+            reporter.warning(warning)
     except OSError as exc:  # anything the writer did not already translate
         writer.abort()
         raise disk_error("writing", output, exc) from None

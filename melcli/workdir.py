@@ -270,10 +270,12 @@ class WorkDir:
                 key = rec["key"]
                 part = int(rec.get("part", 0))
                 failures.pop(key, None)  # a later success wins
-                if key not in entries:
-                    entries[key] = {k: v for k, v in rec.items() if k not in PART_FIELDS}
-                    entries[key]["_parts"] = int(rec.get("parts", 1))
-                pieces.setdefault(key, {})[part] = (chunk, member, int(rec.get("frame_start", 0)))
+                whole = {k: v for k, v in rec.items() if k not in PART_FIELDS}
+                whole["_parts"] = int(rec.get("parts", 1))
+                if entries.get(key) != whole:  # first sight, or a later run's new version
+                    entries[key] = whole
+                    pieces[key] = {}
+                pieces[key][part] = (chunk, member, int(rec.get("frame_start", 0)))
             for rec in meta["failures"]:
                 failures[rec["key"]] = rec  # a later failure wins
                 entries.pop(rec["key"], None)

@@ -78,6 +78,7 @@ class Writer(Protocol):
 
     path: Path
     format: str
+    warnings: list[str]
 
     def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:
         """Store one new entry of shape ``record['shape']`` from (first frame, array) pieces.
@@ -108,6 +109,7 @@ class H5Writer:
 
         self.path = path
         self.tmp = hidden_sibling(path, f".tmp-{os.getpid()}")
+        self.warnings: list[str] = []
         self._old: Any = None
         try:
             self._file: Any = h5py.File(self.tmp, "w")
@@ -177,9 +179,13 @@ class H5Writer:
             self.abort()
             raise disk_error("writing", self.tmp, exc) from None
         fault_point("after-rename")
-        # The sidecar is a copy of /manifest; a crash right here leaves it stale,
-        # and the next run repairs it from the HDF5 file (see runner.repair_sidecar).
-        manifest_mod.write_atomic(manifest_path(self.path, "h5"), manifest_mod.dumps(manifest))
+        # The sidecar is a copy of /manifest; a crash or a write error right here
+        # leaves it stale, and the next run repairs it from the HDF5 file (see
+        # runner.repair_sidecar): the output itself is complete, so only warn.
+        try:
+            manifest_mod.write_atomic(manifest_path(self.path, "h5"), manifest_mod.dumps(manifest))
+        except OutputError as exc:
+            self.warnings.append(f"{exc}; the manifest inside {self.path.name} is complete")
 
     def _close_old(self) -> None:
         if self._old is not None:
@@ -204,6 +210,7 @@ class NpyWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = hidden_sibling(path, f".tmp-{os.getpid()}")
+        self.warnings: list[str] = []
         try:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
@@ -255,7 +262,7 @@ class NpyWriter:
         old = hidden_sibling(self.path, f".old-{os.getpid()}")
         try:
             manifest_mod.write_atomic(self.tmp / "manifest.json", manifest_mod.dumps(manifest))
-            os.sync()  # one call flushes every .npy written, instead of an fsync per file
+            _syncfs(self.tmp)  # one call flushes every .npy written, instead of one per file
             fault_point("rename")
             if self.path.is_dir() and not self.path.is_symlink():
                 _exchange_or_rename(self.tmp, self.path, old)
@@ -330,6 +337,27 @@ def _numeric_attrs(ds: Any, record: dict[str, Any]) -> None:
 
 def _nbytes(record: dict[str, Any]) -> int:
     return int(np.prod(record["shape"])) * np.dtype(record["dtype"]).itemsize
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path``; raise OSError if writeback failed.
+
+    ``syncfs(2)`` reports writeback errors (EIO, ENOSPC on delayed allocation)
+    that ``os.sync()`` would swallow; Python 3.11 has no wrapper for it.
+    """
+    import ctypes
+    import ctypes.util
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    except AttributeError:  # no syncfs in this libc
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:

@@ -455,22 +455,36 @@ def test_existing_foreign_file_needs_overwrite(
     assert sorted(h5_arrays(out)) == ["a.wav"]
 
 
-def test_existing_npy_directory_needs_overwrite(
+def test_foreign_directory_is_never_replaced(
     audio: AudioFactory, melcli: RunMelcli, tmp_path: Path
 ) -> None:
+    """A directory melcli did not make is refused, --overwrite or not: replacing it
+    would delete the user's files."""
     audio.tone("a.wav", seconds=0.2)
     out = tmp_path / "dir"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    r = melcli("mel", audio.root, "-o", out, "-j1")
-    assert r.returncode == 2
-    assert "--overwrite" in r.stderr and str(out) in r.stderr
-    assert r.stdout == ""
-    assert_no_traceback(r.stderr)
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
-    r = melcli("mel", audio.root, "-o", out, "-j1", "--overwrite")
+    for extra in ([], ["--overwrite"]):
+        r = melcli("mel", audio.root, "-o", out, "-j1", *extra)
+        assert r.returncode == 2
+        assert "not a melcli output" in r.stderr and str(out) in r.stderr
+        assert r.stdout == ""
+        assert_no_traceback(r.stderr)
+        assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = melcli("mel", audio.root, "-o", empty, "-j1", "--overwrite")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["a.wav.npy", "manifest.json"]
+    assert sorted(p.name for p in empty.iterdir()) == ["a.wav.npy", "manifest.json"]
+
+
+def test_output_holding_the_inputs_is_refused(
+    audio: AudioFactory, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    audio.tone("a.wav", seconds=0.2)
+    r = melcli("mel", audio.root, "-o", audio.root, "-j1", "--overwrite")
+    assert r.returncode == 2 and "contains the input" in r.stderr
+    assert (audio.root / "a.wav").exists()
 
 
 def test_existing_output_with_other_parameters_needs_overwrite(

@@ -460,3 +460,90 @@ def test_disk_full_injected_while_assembling(
     monkeypatch.undo()
     code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
     assert code == 0 and "resumed: 1 entries" in stderr
+
+
+# -- found in review ------------------------------------------------------------------------------
+
+
+def test_sigterm_in_process_run_is_not_a_file_failure(slow_corpus: Path, tmp_path: Path) -> None:
+    """-j 1 computes in the parent: SIGTERM must stop the run (143), not fail a file."""
+    out = tmp_path / "feats.h5"
+    args = ["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS[:-2], "-j", "1"]
+    proc = _start(args, tmp_path)
+    _wait_for_chunk(tmp_path / ".feats.h5.melcli-work", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "skipped" not in err and "internal error" not in err
+
+
+def test_resume_after_the_input_changed_uses_the_new_version(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data", n=3)
+    out = tmp_path / "feats.h5"
+    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": "rename"})
+    assert killed.returncode == -signal.SIGKILL  # every entry is in the work dir
+    write_tone(data / "d0" / "f000.wav", 3.0, freq=999)  # changed before the resume
+    again = run("mel", data, "-o", out, "-j", "1")
+    assert again.returncode == 0, again.stderr
+    assert "resumed: 2 entries" in again.stderr
+    ref = tmp_path / "ref.h5"
+    assert run("mel", data, "-o", ref, "-j", "1").returncode == 0
+    assert_same(out, ref)
+
+
+def test_checksum_on_an_output_made_without_it_recomputes_once(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data", n=2)
+    out = tmp_path / "feats.h5"
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    target = data / "d0" / "f000.wav"
+    st = target.stat()
+    write_tone(target, 1.0, freq=1234)  # same size, new content, old mtime
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1", "--checksum")
+    assert code == 0 and "updated 2" in stderr  # no hashes recorded yet: both recomputed
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1", "--checksum")
+    assert "unchanged 2" in stderr
+
+
+def test_permission_failures_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_corpus(tmp_path / "data", n=2)
+    out = tmp_path / "feats.h5"
+    real = sf.SoundFile
+
+    def denied(path: object, *a: object, **k: object) -> object:
+        if str(path).endswith("f000.wav"):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr("melcli.audio.sf.SoundFile", denied)
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    assert code == 3 and "permission denied" in stderr
+    monkeypatch.undo()
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")  # same size and mtime
+    assert code == 0 and "added 1" in stderr and "failed 0" in stderr
+
+
+def test_dry_run_changes_nothing_not_even_a_stale_sidecar(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data", n=2)
+    out = tmp_path / "feats.h5"
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    side = out.with_suffix(".json")
+    side.write_text("{}")
+    assert _cli("mel", data, "-o", out, "--dry-run")[0] == 0
+    assert side.read_text() == "{}"
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0  # a real run repairs it
+    assert json.loads(side.read_text())["totals"]["entries"] == 2
+
+
+def test_directory_swap_cut_between_renames_is_undone(tmp_path: Path) -> None:
+    """Without RENAME_EXCHANGE the npy swap is two renames; a kill between them leaves
+    the previous tree at .<name>.old-<pid>: the next run puts it back first."""
+    data = make_corpus(tmp_path / "data", n=2)
+    out = tmp_path / "feats"
+    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    before = content(out)
+    out.rename(tmp_path / ".feats.old-12345")
+    code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    assert code == 0 and "unchanged 2" in stderr
+    assert content(out)[1] == before[1]
+    assert leftovers(tmp_path, out) == []
