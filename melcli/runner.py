@@ -181,6 +181,8 @@ def execute(
         After flushing finished work to the work directory, for a later resume.
     """
     output = opts.output.absolute()
+    if not output.parent.is_dir():
+        raise OutputError(f"cannot write {opts.output}: directory {output.parent} does not exist")
     lock = OutputLock(output)
     if not opts.dry_run:
         lock.acquire(opts.command)
