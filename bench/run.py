@@ -427,7 +427,7 @@ class Bench:
         self.args = args
         self.quick: bool = args.quick
         self.scale = "quick" if args.quick else "full"
-        self.repeats: int = args.repeats or (2 if args.quick else 3)
+        self.repeats: int = args.repeats or (1 if args.quick else 3)
         self.melcli = find_melcli(args.melcli)
         self.melcli_error: str | None = None
         self.contenders: list[Contender] = []
@@ -951,8 +951,8 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus, run everything, print and save the report."""
     ap = argparse.ArgumentParser(description="melcli benchmark (see bench/run.py docstring)")
-    ap.add_argument("--quick", action="store_true", help="10x smaller corpus, 2 repeats")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per contender (3; quick 2)")
+    ap.add_argument("--quick", action="store_true", help="10x smaller corpus, 1 run each")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per contender (3; quick 1)")
     ap.add_argument(
         "--only",
         action="append",
