@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from melcli.errors import OutputError
-from melcli.manifest import fsync_dir
+from melcli.manifest import fsync_path
 
 #: Finished results are flushed to a chunk at least this often (seconds) ...
 FLUSH_SECONDS = 5.0
@@ -242,7 +242,7 @@ class WorkDir:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.state_path)
-            fsync_dir(self.path)
+            fsync_path(self.path)
         except OSError as exc:
             raise disk_error("writing", self.path, exc) from None
 
@@ -340,7 +340,7 @@ class Spool:
                 fault_point("chunk-write")
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
-            fsync_dir(self.workdir.path)
+            fsync_path(self.workdir.path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise disk_error("writing", final, exc, needed=self._bytes) from None

@@ -171,10 +171,10 @@ class H5Writer:
             f.flush()
             f.close()
             self._close_old()
-            _fsync_file(self.tmp)
+            manifest_mod.fsync_path(self.tmp)
             fault_point("rename")
             os.replace(self.tmp, self.path)
-            manifest_mod.fsync_dir(self.path.parent)
+            manifest_mod.fsync_path(self.path.parent)
         except OSError as exc:
             self.abort()
             raise disk_error("writing", self.tmp, exc) from None
@@ -270,7 +270,7 @@ class NpyWriter:
                 if self.path.exists() or self.path.is_symlink():
                     self.path.unlink()
                 os.rename(self.tmp, self.path)
-            manifest_mod.fsync_dir(self.path.parent)
+            manifest_mod.fsync_path(self.path.parent)
         except OSError as exc:
             self.abort()
             raise disk_error("writing", self.path, exc) from None
@@ -356,13 +356,5 @@ def _syncfs(path: Path) -> None:
             raise OSError(err, os.strerror(err))
     except AttributeError:  # no syncfs in this libc
         os.sync()
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
