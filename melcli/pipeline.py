@@ -256,7 +256,12 @@ def results(
 
     os.environ[_PARENT_ENV] = str(os.getpid())  # inherited by worker processes
 
+    n_jobs = min(jobs, len(tasks))
+    # Fixed batches: joblib's "auto" sizing left 1 s clips at ~0.1 ms of dispatch
+    # per task (measured: 1000 clips, -j2 1.12 s unbatched, 0.99 s in batches of
+    # 16-64); 16 batches per worker still balance the load.
+    batch = max(1, min(64, len(tasks) // (n_jobs * 16)))
     parallel = Parallel(
-        n_jobs=min(jobs, len(tasks)), backend=backend, return_as="generator_unordered"
+        n_jobs=n_jobs, backend=backend, return_as="generator_unordered", batch_size=batch
     )
     yield from parallel(delayed(extract)(task, params) for task in tasks)
