@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterator, Sequence
@@ -209,6 +210,7 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
 _PARENT_ENV = "MELCLI_PARENT_PID"
 
 
+@functools.cache
 def _ignore_sigint_in_worker_process() -> None:
     """Worker processes leave Ctrl-C to the parent, which cancels them quietly.
 
@@ -216,12 +218,8 @@ def _ignore_sigint_in_worker_process() -> None:
     KeyboardInterrupt traceback.
     """
     parent = os.environ.get(_PARENT_ENV)
-    if parent and parent != str(os.getpid()) and not _sigint_ignored:
+    if parent and parent != str(os.getpid()):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        globals()["_sigint_ignored"] = True
-
-
-_sigint_ignored = False
 
 
 def default_jobs() -> int:

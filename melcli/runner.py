@@ -279,8 +279,8 @@ def _execute(
         report.estimated_bytes += _estimate_bytes(
             params, info.frames, info.channels, info.sample_rate
         )
-    report.estimated_bytes += sum(_entry_bytes(e) for e in plan.keep_old)
-    report.estimated_bytes += sum(_entry_bytes(r.record) for r in plan.keep_work.values())
+    report.estimated_bytes += sum(writers.entry_nbytes(e) for e in plan.keep_old)
+    report.estimated_bytes += sum(writers.entry_nbytes(r.record) for r in plan.keep_work.values())
 
     if opts.dry_run:
         report.added = sorted(s.key for s in plan.compute if s.key not in plan.old_keys)
@@ -319,10 +319,6 @@ def failures_changed(old: dict[str, Any], failures: list[dict[str, Any]]) -> boo
     """True when the failure list differs from the one the output records."""
     key = lambda f: (f["key"], f["source"], f["reason"])  # noqa: E731
     return sorted(map(key, old.get("failures", []))) != sorted(map(key, failures))
-
-
-def _entry_bytes(record: dict[str, Any]) -> int:
-    return int(np.prod(record["shape"])) * np.dtype(record["dtype"]).itemsize
 
 
 def _compute(

@@ -135,7 +135,7 @@ class H5Writer:
             ds.attrs["source"] = record["source"]
             ds.attrs["frequencies"] = f"/frequencies/{record['sample_rate']}"
         except OSError as exc:
-            raise disk_error("writing", self.tmp, exc, needed=_nbytes(record)) from None
+            raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("assemble")
 
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
@@ -240,7 +240,7 @@ class NpyWriter:
                 out.flush()
                 del out
         except OSError as exc:
-            raise disk_error("writing", self.tmp, exc, needed=_nbytes(record)) from None
+            raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("assemble")
 
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
@@ -335,7 +335,8 @@ def _numeric_attrs(ds: Any, record: dict[str, Any]) -> None:
         attr.write(np.asarray(record[name], dtype=dtype))
 
 
-def _nbytes(record: dict[str, Any]) -> int:
+def entry_nbytes(record: dict[str, Any]) -> int:
+    """Bytes of an entry's array, from its manifest record (shape and dtype)."""
     return int(np.prod(record["shape"])) * np.dtype(record["dtype"]).itemsize
 
 

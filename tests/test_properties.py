@@ -405,8 +405,6 @@ def _invoke(args: list[str], cwd: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.showwarning = _show_on_stderr
-            # click 8.5 deprecates get_text_stream (known; tested in test_cli.py)
-            warnings.filterwarnings("ignore", "'get_text_stream' is deprecated", DeprecationWarning)
             res = CliRunner().invoke(cli, args)
     finally:
         os.chdir(old)

@@ -120,9 +120,6 @@ def invoke(
             # stderr), not raised as pytest's filterwarnings=error would
             warnings.simplefilter("default")
             warnings.showwarning = _show_on_stderr
-            # cli.py calls click.get_text_stream, deprecated since click 8.5:
-            # known, and tested on its own in test_cli.py
-            warnings.filterwarnings("ignore", "'get_text_stream' is deprecated", DeprecationWarning)
             result = CliRunner().invoke(cli, [str(a) for a in args], input=input)
     finally:
         os.chdir(old)
