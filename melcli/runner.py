@@ -8,6 +8,7 @@ The CLI drives this through a `Reporter` and maps the outcome to exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -307,12 +308,23 @@ def _execute(
                 "some bands will be all zeros"
             )
     work.start(state, keep=resume)
-    spool = Spool(work)
-    for rec in failures[len(plan.failures) :]:
-        spool.add_failure(rec)
-    new_failures = _compute(todo, params, opts, reporter, spool, plan)
-    failures.extend(new_failures)
-    return _assemble(params, opts, output, plan, work, failures, report, reporter)
+    # New entries go straight into the new output (under its temporary name);
+    # the spool checkpoints them for a resume. Kept and resumed entries are
+    # added at the end (`_assemble`).
+    writer = writers.open_writer(output, opts.format)
+    spool = Spool(work, read_back=writer.read_piece)
+    try:
+        for rec in failures[len(plan.failures) :]:
+            spool.add_failure(rec)
+        written, new_failures = _compute(todo, params, opts, reporter, spool, plan, writer)
+        failures.extend(new_failures)
+        return _assemble(params, opts, plan, work, failures, report, reporter, writer, written)
+    except OSError as exc:  # anything the writer did not already translate
+        writer.abort()
+        raise disk_error("writing", output, exc) from None
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def failures_changed(old: dict[str, Any], failures: list[dict[str, Any]]) -> bool:
@@ -328,13 +340,22 @@ def _compute(
     reporter: Reporter,
     spool: Spool,
     plan: Plan,
-) -> list[dict[str, Any]]:
+    writer: writers.Writer,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Run the tasks, writing each result into ``writer`` as it arrives.
+
+    Returns the records of the entries written whole, and the failures. On any
+    exception the finished work is checkpointed first, for a resume.
+    """
     from melcli.pipeline import results
 
     # Largest first, so one long file does not finish last alone.
     ordered = [t for _, t in sorted(todo, key=lambda t: (-t[0], t[1].source.key, t[1].part))]
+    parts = {t.source.key: t.parts for _, t in todo}
     reporter.start(len(ordered))
     failures: dict[str, dict[str, Any]] = {}
+    done: dict[str, int] = {}  # key -> parts written
+    written: dict[str, dict[str, Any]] = {}
     try:
         for res in results(ordered, params, jobs=opts.jobs, backend=opts.backend):
             key = res.source.key
@@ -345,6 +366,9 @@ def _compute(
             if res.failure is not None:
                 rec = {**res.failure.to_dict(), **state}
                 failures[key] = rec
+                if done.pop(key, 0):
+                    writer.discard(key)
+                    spool.discard(key)
                 spool.add_failure(rec)
                 reporter.advance(res)
                 if opts.fail_fast:
@@ -355,19 +379,33 @@ def _compute(
             if res.meta is None or res.data is None:
                 raise RuntimeError("extract returned neither features nor a failure")
             rec = {**res.meta.to_dict(), **state}
-            if res.task.parts > 1:
-                rec.update(
-                    part=res.task.part, parts=res.task.parts, frame_start=res.task.frame_start
-                )
-            spool.add_entry(rec, res.data)
+            task = res.task
+            writer.write_piece(rec, task.frame_start, res.data)
+            if task.parts > 1:
+                part = {"part": task.part, "parts": task.parts, "frame_start": task.frame_start}
+                spool.add_entry({**rec, **part}, res.data)
+            else:
+                spool.add_entry(rec, res.data)
+            done[key] = done.get(key, 0) + 1
+            if done[key] == parts[key]:
+                written[key] = rec
             reporter.advance(res)
     except BaseException:
         reporter.finish()
-        spool.flush()  # keep what finished, for the resume
+        _checkpoint_quietly(spool)
         raise
     reporter.finish()
-    spool.flush()
-    return list(failures.values())
+    return written, list(failures.values())
+
+
+def _checkpoint_quietly(spool: Spool) -> None:
+    """Keep finished work for a resume, on the way out of a failed run.
+
+    A failure to do so (the disk that broke the run is full) must not hide the
+    error that stopped the run; the lost entries are simply computed again.
+    """
+    with contextlib.suppress(OutputError):
+        spool.flush()
 
 
 class _ChunkReader:
@@ -396,41 +434,43 @@ class _ChunkReader:
 def _assemble(
     params: FeatureParams,
     opts: RunOptions,
-    output: Path,
     plan: Plan,
     work: WorkDir,
     failures: list[dict[str, Any]],
     report: RunReport,
     reporter: Reporter,
+    writer: writers.Writer,
+    written: dict[str, dict[str, Any]],
 ) -> RunReport:
+    """Complete the new output (resumed and kept entries, frequencies, manifest), commit."""
     from melcli import features
 
     present = set(plan.states)
-    new = {
-        r.record["key"]: r
-        for r in work.records()
-        if r.kind == "entry" and r.record["key"] in present
-    }
-    kept = {e["key"]: e for e in plan.keep_old if e["key"] not in new}
-    report.added = sorted(k for k in new if k not in plan.old_keys)
-    report.updated = sorted(k for k in new if k in plan.old_keys)
+    new = {k: rec for k, rec in written.items() if k in present}
+    resumed = {k: r for k, r in plan.keep_work.items() if k in present and k not in new}
+    kept = {e["key"]: e for e in plan.keep_old if e["key"] not in new and e["key"] not in resumed}
+    fresh = new.keys() | resumed.keys()
+    report.added = sorted(k for k in fresh if k not in plan.old_keys)
+    report.updated = sorted(k for k in fresh if k in plan.old_keys)
     report.unchanged = len(kept)
-    report.failures = sorted((f for f in failures if f["key"] not in new), key=lambda f: f["key"])
-    keys = sorted(new.keys() | kept.keys())
+    report.failures = sorted((f for f in failures if f["key"] not in fresh), key=lambda f: f["key"])
+    keys = sorted(fresh | kept.keys())
     report.entries = len(keys)
     if not keys:
+        writer.abort()
         work.remove()
         return report
-    writer = writers.open_writer(output, opts.format)
     entries: list[dict[str, Any]] = []
     reader = _ChunkReader()
     try:
         for key in keys:
             if key in new:
-                writer.add(new[key].record, reader.pieces(new[key]))
-                entries.append(new[key].record)
+                entries.append(new[key])
+            elif key in resumed:
+                writer.add(resumed[key].record, reader.pieces(resumed[key]))
+                entries.append(resumed[key].record)
             else:
-                writer.copy_entry(kept[key], output)
+                writer.copy_entry(kept[key], opts.output.absolute())
                 entries.append(kept[key])
         freqs: dict[int, list[float]] = {}
         for sr in sorted({e["sample_rate"] for e in entries}):
@@ -444,12 +484,6 @@ def _assemble(
         writer.commit(man)
         for warning in writer.warnings:
             reporter.warning(warning)
-    except OSError as exc:  # anything the writer did not already translate
-        writer.abort()
-        raise disk_error("writing", output, exc) from None
-    except BaseException:
-        writer.abort()
-        raise
     finally:
         reader.close()
     report.wrote = True

@@ -1,12 +1,14 @@
 """Crash-safe progress beside the output: the writer lock and the chunk spool.
 
-Finished entries are kept in small self-contained chunk files
-(``.<output>.melcli-work/chunk-NNNNNN.bin``, see `write_chunk`), each written to a temporary name,
-fsynced and renamed, so a chunk is either complete or absent whatever instant
-the process dies. HDF5 files open for writing are often unreadable after a
-crash, so the HDF5 output is only ever built from chunks at the very end, under
-a temporary name, and renamed into place. The work directory is removed once
-the output is committed.
+The new output is built under a temporary name while the workers compute, but
+an HDF5 file open for writing is often unreadable after a crash, so it cannot
+be what a resume starts from. That is the chunk files' job: every few seconds
+(a checkpoint) the entries finished since the last one are copied into a
+self-contained chunk (``.<output>.melcli-work/chunk-NNNNNN.bin``, see
+`write_chunk`), written to a temporary name, fsynced and renamed, so a chunk is
+either complete or absent whatever instant the process dies. A run that ends
+before its first checkpoint writes no chunk: its features are written once.
+The work directory is removed once the output is committed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,9 +30,11 @@ import numpy as np
 from melcli.errors import OutputError
 from melcli.manifest import fsync_path
 
-#: Finished results are flushed to a chunk at least this often (seconds) ...
+#: A checkpoint copies finished entries into chunk files this often (seconds);
+#: ``MELCLI_CHECKPOINT_SECONDS`` overrides it (0: after every result).
 FLUSH_SECONDS = 5.0
-#: ... or as soon as this many bytes of features are buffered.
+#: Features kept in memory for the next checkpoint, at most (bytes); beyond, the
+#: checkpoint reads them back from the output being built. Also a chunk's size.
 FLUSH_BYTES = 64 << 20
 STATE_VERSION = 1
 
@@ -293,49 +297,98 @@ class WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-class Spool:
-    """Buffers finished results in the parent and writes them as chunk files.
+def _checkpoint_seconds() -> float:
+    value = os.environ.get("MELCLI_CHECKPOINT_SECONDS", "")
+    try:
+        return max(0.0, float(value)) if value else FLUSH_SECONDS
+    except ValueError:
+        return FLUSH_SECONDS
 
-    Flushes every `FLUSH_SECONDS` or `FLUSH_BYTES`, so a crash loses at most
-    the last few seconds of finished work.
+
+class Spool:
+    """The resume record of a run: checkpoints of finished work, as chunk files.
+
+    Every finished entry is also written straight into the new output by the
+    runner; the spool copies the entries finished since the last checkpoint
+    into chunk files every `FLUSH_SECONDS`, so a killed run loses at most the
+    last few seconds of work. Their arrays are kept in memory up to
+    `FLUSH_BYTES` and otherwise read back with ``read_back(key, frame, n)``.
     """
 
-    def __init__(self, workdir: WorkDir) -> None:
+    def __init__(
+        self,
+        workdir: WorkDir,
+        read_back: Callable[[str, int, int], np.ndarray] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.read_back = read_back
         existing = [int(p.stem.split("-")[1]) for p in workdir.chunks()]
         self._seq = max(existing, default=0)
-        self._entries: list[tuple[dict[str, Any], np.ndarray]] = []
+        # [record, frames, array or None (to be read back)]
+        self._entries: list[list[Any]] = []
         self._failures: list[dict[str, Any]] = []
-        self._bytes = 0
+        self._held = 0
         self._last = time.monotonic()
+        self.interval = _checkpoint_seconds()
 
     def add_entry(self, record: dict[str, Any], data: np.ndarray) -> None:
-        """Buffer one finished entry."""
-        self._entries.append((record, data))
-        self._bytes += data.nbytes
+        """Note one finished entry (or part, with ``frame_start``) for the next checkpoint."""
+        self._entries.append([record, data.shape[-1], data])
+        self._held += data.nbytes
+        if self._held > FLUSH_BYTES and self.read_back is not None:
+            for pending in self._entries:
+                pending[2] = None
+            self._held = 0
         self._maybe_flush()
 
     def add_failure(self, record: dict[str, Any]) -> None:
-        """Buffer one failed input."""
+        """Note one failed input."""
         self._failures.append(record)
         self._maybe_flush()
 
+    def discard(self, key: str) -> None:
+        """Forget the pending parts of ``key`` (another part of its file failed)."""
+        self._entries = [e for e in self._entries if e[0]["key"] != key]
+
     def _maybe_flush(self) -> None:
-        if self._bytes >= FLUSH_BYTES or time.monotonic() - self._last >= FLUSH_SECONDS:
+        if time.monotonic() - self._last >= self.interval:
             self.flush()
 
     def flush(self) -> None:
-        """Write everything buffered as one new chunk (atomically)."""
+        """Checkpoint: write everything pending as new chunk files (each atomically).
+
+        An entry that cannot be read back (its output is broken) is left out:
+        a resume computes it again.
+        """
         self._last = time.monotonic()
-        if not self._entries and not self._failures:
-            return
+        group: list[tuple[dict[str, Any], np.ndarray]] = []
+        size = 0
+        for record, frames, data in self._entries:
+            if data is None:
+                try:
+                    assert self.read_back is not None
+                    data = self.read_back(record["key"], int(record.get("frame_start", 0)), frames)
+                except (OSError, KeyError, ValueError):
+                    continue
+            if group and size + data.nbytes > FLUSH_BYTES:
+                self._write(group, [])
+                group, size = [], 0
+            group.append((record, data))
+            size += data.nbytes
+        if group or self._failures:
+            self._write(group, self._failures)
+        self._entries, self._failures, self._held = [], [], 0
+
+    def _write(
+        self, entries: list[tuple[dict[str, Any], np.ndarray]], failures: list[dict[str, Any]]
+    ) -> None:
         self._seq += 1
         final = self.workdir.path / f"chunk-{self._seq:06d}.bin"
         tmp = final.with_suffix(".tmp")
-        meta = {"entries": [rec for rec, _ in self._entries], "failures": self._failures}
+        meta = {"entries": [rec for rec, _ in entries], "failures": failures}
         try:
             with open(tmp, "wb") as fh:
-                write_chunk(fh, meta, [data for _, data in self._entries])
+                write_chunk(fh, meta, [data for _, data in entries])
                 fh.flush()
                 fault_point("chunk-write")
                 os.fsync(fh.fileno())
@@ -343,5 +396,5 @@ class Spool:
             fsync_path(self.workdir.path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise disk_error("writing", final, exc, needed=self._bytes) from None
-        self._entries, self._failures, self._bytes = [], [], 0
+            needed = sum(data.nbytes for _, data in entries)
+            raise disk_error("writing", final, exc, needed=needed) from None

@@ -125,6 +125,38 @@ def check_h5_output(out: Path, audio: AudioFactory, kind: str) -> dict[str, Any]
     return man
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "complex64"])
+def test_h5_entries_store_like_h5py_high_level(tmp_path: Path, dtype: str) -> None:
+    """writers._create_entry (h5py's low-level API, for speed) stores what
+    ``create_dataset`` + ``ds.attrs[...] = ...`` would: same types, values, layout."""
+    from melcli.writers import _create_entry
+
+    data = (np.arange(24).reshape(2, 3, 4) / 7).astype(dtype)
+    rec = {"key": "sub/ünï cödé.wav", "shape": [2, 3, 4], "dtype": dtype, "sample_rate": 22050,
+           "n_samples": 3000, "duration": 3000 / 22050, "channels": 2,
+           "source": "/a/ünï.wav"}  # fmt: skip
+    with h5py.File(tmp_path / "fast.h5", "w") as f:
+        _create_entry(f, rec, data)
+    with h5py.File(tmp_path / "ref.h5", "w") as f:
+        ds = f.create_dataset(f"features/{rec['key']}", data=data)
+        for name in ("sample_rate", "n_samples", "duration", "channels", "source"):
+            ds.attrs[name] = rec[name]
+        ds.attrs["frequencies"] = "/frequencies/22050"
+    with h5py.File(tmp_path / "fast.h5", "r") as fast, h5py.File(tmp_path / "ref.h5", "r") as ref:
+        a, b = fast[f"features/{rec['key']}"], ref[f"features/{rec['key']}"]
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a[()], b[()])
+        assert a.id.get_type().equal(b.id.get_type())
+        assert a.chunks is None and a.compression is None  # contiguous, as h5py's default
+        track = [x.id.get_create_plist().get_obj_track_times() for x in (a, b)]
+        assert track[0] == track[1]
+        assert dict(a.attrs) == dict(b.attrs)
+        for name in a.attrs:
+            assert type(a.attrs[name]) is type(b.attrs[name])
+            assert a.attrs.get_id(name).get_type().equal(b.attrs.get_id(name).get_type())
+        assert list(fast["features/sub"]) == list(ref["features/sub"])  # UTF-8 link names
+
+
 def test_mel_to_h5_subprocess(corpus: AudioFactory, melcli: RunMelcli, tmp_path: Path) -> None:
     out = tmp_path / "feats.h5"
     r = melcli("mel", corpus.root, "-o", out, "-j1")

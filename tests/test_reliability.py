@@ -19,8 +19,9 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
+from melcli import workdir, writers
 from melcli.cli import cli
-from melcli.workdir import ChunkFile
+from melcli.workdir import ChunkFile, Spool, WorkDir
 
 MELCLI = [sys.executable, "-m", "melcli"]
 
@@ -101,8 +102,14 @@ def leftovers(directory: Path, output: Path) -> list[str]:
 # -- fault injection at the worst moments ------------------------------------------------
 
 
+#: Tests that need finished work in the work dir checkpoint after every result.
+EVERY_RESULT = {"MELCLI_CHECKPOINT_SECONDS": "0"}
+
+
 @pytest.mark.parametrize("fmt", ["h5", "npy"])
-@pytest.mark.parametrize("point", ["chunk-write", "assemble:3", "rename", "after-rename"])
+@pytest.mark.parametrize(
+    "point", ["write:2", "chunk-write", "assemble:3", "rename", "after-rename"]
+)
 def test_kill_at_worst_moments_keeps_old_output_and_resumes(
     tmp_path: Path, fmt: str, point: str
 ) -> None:
@@ -114,7 +121,7 @@ def test_kill_at_worst_moments_keeps_old_output_and_resumes(
     write_tone(data / "d0" / "new1.wav", 1.0, freq=900)
     write_tone(data / "d1" / "new2.wav", 1.5, freq=950)
     write_tone(data / "d0" / "f000.wav", 2.0, freq=1000)
-    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": point})
+    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": point, **EVERY_RESULT})
     assert killed.returncode == -signal.SIGKILL
     after_kill = content(out)  # readable by h5py / numpy at every instant
     if point == "after-rename":
@@ -139,14 +146,65 @@ def test_kill_at_worst_moments_keeps_old_output_and_resumes(
 def test_kill_during_first_run_leaves_no_output(tmp_path: Path) -> None:
     data = make_corpus(tmp_path / "data")
     out = tmp_path / "feats.h5"
-    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": "assemble:2"})
+    env = {"MELCLI_KILL_AT": "rename", **EVERY_RESULT}
+    killed = run("mel", data, "-o", out, "-j", "1", env=env)
     assert killed.returncode == -signal.SIGKILL
     assert not out.exists() and not out.with_suffix(".json").exists()
     again = run("mel", data, "-o", out, "-j", "1")
     assert again.returncode == 0
-    # everything had been computed and spooled before the kill: nothing is recomputed
+    # everything had been computed and checkpointed before the kill: nothing is recomputed
     assert "resumed: 6 entries" in again.stderr
     assert leftovers(tmp_path, out) == []
+
+
+def test_run_shorter_than_a_checkpoint_writes_features_once(tmp_path: Path) -> None:
+    """Before the first checkpoint (5 s) features go only into the new output."""
+    data = make_corpus(tmp_path / "data")
+    out = tmp_path / "feats.h5"
+    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": "rename"})
+    assert killed.returncode == -signal.SIGKILL
+    work = tmp_path / ".feats.h5.melcli-work"
+    assert (work / "state.json").is_file() and not list(work.glob("chunk-*"))
+    temp = [p for p in tmp_path.iterdir() if p.name.startswith(".feats.h5.tmp-")]
+    assert len(temp) == 1 and len(h5_content(temp[0])[0]) == 6  # complete, just not renamed
+    again = run("mel", data, "-o", out, "-j", "1")
+    assert again.returncode == 0, again.stderr
+    assert "resumed" not in again.stderr
+    assert leftovers(tmp_path, out) == []
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy"])
+def test_checkpoint_reads_back_entries_it_no_longer_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """Past FLUSH_BYTES in memory, a checkpoint copies entries from the output being built."""
+    monkeypatch.setattr(workdir, "FLUSH_BYTES", 100)
+    out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
+    writer = writers.open_writer(out, fmt)
+    work = WorkDir(out)
+    work.start({"params": {}, "format": fmt}, keep=False)
+    spool = Spool(work, read_back=writer.read_piece)
+    rng = np.random.default_rng(0)
+    whole, long = rng.random((4, 10), dtype=np.float32), rng.random((4, 10), dtype=np.float32)
+    base = {"dtype": "float32", "shape": [4, 10], "sample_rate": 16000, "n_samples": 4608,
+            "duration": 0.288, "channels": 1}  # fmt: skip
+    a = {**base, "key": "a.wav", "source": "a.wav"}
+    b = {**base, "key": "d/b.wav", "source": "d/b.wav"}
+    writer.write_piece(a, 0, whole)
+    spool.add_entry(a, whole)
+    for part, (start, stop) in [(1, (6, 10)), (0, (0, 6))]:  # parts in any order
+        writer.write_piece(b, start, long[:, start:stop])
+        spool.add_entry({**b, "part": part, "parts": 2, "frame_start": start}, long[:, start:stop])
+    spool.flush()
+    writer.abort()  # the output being built is gone: the chunks alone hold the work
+    records = {r.record["key"]: r for r in work.records()}
+    assert sorted(records) == ["a.wav", "d/b.wav"]
+    for key, expect in [("a.wav", whole), ("d/b.wav", long)]:
+        got = []
+        for chunk, member, _frame in records[key].pieces:
+            with ChunkFile(chunk) as cf:
+                got.append(cf.read(member))
+        np.testing.assert_array_equal(np.concatenate(got, axis=-1), expect)
 
 
 # -- real signals to the real process group ---------------------------------------------------
@@ -455,6 +513,7 @@ def test_disk_full_injected_while_assembling(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(h5py.Group, "create_dataset", full)
+    monkeypatch.setenv("MELCLI_CHECKPOINT_SECONDS", "0")
     code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
     _assert_disk_full(code, stderr, out, before)
     monkeypatch.undo()
@@ -480,7 +539,8 @@ def test_sigterm_in_process_run_is_not_a_file_failure(slow_corpus: Path, tmp_pat
 def test_resume_after_the_input_changed_uses_the_new_version(tmp_path: Path) -> None:
     data = make_corpus(tmp_path / "data", n=3)
     out = tmp_path / "feats.h5"
-    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": "rename"})
+    env = {"MELCLI_KILL_AT": "rename", **EVERY_RESULT}
+    killed = run("mel", data, "-o", out, "-j", "1", env=env)
     assert killed.returncode == -signal.SIGKILL  # every entry is in the work dir
     write_tone(data / "d0" / "f000.wav", 3.0, freq=999)  # changed before the resume
     again = run("mel", data, "-o", out, "-j", "1")
