@@ -27,10 +27,13 @@ from melcli.errors import (
     OutputError,
     ParameterError,
     UsageOutputError,
+    WorkerError,
 )
 from melcli.params import DTYPES, NORMS, PAD_MODES, SCALES, WINDOW_PARAM, WINDOWS, FeatureParams
 
 DEFAULT_EXTS = ",".join(AUDIO_EXTENSIONS)
+#: melcli.pipeline.BACKENDS, spelled out so that --help need not import numpy (tested)
+BACKENDS = ("auto", "threading", "fork", "loky")
 _WINDOW_NAMES = ", ".join(f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS)
 
 
@@ -121,10 +124,13 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Stored dtype (complex64/complex128 with stft --complex)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
                      help="Parallel workers; 1 runs in-process.  [default: usable CPUs]"),
-        click.option("--backend", type=click.Choice(["threading", "loky"]), default="threading",
+        click.option("--backend", type=click.Choice(BACKENDS), default="auto",
                      show_default=True,
-                     help="joblib backend for -j > 1: threads (decoding and FFTs release "
-                          "the GIL) or loky worker processes."),
+                     help="Executor for -j > 1: threading (decoding and FFTs release the "
+                          "GIL; no pickling), fork (forked worker processes: fastest for "
+                          "many files of a few seconds or less), loky (joblib's fresh "
+                          "worker processes); auto picks fork when the files average "
+                          "under 65536 samples, else threading."),
         click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                      help="Suffixes counted as audio in a directory walk "
                           "(files named explicitly are always tried)."),
@@ -351,6 +357,8 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         _fail(ExitCode.TERMINATED, f"terminated; {output} untouched; {resume}")
     except OutputError as exc:
         _fail(ExitCode.FAILED, f"{exc}; nothing new written to {output}")
+    except WorkerError as exc:
+        _fail(ExitCode.FAILED, f"{exc}; {output} untouched; {resume}")
     finally:
         signal.signal(signal.SIGTERM, previous)
         reporter.finish()

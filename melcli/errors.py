@@ -44,3 +44,7 @@ class OutputError(MelcliError):
 
 class UsageOutputError(OutputError):
     """The output is in the way of the requested command (a usage error, exit 2)."""
+
+
+class WorkerError(MelcliError):
+    """A worker process died (a crash in a decoder, or the OOM killer): exit 1."""

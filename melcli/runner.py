@@ -64,7 +64,7 @@ class RunOptions:
     fail_fast: bool = False
     checksum: bool = False
     dry_run: bool = False
-    backend: str = "threading"
+    backend: str = "auto"
 
 
 @dataclass
@@ -347,17 +347,18 @@ def _compute(
     Returns the records of the entries written whole, and the failures. On any
     exception the finished work is checkpointed first, for a resume.
     """
-    from melcli.pipeline import results
+    from melcli.pipeline import resolve_backend, results
 
     # Largest first, so one long file does not finish last alone.
     ordered = [t for _, t in sorted(todo, key=lambda t: (-t[0], t[1].source.key, t[1].part))]
+    backend = resolve_backend(opts.backend, sum(n for n, _ in todo) / max(1, len(todo)))
     parts = {t.source.key: t.parts for _, t in todo}
     reporter.start(len(ordered))
     failures: dict[str, dict[str, Any]] = {}
     done: dict[str, int] = {}  # key -> parts written
     written: dict[str, dict[str, Any]] = {}
     try:
-        for res in results(ordered, params, jobs=opts.jobs, backend=opts.backend):
+        for res in results(ordered, params, jobs=opts.jobs, backend=backend):
             key = res.source.key
             state = plan.states[key].fields()
             if key in failures:  # another part of this file already failed
