@@ -16,6 +16,7 @@ from melcli import audio, features
 from melcli.discover import Source, printable
 from melcli.errors import DecodeError, WorkerError
 from melcli.params import FeatureParams
+from melcli.workdir import fault_point
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
     if isinstance(task, Source):
         task = Task(task)
     _ignore_sigint_in_worker_process()
+    fault_point("extract")
     source = task.source
     try:
         try:

@@ -36,7 +36,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from melcli import __version__
-from melcli.cli import cli
+from melcli.cli import BACKENDS, cli
 from melcli.params import DTYPES, MEL_SCALES, NORMS, PAD_MODES, FeatureParams
 
 #: Every field the v1 issue requires in a manifest entry.
@@ -328,33 +328,50 @@ def test_same_run_twice_gives_the_same_manifest_except_created(
         assert attrs == first_data[key][1]
 
 
-def test_jobs_1_and_2_give_identical_content(
+#: -j 1, then every executor with two workers (auto resolves to fork on these short files)
+RUN_MODES = {"j1": ["-j", "1"], **{b: ["-j", "2", "--backend", b] for b in BACKENDS}}
+
+
+def test_every_executor_gives_identical_content(
     corpus: AudioFactory, melcli: RunMelcli, tmp_path: Path
 ) -> None:
     for p in sorted(SAMPLE_AUDIO.rglob("*.*")):
         if p.suffix != ".md":
             shutil.copy(p, corpus.path(f"sample/{p.name}"))
     runs = {}
-    for jobs in ("1", "2"):
-        out_h5, out_npy = tmp_path / f"j{jobs}.h5", tmp_path / f"j{jobs}"
-        r = melcli("mel", corpus.root, "-o", out_h5, "-j", jobs, "--scale", "db")
+    for mode, args in RUN_MODES.items():
+        out_h5, out_npy = tmp_path / f"{mode}.h5", tmp_path / mode
+        r = melcli("mel", corpus.root, "-o", out_h5, *args, "--scale", "db")
         assert r.returncode == 0, r.stderr
-        r = melcli("stft", corpus.root, "-o", out_npy, "-j", jobs, "--n-fft", "512")
+        r = melcli("stft", corpus.root, "-o", out_npy, *args, "--n-fft", "512")
         assert r.returncode == 0, r.stderr
-        runs[jobs] = (h5_arrays(out_h5), npy_arrays(out_npy),
+        runs[mode] = (h5_arrays(out_h5), npy_arrays(out_npy),
                       load_manifest(out_h5.with_suffix(".json")),
                       load_manifest(out_npy / "manifest.json"))  # fmt: skip
-    (h1, n1, mh1, mn1), (h2, n2, mh2, mn2) = runs["1"], runs["2"]
-    assert sorted(h1) == sorted(h2) and len(h1) == 11
-    for key in h1:
-        assert h1[key][0].dtype == h2[key][0].dtype
-        np.testing.assert_array_equal(h1[key][0], h2[key][0])
-        assert h1[key][1] == h2[key][1]
-    assert sorted(n1) == sorted(n2)
-    for key in n1:
-        np.testing.assert_array_equal(n1[key], n2[key])
-    assert without(mh1, "created", "command") == without(mh2, "created", "command")
-    assert without(mn1, "created", "command") == without(mn2, "created", "command")
+    h1, n1, mh1, mn1 = runs["j1"]
+    assert len(h1) == 11
+    for mode in RUN_MODES:
+        h2, n2, mh2, mn2 = runs[mode]
+        assert sorted(h1) == sorted(h2)
+        for key in h1:
+            assert h1[key][0].dtype == h2[key][0].dtype
+            np.testing.assert_array_equal(h1[key][0], h2[key][0])
+            assert h1[key][1] == h2[key][1]
+        assert sorted(n1) == sorted(n2)
+        for key in n1:
+            np.testing.assert_array_equal(n1[key], n2[key])
+        assert without(mh1, "created", "command") == without(mh2, "created", "command")
+        assert without(mn1, "created", "command") == without(mn2, "created", "command")
+
+
+def test_backend_choices_match_the_pipeline() -> None:
+    from melcli import pipeline
+
+    assert BACKENDS == pipeline.BACKENDS
+    assert pipeline.resolve_backend("auto", 16000) == "fork"  # 1 s clips
+    assert pipeline.resolve_backend("auto", 160000) == "threading"  # 10 s speech files
+    for name in BACKENDS[1:]:
+        assert pipeline.resolve_backend(name, 16000) == name
 
 
 @settings(max_examples=60, deadline=None)

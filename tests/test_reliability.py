@@ -278,15 +278,23 @@ def _group_alive(pgid: int) -> bool:
     return bool(ps.stdout.strip())
 
 
+@pytest.mark.parametrize("backend", ["threading", "fork"])
 @pytest.mark.parametrize(
     ("sig", "code", "word"),
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
 )
 def test_ctrl_c_and_sigterm_keep_progress(
-    slow_corpus: Path, slow_reference: Path, tmp_path: Path, sig: int, code: int, word: str
+    slow_corpus: Path,
+    slow_reference: Path,
+    tmp_path: Path,
+    sig: int,
+    code: int,
+    word: str,
+    backend: str,
 ) -> None:
     out = tmp_path / "feats.h5"
-    proc = _start(["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS], tmp_path)
+    args = ["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS, "--backend", backend]
+    proc = _start(args, tmp_path)
     work = tmp_path / ".feats.h5.melcli-work"
     _wait_for_chunk(work, proc)
     sent = time.monotonic()
@@ -310,6 +318,48 @@ def test_ctrl_c_and_sigterm_keep_progress(
     assert again.returncode == 0
     assert f"resumed: {len(kept)} entries" in again.stderr
     assert_same(out, slow_reference)
+
+
+def test_workers_die_with_a_sigkilled_parent(slow_corpus: Path, tmp_path: Path) -> None:
+    """Forked workers must not outlive a parent killed alone (e.g. by the OOM killer)."""
+    out = tmp_path / "feats.h5"
+    args = ["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS, "--backend", "fork"]
+    proc = _start(args, tmp_path)
+    _wait_for_chunk(tmp_path / ".feats.h5.melcli-work", proc)
+    assert _group_alive(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the parent only
+    proc.communicate()
+    deadline = time.monotonic() + 5
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid)
+
+
+def test_a_dead_worker_process_is_one_error_line_and_resumable(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "data")
+    out = tmp_path / "feats.h5"
+    args = ["mel", str(data), "-o", str(out), "-j", "2", "--backend", "fork"]
+    env = {**os.environ, "MELCLI_KILL_AT": "extract:2"}  # a worker SIGKILLs itself
+    proc = subprocess.Popen(
+        [*MELCLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("melcli:")]
+    assert len(lines) == 1, err
+    assert "a worker process died unexpectedly" in lines[0]
+    assert "rerun the same command to resume" in lines[0]
+    assert not out.exists()
+    time.sleep(0.5)
+    assert not _group_alive(proc.pid)  # the other worker was stopped too
+    again = run(*args)
+    assert again.returncode == 0, again.stderr
+    ref = tmp_path / "ref.h5"
+    assert run("mel", data, "-o", ref, "-j", "1").returncode == 0
+    assert_same(out, ref)
+    assert leftovers(tmp_path, out) == []
 
 
 # -- incremental reruns ---------------------------------------------------------------------------
