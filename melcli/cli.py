@@ -239,8 +239,23 @@ def _build_params(kind: str, kw: dict[str, Any]) -> FeatureParams:
         )
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
+#: Signals received during a run. Python can run a handler inside a weakref
+#: callback or a ``__del__``, where the exception it raises is printed and
+#: dropped ("Exception ignored in ..."), so each signal is also remembered and
+#: raised again when the next file finishes (`_CliReporter.advance`).
+_STOPS: list[type[BaseException]] = []
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    _STOPS.append(stop)
+    raise stop()
+
+
+def _unraisable(info: Any) -> None:
+    if isinstance(info.exc_value, Terminated | KeyboardInterrupt):
+        return  # a dropped stop signal: raised again at the next file, no traceback
+    sys.__unraisablehook__(info)
 
 
 class _CliReporter:
@@ -278,6 +293,8 @@ class _CliReporter:
             self.bar = tqdm(total=files, unit="file", file=sys.stderr, dynamic_ncols=True)
 
     def advance(self, result: Any) -> None:
+        if _STOPS:  # a stop signal whose exception Python dropped (see _STOPS)
+            raise _STOPS[0]()
         if result.failure is not None:
             self.skipped(result.failure)
         elif result.meta is not None:
@@ -342,7 +359,8 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     work = f".{output.name}.melcli-work"
     resume = f"finished work is kept in {work}; rerun the same command to resume"
     started = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sys.unraisablehook = _unraisable
     # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
     warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
     try:
@@ -360,7 +378,9 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     except WorkerError as exc:
         _fail(ExitCode.FAILED, f"{exc}; {output} untouched; {resume}")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sys.unraisablehook = sys.__unraisablehook__
         reporter.finish()
     if opts.dry_run:
         _print_plan(report, output)

