@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
@@ -121,6 +121,8 @@ def _old_output(
                 "use --overwrite to replace it"
             )
         return None
+    if overwrite and not output.is_dir():
+        return None  # replaced whatever it is: no need to read it
     try:
         man = writers.read_manifest(output, fmt)
     except OutputError as exc:
@@ -201,14 +203,30 @@ def execute(
 
 def check_inputs_outside(sources: Sequence[Source], output: Path) -> None:
     """Refuse an output that is an input or would hold inputs (replacing it loses them)."""
+    try:
+        st = os.stat(output)
+    except OSError:
+        return  # nothing there yet: it holds nothing
+    if not os.path.isdir(output):  # a file: is it one of the inputs? (inodes, no realpath)
+        for src in sources:
+            try:
+                s = os.stat(src.path)
+            except OSError:
+                continue
+            if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+                _refuse_output(output, src)
+        return
     out = os.path.realpath(output)
     for src in sources:
         real = os.path.realpath(src.path)
         if real == out or real.startswith(out + os.sep):
-            raise UsageOutputError(
-                f"output {output} contains the input {src.path}; choose an --output "
-                "outside the inputs"
-            )
+            _refuse_output(output, src)
+
+
+def _refuse_output(output: Path, src: Source) -> NoReturn:
+    raise UsageOutputError(
+        f"output {output} contains the input {src.path}; choose an --output outside the inputs"
+    )
 
 
 def remove_stale(output: Path) -> None:

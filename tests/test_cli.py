@@ -127,16 +127,16 @@ def check_h5_output(out: Path, audio: AudioFactory, kind: str) -> dict[str, Any]
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "complex64"])
 def test_h5_entries_store_like_h5py_high_level(tmp_path: Path, dtype: str) -> None:
-    """writers._create_entry (h5py's low-level API, for speed) stores what
+    """writers._EntryMaker (h5py's low-level API, for speed) stores what
     ``create_dataset`` + ``ds.attrs[...] = ...`` would: same types, values, layout."""
-    from melcli.writers import _create_entry
+    from melcli.writers import _EntryMaker
 
     data = (np.arange(24).reshape(2, 3, 4) / 7).astype(dtype)
     rec = {"key": "sub/ünï cödé.wav", "shape": [2, 3, 4], "dtype": dtype, "sample_rate": 22050,
            "n_samples": 3000, "duration": 3000 / 22050, "channels": 2,
            "source": "/a/ünï.wav"}  # fmt: skip
     with h5py.File(tmp_path / "fast.h5", "w") as f:
-        _create_entry(f, rec, data)
+        _EntryMaker().create(f, rec, data)
     with h5py.File(tmp_path / "ref.h5", "w") as f:
         ds = f.create_dataset(f"features/{rec['key']}", data=data)
         for name in ("sample_rate", "n_samples", "duration", "channels", "source"):
@@ -534,6 +534,14 @@ def test_output_holding_the_inputs_is_refused(
     r = melcli("mel", audio.root, "-o", audio.root, "-j1", "--overwrite")
     assert r.returncode == 2 and "contains the input" in r.stderr
     assert (audio.root / "a.wav").exists()
+    # an output file that is an input, by its own name or through a symlink
+    before = (audio.root / "a.wav").read_bytes()
+    link = tmp_path / "link.h5"
+    link.symlink_to(audio.root / "a.wav")
+    for out in (audio.root / "a.wav", link):
+        r = melcli("mel", audio.root, "-o", out, "--format", "h5", "-j1", "--overwrite")
+        assert r.returncode == 2 and "contains the input" in r.stderr, r.stderr
+        assert (audio.root / "a.wav").read_bytes() == before
 
 
 def test_existing_output_with_other_parameters_needs_overwrite(
