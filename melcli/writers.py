@@ -122,7 +122,7 @@ class H5Writer:
         self.tmp = hidden_sibling(path, f".tmp-{os.getpid()}")
         self.warnings: list[str] = []
         self._old: Any = None
-        self._partial: dict[str, Any] = {}  # long files whose parts are still coming
+        self._partial: dict[str, list[Any]] = {}  # long files whose parts are still coming
         try:
             self._file: Any = h5py.File(self.tmp, "w")
             self._writeback = Writeback(keep_open=True)
@@ -136,15 +136,20 @@ class H5Writer:
         shape = tuple(record["shape"])
         whole = frame == 0 and data.shape == shape
         try:
-            ds = None if whole else self._partial.get(key)
-            if ds is None:
+            if whole:
                 check_key(key)
-                ds = self._maker.create(self._file, record, data if whole else None)
-                if not whole:
-                    self._partial[key] = ds
-            if not whole:
-                ds[..., frame : frame + data.shape[-1]] = data
-            self._writeback.wrote(data.nbytes)
+                self._maker.create(self._file, record, data)
+            else:  # a part of a long file: [dataset, frames still missing]
+                if key not in self._partial:
+                    check_key(key)
+                    self._partial[key] = [self._maker.create(self._file, record, None), shape[-1]]
+                entry = self._partial[key]
+                entry[0][..., frame : frame + data.shape[-1]] = data
+                entry[1] -= data.shape[-1]
+                if entry[1] <= 0:
+                    del self._partial[key]
+            if not self._partial:  # parts land all over their dataset: keep its pages
+                self._writeback.wrote(data.nbytes)
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("write")
@@ -152,7 +157,6 @@ class H5Writer:
     def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:  # noqa: D102
         for frame, data in pieces:
             self.write_piece(record, frame, data)
-        self._partial.pop(record["key"], None)
         fault_point("assemble")
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
