@@ -129,8 +129,8 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Executor for -j > 1: threading (decoding and FFTs release the "
                           "GIL; no pickling), fork (forked worker processes: fastest for "
                           "many files of a few seconds or less), loky (joblib's fresh "
-                          "worker processes); auto picks fork when the files average "
-                          "under 65536 samples, else threading."),
+                          "worker processes); auto picks fork on Linux when the files "
+                          "average under 65536 samples (all channels), else threading."),
         click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                      help="Suffixes counted as audio in a directory walk "
                           "(files named explicitly are always tried)."),
@@ -252,6 +252,11 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise stop()
 
 
+def _raise_dropped_stop() -> None:
+    if _STOPS:  # a stop signal whose exception Python dropped (see _STOPS)
+        raise _STOPS[0]()
+
+
 def _unraisable(info: Any) -> None:
     if isinstance(info.exc_value, Terminated | KeyboardInterrupt):
         return  # a dropped stop signal: raised again at the next file, no traceback
@@ -293,8 +298,7 @@ class _CliReporter:
             self.bar = tqdm(total=files, unit="file", file=sys.stderr, dynamic_ncols=True)
 
     def advance(self, result: Any) -> None:
-        if _STOPS:  # a stop signal whose exception Python dropped (see _STOPS)
-            raise _STOPS[0]()
+        _raise_dropped_stop()
         if result.failure is not None:
             self.skipped(result.failure)
         elif result.meta is not None:
@@ -317,6 +321,11 @@ class _CliReporter:
             self.bar.update(1)
 
     def finish(self) -> None:
+        self.close()
+        _raise_dropped_stop()  # not after the commit: stopping then would be too late
+
+    def close(self) -> None:
+        """Close the progress bar."""
         if self.bar is not None:
             with self.lock:
                 self.bar.close()
@@ -359,8 +368,9 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     work = f".{output.name}.melcli-work"
     resume = f"finished work is kept in {work}; rerun the same command to resume"
     started = time.perf_counter()
+    _STOPS.clear()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    sys.unraisablehook = _unraisable
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
     warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
     try:
@@ -380,8 +390,8 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sys.unraisablehook = sys.__unraisablehook__
-        reporter.finish()
+        sys.unraisablehook = previous_hook
+        reporter.close()
     if opts.dry_run:
         _print_plan(report, output)
         sys.exit(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import signal
 import sys
@@ -286,8 +287,8 @@ def results(
 
     This is the one place that chooses the executor: in-process for one job,
     else a pool of ``backend`` (see `BACKENDS`; resolve ``auto`` first) whose
-    results stream back unordered, with bounded pre-dispatch for joblib (memory
-    stays flat however many files there are).
+    results stream back unordered, with bounded pre-dispatch (memory stays flat
+    however many files there are).
 
     Raises
     ------
@@ -338,23 +339,28 @@ def _forked(
     tasks: Sequence[Task], params: FeatureParams, n_jobs: int, batch: int
 ) -> Iterator[Result]:
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    ours = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(
         n_jobs,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_forked_worker_init,
         initargs=(os.getpid(),),
     )
+    batches = (tasks[i : i + batch] for i in range(0, len(tasks), batch))
+    pending: set[Future[list[Result]]] = set()
     try:
-        pending = {
-            pool.submit(_extract_batch, tasks[i : i + batch], params)
-            for i in range(0, len(tasks), batch)
-        }
+        # At most two batches per worker in flight: finished results wait in the
+        # parent's memory until the writer takes them, so this bounds memory.
+        for chunk in itertools.islice(batches, 2 * n_jobs):
+            pending.add(pool.submit(_extract_batch, chunk, params))
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
+                for chunk in itertools.islice(batches, 1):
+                    pending.add(pool.submit(_extract_batch, chunk, params))
                 yield from future.result()
     except BrokenProcessPool:
         raise WorkerError(
@@ -362,5 +368,5 @@ def _forked(
         ) from None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        for child in multiprocessing.active_children():
+        for child in set(multiprocessing.active_children()) - ours:
             child.terminate()  # workers stop now, not after their current batch

@@ -1,8 +1,9 @@
 """One extraction run, start to finish (parent process only).
 
 lock -> read the existing output and any interrupted progress -> plan ->
-probe headers -> compute in workers, spooling results to chunk files ->
-assemble the new output from kept and new entries -> atomic commit.
+probe headers -> compute in workers, writing each result into the new output
+as it arrives (and checkpointing to chunk files every few seconds) -> add the
+kept and resumed entries -> atomic commit.
 The CLI drives this through a `Reporter` and maps the outcome to exit codes.
 """
 
@@ -43,7 +44,7 @@ class Reporter(Protocol):
         """Computing begins: ``files`` tasks (a long file is split into several)."""
 
     def advance(self, result: Result) -> None:
-        """One input finished (written to the spool or failed)."""
+        """One task finished (written into the new output, or failed)."""
 
     def finish(self) -> None:
         """Computing is over (close progress displays)."""
@@ -181,6 +182,8 @@ def execute(
         The existing output was made with other parameters (exit 2).
     OutputError
         Locked, unwritable or full output (exit 1); the previous output is intact.
+    WorkerError
+        A worker process died (exit 1); finished work is checkpointed.
     FailFast, KeyboardInterrupt
         After flushing finished work to the work directory, for a later resume.
     """
@@ -412,9 +415,11 @@ def _compute(
                 written[key] = rec
             reporter.advance(res)
     except BaseException:
-        stream.close()  # stop the workers now, not when the generator is collected
-        reporter.finish()
-        _checkpoint_quietly(spool)
+        try:
+            stream.close()  # stop the workers now, not when the generator is collected
+            reporter.finish()
+        finally:
+            _checkpoint_quietly(spool)
         raise
     reporter.finish()
     return written, list(failures.values())
@@ -426,7 +431,7 @@ def _checkpoint_quietly(spool: Spool) -> None:
     A failure to do so (the disk that broke the run is full) must not hide the
     error that stopped the run; the lost entries are simply computed again.
     """
-    with contextlib.suppress(OutputError):
+    with contextlib.suppress(Exception):
         spool.flush()
 
 

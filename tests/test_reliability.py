@@ -362,6 +362,26 @@ def test_a_dead_worker_process_is_one_error_line_and_resumable(tmp_path: Path) -
     assert leftovers(tmp_path, out) == []
 
 
+def test_many_tiny_npy_entries_under_a_low_open_file_limit(tmp_path: Path) -> None:
+    """No descriptor stays open per file written (cron and systemd limits are often low)."""
+    import resource
+
+    data = tmp_path / "data"
+    for i in range(300):
+        write_tone(data / f"c{i:03d}.wav", 0.05, freq=200.0 + i, seed=i)
+    out = tmp_path / "feats"
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    done = subprocess.run(
+        [*MELCLI, "mel", str(data), "-o", str(out)], capture_output=True, text=True,
+        preexec_fn=low_limit,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(list(out.glob("*.npy"))) == 300
+
+
 # -- incremental reruns ---------------------------------------------------------------------------
 
 

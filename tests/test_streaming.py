@@ -161,16 +161,19 @@ def test_long_file_failing_in_several_parts_is_one_skip_line(
     monkeypatch.setattr(pipeline, "PART_SAMPLES", 16_000)
     data = tmp_path / "data"
     data.mkdir()
-    sf.write(data / "cut.flac", _signal(15.0, 16000), 16000)
+    (data / "sub").mkdir()
+    sf.write(data / "sub" / "cut.flac", _signal(15.0, 16000), 16000)
     sf.write(data / "ok.wav", _signal(1.0, 16000, seed=2), 16000, subtype="PCM_16")
-    raw = (data / "cut.flac").read_bytes()
-    (data / "cut.flac").write_bytes(raw[: len(raw) // 3])  # STREAMINFO still says 15 s
-    out = tmp_path / "o.h5"
-    res = CliRunner().invoke(cli, ["mel", str(data), "-o", str(out), "-j", "1", *SPEECH])
-    assert res.exit_code == 3, res.stderr
-    skipped = [line for line in res.stderr.splitlines() if line.startswith("melcli: skipped")]
-    assert len(skipped) == 1 and skipped[0].startswith("melcli: skipped cut.flac:"), res.stderr
-    with h5py.File(out, "r") as f:
-        assert list(f["features"]) == ["ok.wav"]
-    man = json.loads(out.with_suffix(".json").read_text())
-    assert [f["key"] for f in man["failures"]] == ["cut.flac"]
+    raw = (data / "sub" / "cut.flac").read_bytes()
+    (data / "sub" / "cut.flac").write_bytes(raw[: len(raw) // 3])  # STREAMINFO still says 15 s
+    for out in (tmp_path / "o.h5", tmp_path / "o"):
+        res = CliRunner().invoke(cli, ["mel", str(data), "-o", str(out), "-j", "1", *SPEECH])
+        assert res.exit_code == 3, res.stderr
+        skipped = [line for line in res.stderr.splitlines() if line.startswith("melcli: skip")]
+        assert len(skipped) == 1, res.stderr
+        assert skipped[0].startswith("melcli: skipped sub/cut.flac:"), res.stderr
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert list(f["features"]) == ["ok.wav"]  # no empty group left for sub/
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "ok.wav.npy"]
+    man = json.loads((tmp_path / "o.json").read_text())
+    assert [f["key"] for f in man["failures"]] == ["sub/cut.flac"]
