@@ -28,7 +28,15 @@ from melcli.errors import DecodeError, ExitCode, MelcliError, OutputError, Usage
 from melcli.params import FeatureParams
 from melcli.pipeline import Failure, Result, Task, make_tasks
 from melcli.plan import Plan, make_plan
-from melcli.workdir import ChunkFile, ChunkRecord, OutputLock, Spool, WorkDir, disk_error
+from melcli.workdir import (
+    ChunkFile,
+    ChunkRecord,
+    OutputLock,
+    Spool,
+    WorkDir,
+    disk_error,
+    fault_point,
+)
 
 
 class Reporter(Protocol):
@@ -494,7 +502,9 @@ def _assemble(
             if key in new:
                 entries.append(new[key])
             elif key in resumed:
-                writer.add(resumed[key].record, reader.pieces(resumed[key]))
+                for frame, data in reader.pieces(resumed[key]):
+                    writer.write_piece(resumed[key].record, frame, data)
+                fault_point("assemble")
                 entries.append(resumed[key].record)
             else:
                 writer.copy_entry(kept[key], opts.output.absolute())

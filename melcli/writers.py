@@ -15,7 +15,6 @@ import json
 import os
 import posixpath
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -88,9 +87,6 @@ class Writer(Protocol):
         in any order, the entry being created by the first one.
         """
 
-    def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:
-        """Store one entry from all its (first frame, array) pieces."""
-
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:
         """Frames ``frame:frame + n_frames`` of an entry written before (for a checkpoint)."""
 
@@ -152,11 +148,6 @@ class H5Writer:
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("write")
-
-    def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:  # noqa: D102
-        for frame, data in pieces:
-            self.write_piece(record, frame, data)
-        fault_point("assemble")
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
         return np.asarray(self._file[f"features/{key}"][..., frame : frame + n_frames])
@@ -278,11 +269,6 @@ class NpyWriter:
         except OSError as exc:
             raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("write")
-
-    def add(self, record: dict[str, Any], pieces: Iterable[tuple[int, np.ndarray]]) -> None:  # noqa: D102
-        for frame, data in pieces:
-            self.write_piece(record, frame, data)
-        fault_point("assemble")
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
         stored = np.load(self.tmp / f"{key}.npy", mmap_mode="r", allow_pickle=False)
@@ -474,7 +460,7 @@ class _EntryMaker:
         self.scalar = h5s.create(h5s.SCALAR)
         self.str_dtype = h5py.string_dtype()
         self.text = h5t.py_create(self.str_dtype, logical=True)
-        self.numeric = [(name.encode(), h5t.STD_I64LE if kind == "<i8" else h5t.IEEE_F64LE, kind)
+        self.numeric = [(name, h5t.STD_I64LE if kind == "<i8" else h5t.IEEE_F64LE, kind)
                         for name, kind in _NUMERIC_ATTRS]  # fmt: skip
         self.types: dict[str, Any] = {}
 
@@ -497,12 +483,12 @@ class _EntryMaker:
         if data is not None:
             dsid.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(data, dtype=dtype))
         for attr, atype, kind in self.numeric:
-            value = np.asarray(record[attr.decode()], dtype=kind)
-            h5a.create(dsid, attr, atype, self.scalar).write(value)
+            value = np.asarray(record[attr], dtype=kind)
+            h5a.create(dsid, attr.encode(), atype, self.scalar).write(value)
         freqs = f"/frequencies/{record['sample_rate']}"
-        for attr, text in ((b"source", record["source"]), (b"frequencies", freqs)):
-            value = np.array(text, dtype=self.str_dtype)
-            h5a.create(dsid, attr, self.text, self.scalar).write(value)
+        for label, text in ((b"source", record["source"]), (b"frequencies", freqs)):
+            string = np.array(text, dtype=self.str_dtype)
+            h5a.create(dsid, label, self.text, self.scalar).write(string)
         return h5py.Dataset(dsid)
 
 

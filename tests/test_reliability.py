@@ -183,7 +183,13 @@ def test_checkpoint_reads_back_entries_it_no_longer_holds(
     writer = writers.open_writer(out, fmt)
     work = WorkDir(out)
     work.start({"params": {}, "format": fmt}, keep=False)
-    spool = Spool(work, read_back=writer.read_piece)
+    read: list[tuple[str, int, int]] = []
+
+    def read_back(key: str, frame: int, n_frames: int) -> np.ndarray:
+        read.append((key, frame, n_frames))
+        return writer.read_piece(key, frame, n_frames)
+
+    spool = Spool(work, read_back=read_back)
     rng = np.random.default_rng(0)
     whole, long = rng.random((4, 10), dtype=np.float32), rng.random((4, 10), dtype=np.float32)
     base = {"dtype": "float32", "shape": [4, 10], "sample_rate": 16000, "n_samples": 4608,
@@ -196,6 +202,7 @@ def test_checkpoint_reads_back_entries_it_no_longer_holds(
         writer.write_piece(b, start, long[:, start:stop])
         spool.add_entry({**b, "part": part, "parts": 2, "frame_start": start}, long[:, start:stop])
     spool.flush()
+    assert sorted(read) == [("a.wav", 0, 10), ("d/b.wav", 0, 6), ("d/b.wav", 6, 4)]
     writer.abort()  # the output being built is gone: the chunks alone hold the work
     records = {r.record["key"]: r for r in work.records()}
     assert sorted(records) == ["a.wav", "d/b.wav"]
@@ -328,11 +335,15 @@ def test_workers_die_with_a_sigkilled_parent(slow_corpus: Path, tmp_path: Path) 
     _wait_for_chunk(tmp_path / ".feats.h5.melcli-work", proc)
     assert _group_alive(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)  # the parent only
-    proc.communicate()
+    proc.wait(timeout=10)  # not communicate(): surviving workers would hold its pipes open
     deadline = time.monotonic() + 5
     while _group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _group_alive(proc.pid)
+    survived = _group_alive(proc.pid)
+    if survived:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert not survived
 
 
 def test_a_dead_worker_process_is_one_error_line_and_resumable(tmp_path: Path) -> None:

@@ -89,12 +89,16 @@ def test_not_split_when_resampling_lossy_or_top_db(
         assert len(pipeline.make_tasks(src, audio.probe(str(path)), params)) == 1
 
 
-def test_cli_long_file_h5_and_npy_identical_and_resumable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Through the CLI: written in place part by part, h5 == npy == the whole file."""
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split files above 40 000 samples into parts of about 16 000 (seconds, not hours)."""
     monkeypatch.setattr(pipeline, "SPLIT_SAMPLES", 40_000)
     monkeypatch.setattr(pipeline, "PART_SAMPLES", 16_000)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_cli_long_file_h5_and_npy_identical_and_resumable(tmp_path: Path) -> None:
+    """Through the CLI: written in place part by part, h5 == npy == the whole file."""
     data = tmp_path / "data"
     data.mkdir()
     sf.write(data / "long.wav", _signal(15.0, 16000), 16000, subtype="PCM_16")
@@ -153,12 +157,9 @@ def test_last_part_keeps_enough_samples_for_reflect_padding(
     np.testing.assert_array_equal(joined, _whole(path, params))
 
 
-def test_long_file_failing_in_several_parts_is_one_skip_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("small_parts")
+def test_long_file_failing_in_several_parts_is_one_skip_line(tmp_path: Path) -> None:
     """A long FLAC cut short: its later parts all fail; the user hears about the file once."""
-    monkeypatch.setattr(pipeline, "SPLIT_SAMPLES", 40_000)
-    monkeypatch.setattr(pipeline, "PART_SAMPLES", 16_000)
     data = tmp_path / "data"
     data.mkdir()
     (data / "sub").mkdir()
