@@ -3,19 +3,25 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.melcli-installed
+RUNSTAMP = $(VENV)/.melcli-runtime
 
 .PHONY: run test lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# make run needs the runtime dependencies only; make test adds the test and lint tools
+$(RUNSTAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNSTAMP)
+
+$(STAMP): $(RUNSTAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 ## run: install, extract sample_audio/ into feats.h5 (+ feats.json), then inspect it
-run: $(STAMP)
+run: $(RUNSTAMP)
 	$(BIN)/melcli mel sample_audio/ -o feats.h5 --overwrite
 	$(BIN)/melcli inspect feats.h5
 
@@ -37,4 +43,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
 
 clean:
-	rm -rf $(VENV) feats.h5 feats.json build *.egg-info .pytest_cache
+	rm -rf $(VENV) feats.h5 feats.json .feats.h5.lock .feats.h5.melcli-work build *.egg-info .pytest_cache

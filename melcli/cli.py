@@ -37,6 +37,11 @@ BACKENDS = ("auto", "threading", "fork", "loky")
 _WINDOW_NAMES = ", ".join(f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS)
 
 
+def _choice(values: Any) -> click.Choice:
+    """A choice matched in any case (``--scale dB``); the canonical spelling is passed on."""
+    return click.Choice(values, case_sensitive=False)
+
+
 class Terminated(BaseException):
     """Raised in the parent when SIGTERM arrives (a BaseException, like
     KeyboardInterrupt, so no ``except Exception`` on the way swallows it)."""
@@ -86,9 +91,10 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("inputs", nargs=-1, required=True),
         click.option("-o", "--output", required=True, type=click.Path(dir_okay=True),
-                     help="*.h5 / *.hdf5: one HDF5 file (+ <stem>.json manifest); "
-                          "anything else: a directory of .npy files + manifest.json."),
-        click.option("--format", "fmt", type=click.Choice(["h5", "npy"]),
+                     help="*.h5 / *.hdf5 / *.hdf: one HDF5 file (+ <stem>.json manifest); "
+                          "anything else: a directory of .npy files + manifest.json "
+                          "(a warning if it has another suffix)."),
+        click.option("--format", "fmt", type=_choice(["h5", "npy"]),
                      help="Output format; overrides the guess from --output's suffix."),
         click.option("-0", "--null", is_flag=True,
                      help="The file list on stdin ('-') is NUL-separated (find -print0)."),
@@ -108,11 +114,11 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--center/--no-center", default=True, show_default=True,
                      help="Pad n_fft//2 on both sides so frame t is centred at t*hop. "
                           "Frames: 1 + n//hop with --center, 1 + (n - n_fft)//hop without."),
-        click.option("--pad-mode", type=click.Choice(PAD_MODES), default="constant",
+        click.option("--pad-mode", type=_choice(PAD_MODES), default="constant",
                      show_default=True, help="Padding used by --center (as librosa >= 0.10)."),
         click.option("--power", type=float, default=2.0, show_default=True,
                      help="Exponent of the magnitude: 2 = power, 1 = magnitude."),
-        click.option("--scale", type=click.Choice(SCALES), default="linear", show_default=True,
+        click.option("--scale", type=_choice(SCALES), default="linear", show_default=True,
                      help="db: librosa.power_to_db (power 2) / amplitude_to_db (power 1), "
                           "ref=1.0; log: natural log of max(x, amin) (ASR log-mel)."),
         click.option("--top-db", type=float, default=None,
@@ -120,11 +126,11 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "(librosa's own default is 80)."),
         click.option("--amin", type=float, default=1e-10, show_default=True,
                      help="Floor applied before --scale db/log."),
-        click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+        click.option("--dtype", type=_choice(DTYPES), default="float32", show_default=True,
                      help="Stored dtype (complex64/complex128 with stft --complex)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
                      help="Parallel workers; 1 runs in-process.  [default: usable CPUs]"),
-        click.option("--backend", type=click.Choice(BACKENDS), default="auto",
+        click.option("--backend", type=_choice(BACKENDS), default="auto",
                      show_default=True,
                      help="Executor for -j > 1: threading (decoding and FFTs release the "
                           "GIL; no pickling), fork (forked worker processes: fastest for "
@@ -191,14 +197,14 @@ Examples:
 )
 @click.option(
     "--mel-scale",
-    type=click.Choice(["slaney", "htk"]),
+    type=_choice(["slaney", "htk"]),
     default="slaney",
     show_default=True,
     help="Hz <-> mel formula (htk: 2595*log10(1+f/700)).",
 )
 @click.option(
     "--norm",
-    type=click.Choice(NORMS),
+    type=_choice(NORMS),
     default="slaney",
     show_default=True,
     help="Filter normalisation: slaney = equal area, none = peak 1.",
@@ -287,6 +293,10 @@ class _CliReporter:
         if not self.quiet:
             self._line(f"melcli: warning: {message}")
 
+    def problem(self, message: str) -> None:
+        """A warning about the output itself: shown even with -q (cron mails it)."""
+        self._line(f"melcli: warning: {message}")
+
     def skipped(self, failure: Any) -> None:
         self._line(f"melcli: skipped {_show(failure.key)}: {failure.reason}")
 
@@ -345,6 +355,12 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
 
     fmt = kw["fmt"] or writers.guess_format(output)
     reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
+    if not kw["fmt"] and fmt == "npy" and output.suffix and not output.is_dir():
+        reporter.problem(
+            f"--output {output} has the suffix {output.suffix!r}, which is not an HDF5 suffix "
+            f"({', '.join(writers.H5_SUFFIXES)}): writing a directory of .npy files "
+            "(say --format npy or --format h5 to choose)"
+        )
     try:
         found = discover(
             kw["inputs"], extensions=parse_extensions(kw["exts"]),

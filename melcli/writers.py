@@ -25,11 +25,11 @@ from melcli.errors import OutputError
 from melcli.workdir import disk_error, fault_point, hidden_sibling
 
 FORMATS = ("h5", "npy")
-H5_SUFFIXES = (".h5", ".hdf5")
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
 def guess_format(output: str | os.PathLike[str]) -> str:
-    """``h5`` for ``*.h5`` / ``*.hdf5``, else ``npy`` (a directory of .npy files)."""
+    """``h5`` for ``*.h5`` / ``*.hdf5`` / ``*.hdf``, else ``npy`` (a directory of .npy files)."""
     return "h5" if Path(output).suffix.lower() in H5_SUFFIXES else "npy"
 
 
