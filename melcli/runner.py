@@ -313,9 +313,10 @@ def _execute(
     report.estimated_bytes += sum(writers.entry_nbytes(e) for e in plan.keep_old)
     report.estimated_bytes += sum(writers.entry_nbytes(r.record) for r in plan.keep_work.values())
 
-    if opts.dry_run:
-        report.added = sorted(s.key for s in plan.compute if s.key not in plan.old_keys)
-        report.updated = sorted(s.key for s in plan.compute if s.key in plan.old_keys)
+    if opts.dry_run:  # what the run would do: inputs whose header failed are failures, not adds
+        probed = {t.source.key for _, t in todo}
+        report.added = sorted(k for k in probed if k not in plan.old_keys)
+        report.updated = sorted(k for k in probed if k in plan.old_keys)
         report.failures = failures
         report.entries = (
             len(plan.keep_old) + len(plan.keep_work) + len({t.source.key for _, t in todo})

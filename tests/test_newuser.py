@@ -71,3 +71,19 @@ def test_package_metadata_builds_without_deprecation_warnings(tmp_path: Path) ->
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
+
+
+def test_dry_run_counts_what_the_run_does(melcli: RunMelcli, audio: AudioFactory) -> None:
+    """Issue 14.6: undecodable files were counted as 'add' by --dry-run."""
+    audio.tone("a.wav", sr=16000, seconds=0.3)
+    audio.tone("b.wav", sr=16000, seconds=0.3)
+    audio.raw("bad.wav", b"RIFF not really a wav file at all" * 10)
+    audio.raw("empty.flac", b"")
+    dry = melcli("mel", audio.root, "-o", "x.h5", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    adds = [line for line in dry.stdout.splitlines() if line.startswith("add ")]
+    assert adds == ["add a.wav", "add b.wav"]
+    assert "would add 2, update 0, remove 0, keep 0 unchanged; failed 2" in dry.stdout
+    real = melcli("mel", audio.root, "-o", "x.h5")
+    assert real.returncode == 3
+    assert "added 2, updated 0, removed 0, unchanged 0, failed 2" in real.stderr
