@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from melcli.discover import open_regular, os_reason
 from melcli.errors import DecodeError
 from melcli.features import check_samples
 
@@ -43,26 +44,57 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
-def _reason(path: str, exc: Exception) -> str:
-    # libsndfile says only "System error" for these: look at the path itself
-    if isinstance(exc, FileNotFoundError) or not os.path.exists(path):
-        return "broken symlink" if os.path.islink(path) else "file not found"
-    if isinstance(exc, PermissionError) or not os.access(path, os.R_OK):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError) or os.path.isdir(path):
-        return "is a directory"
+def _reason(exc: Exception) -> str:
+    """One line for what libsndfile (or reading through it) raised."""
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
     text = str(exc)
-    # libsndfile: "Error opening 'x.wav': Format not recognised." -> the part after the path
+    # libsndfile: "Error opening 5: Format not recognised." -> the part after the name
     if ": " in text and text.startswith("Error opening"):
         text = text.split(": ", 1)[1]
     text = " ".join(text.split()).rstrip(".")
-    if os.path.isfile(path):
-        if os.path.getsize(path) == 0:
-            return "cannot decode: empty file (0 bytes)"
-        if text.startswith("File does not exist"):
-            # what libsndfile says when its MP3 decoder gives up on a file it probed
-            return "cannot decode: not a recognised audio format (corrupt or not audio)"
+    if text.startswith("File does not exist"):
+        # what libsndfile says when its MP3 decoder gives up on a file it probed
+        return "cannot decode: not a recognised audio format (corrupt or not audio)"
     return f"cannot decode: {text or type(exc).__name__}"
+
+
+@contextlib.contextmanager
+def open_audio(path: str, quiet: bool = True) -> Iterator[sf.SoundFile]:
+    """Open an input with libsndfile, through a descriptor melcli opened itself.
+
+    The file is opened with `melcli.discover.open_regular` (never a FIFO, socket
+    or device, never blocking) and handed to libsndfile as a descriptor, which
+    also opens paths longer than libsndfile's own limit (1023 bytes).
+
+    Parameters
+    ----------
+    path : str
+    quiet : bool
+        Silence the C decoders' own messages on fd 2 (see `quiet_c_stderr`).
+
+    Raises
+    ------
+    DecodeError
+        The file is missing, unreadable, not a regular file, empty, or not audio
+        libsndfile can read (also raised for errors while reading it).
+    """
+    try:
+        fd, st = open_regular(path)
+    except OSError as exc:
+        raise DecodeError(os_reason(path, exc)) from None
+    try:
+        if st.st_size == 0:  # also /proc and /sys files, whose reads may block
+            raise DecodeError("cannot decode: empty file (0 bytes)")
+        try:
+            with quiet_c_stderr(quiet), sf.SoundFile(fd, closefd=False) as f:
+                yield f
+        except (DecodeError, MemoryError):
+            raise
+        except Exception as exc:  # libsndfile raises several unrelated types
+            raise DecodeError(_reason(exc)) from None
+    finally:
+        os.close(fd)
 
 
 #: Held while fd 2 is redirected (see `quiet_c_stderr`); whoever writes to
@@ -104,15 +136,6 @@ def quiet_c_stderr(enabled: bool = True) -> Iterator[None]:
             os.close(saved)
 
 
-def _fs(path: str) -> str | bytes:
-    """The path as libsndfile can open it: bytes when the name is not valid UTF-8."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path)
-
-
 def probe(path: str) -> AudioInfo:
     """Read a file's header.
 
@@ -121,19 +144,15 @@ def probe(path: str) -> AudioInfo:
     DecodeError
         When the file is missing, unreadable or not audio libsndfile can read.
     """
-    try:
-        with quiet_c_stderr():
-            info = sf.info(_fs(path))
-    except Exception as exc:  # libsndfile raises several unrelated types
-        raise DecodeError(_reason(path, exc)) from None
-    _check_header(info.extra_info)
-    if info.samplerate <= 0 or info.channels <= 0:
+    with open_audio(path) as f:
+        info = AudioInfo(f.format, f.subtype, int(f.samplerate), int(f.channels), int(f.frames))
+        extra = f.extra_info
+    _check_header(extra)
+    if info.sample_rate <= 0 or info.channels <= 0:
         raise DecodeError(
-            f"cannot decode: invalid header ({info.samplerate} Hz, {info.channels} ch)"
+            f"cannot decode: invalid header ({info.sample_rate} Hz, {info.channels} ch)"
         )
-    return AudioInfo(
-        info.format, info.subtype, int(info.samplerate), int(info.channels), int(info.frames)
-    )
+    return info
 
 
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -191,15 +210,10 @@ def load(
     ------
     DecodeError
     """
-    try:
-        with quiet_c_stderr(quiet), sf.SoundFile(_fs(path)) as f:
-            info = AudioInfo(f.format, f.subtype, int(f.samplerate), int(f.channels), int(f.frames))
-            data = f.read(dtype="float32", always_2d=True)
-            _check_complete(f, data.shape[0])
-    except DecodeError:
-        raise
-    except Exception as exc:
-        raise DecodeError(_reason(path, exc)) from None
+    with open_audio(path, quiet) as f:
+        info = AudioInfo(f.format, f.subtype, int(f.samplerate), int(f.channels), int(f.frames))
+        data = f.read(dtype="float32", always_2d=True)
+        _check_complete(f, data.shape[0])
     check_samples(data)
     y = downmix(data) if mono else np.ascontiguousarray(data.T)
     rate = info.sample_rate
@@ -224,12 +238,9 @@ def load_segment(path: str, start: int, stop: int, *, mono: bool) -> np.ndarray:
     DecodeError
         Unreadable file, or fewer samples than its header promised.
     """
-    try:
-        with sf.SoundFile(_fs(path)) as f:
-            f.seek(start)
-            data = f.read(stop - start, dtype="float32", always_2d=True)
-    except Exception as exc:
-        raise DecodeError(_reason(path, exc)) from None
+    with open_audio(path, quiet=False) as f:
+        f.seek(start)
+        data = f.read(stop - start, dtype="float32", always_2d=True)
     if data.shape[0] != stop - start:
         raise DecodeError(
             f"cannot decode: {data.shape[0]} samples at {start}, expected {stop - start}"

@@ -350,6 +350,8 @@ def _show(key: str) -> str:
 def _extract(kind: str, kw: dict[str, Any]) -> None:
     params = _build_params(kind, kw)
     output = Path(kw["output"])
+    if output.absolute().name in ("", ".."):  # '/', '..': nothing to create or replace
+        _usage(f"--output {output} names no file or directory to write: give one, e.g. -o feats.h5")
     from melcli import runner, writers
     from melcli.discover import discover, parse_extensions
 

@@ -1,12 +1,18 @@
-"""Turn command-line inputs into a sorted list of (source, key): never opens audio."""
+"""Turn command-line inputs into a sorted list of (source, key): never opens audio.
+
+Also the one way melcli opens an input for reading (`open_regular`): only
+regular files, never blocking on a FIFO or touching a device.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import IO
 
 from melcli.errors import InputError
 
@@ -72,11 +78,129 @@ def parse_extensions(text: str) -> tuple[str, ...]:
     return exts
 
 
-def read_path_list(stream: TextIO, *, null: bool) -> list[str]:
-    """Paths from a stdin list: one per line, or NUL-separated with ``null``."""
-    text = stream.read()
-    parts = text.split("\0") if null else text.splitlines()
-    return [p for p in parts if p.strip()] if not null else [p for p in parts if p]
+def read_path_list(stream: IO[str] | IO[bytes], *, null: bool) -> list[str]:
+    """Paths from a stdin list: one per line, or NUL-separated with ``null``.
+
+    The list is read as bytes (a text stream's ``buffer``) and each name decoded
+    with `os.fsdecode`, so names that are not valid UTF-8 survive whatever the
+    locale. Lines are split on ``\\n`` only: ``\\r``, U+0085 and U+2028 are
+    parts of names. Blank lines are skipped.
+
+    Raises
+    ------
+    InputError
+        A NUL byte in a newline-separated list (a ``-print0`` list without ``-0``).
+    """
+    raw = getattr(stream, "buffer", stream).read()
+    data = raw if isinstance(raw, bytes) else os.fsencode(raw)
+    if null:
+        return [os.fsdecode(p) for p in data.split(b"\0") if p]
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if b"\0" in line:
+            raise InputError(
+                f"line {number} of the list on standard input contains a NUL byte; "
+                "for a NUL-separated list (find -print0) add -0"
+            )
+    return [os.fsdecode(p) for p in lines if p.strip()]
+
+
+#: What `file_kind` calls each type of file that is not a regular file.
+_KINDS = (
+    (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"),
+)  # fmt: skip
+
+
+def file_kind(mode: int) -> str:
+    """``'FIFO'``, ``'socket'``, ``'character device'``, ... for a ``st_mode``."""
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+class NotRegularFile(OSError):
+    """An input that is not a regular file (FIFO, socket, device): never read.
+
+    Attributes
+    ----------
+    stat : os.stat_result
+        What the path is.
+    """
+
+    def __init__(self, path: str, st: os.stat_result) -> None:
+        kind = file_kind(st.st_mode)
+        super().__init__(f"not a regular file ({kind})")
+        self.filename = path
+        self.stat = st
+        self.reason = "is a directory" if kind == "directory" else f"not a regular file ({kind})"
+
+
+def os_reason(path: str, exc: OSError) -> str:
+    """One line for an input that could not be stat-ed or opened.
+
+    Only a non-regular file is a lasting property of the file (see
+    `melcli.plan.CONTENT_FAILURES`); the others are retried on the next run.
+    """
+    if isinstance(exc, NotRegularFile):
+        return exc.reason
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "broken symlink" if os.path.islink(path) else "file not found"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EISDIR:
+        return "is a directory"
+    return f"cannot open: {exc.strerror or exc}"
+
+
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """Open an input for reading, only if it is a regular file.
+
+    The path is checked with ``stat`` first, so a FIFO, socket or device is never
+    opened at all (opening a FIFO blocks until a writer comes; opening some
+    devices has effects). It is then opened non-blocking and checked again on
+    the descriptor, so a FIFO swapped in between the two cannot block: what is
+    read is what was checked. Symlinks are followed.
+
+    Returns
+    -------
+    fd : int
+        A blocking, close-on-exec descriptor; the caller closes it.
+    stat : os.stat_result
+        Of the opened file.
+
+    Raises
+    ------
+    NotRegularFile
+        A FIFO, socket, device or directory.
+    OSError
+        Missing, unreadable, name too long, ...
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(path, st)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(path, st)
+        os.set_blocking(fd, True)  # reads of a regular file never wait on a writer
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def valid_key(key: str) -> bool:
+    """True for a key melcli could have made: relative, no ``.``/``..``/empty parts.
+
+    Keys from a manifest are checked with this before they name a file, so a
+    crafted manifest cannot point outside its output.
+    """
+    return (
+        bool(key)
+        and not key.startswith("/")
+        and all(p not in ("", ".", "..") for p in key.split("/"))
+    )
 
 
 def _safe_key(path: str) -> str:
@@ -90,58 +214,70 @@ def _safe_key(path: str) -> str:
 def _walk(root: str, exts: frozenset[str], found: Discovery) -> Iterator[Source]:
     """Files under ``root`` with an audio suffix, sorted, hidden names skipped.
 
-    Symlinked files and directories are followed; a directory reached twice (a
-    symlink loop) is walked once and reported.
+    Depth first, each directory's entries in name order, without recursion (a
+    tree thousands of levels deep is fine). Symlinked files and directories are
+    followed; a directory reached twice (a symlink loop) is walked once and
+    reported.
     """
     seen: set[tuple[int, int]] = set()
-    abs_root = os.path.abspath(root)
     warnings = found.warnings
 
-    def unreadable(directory: str, rel: str, exc: OSError) -> None:
-        found.errors.append(f"cannot read directory {printable(directory)}: {exc.strerror}")
+    def unreadable(path: str, rel: str, exc: OSError, what: str = "directory ") -> None:
+        found.errors.append(f"cannot read {what}{printable(path)}: {exc.strerror}")
         found.unreadable.append(rel)
 
-    def visit(directory: str, rel: str) -> Iterator[Source]:
+    def enter(directory: str, rel: str) -> Iterator[os.DirEntry[str]] | None:
         try:
             st = os.stat(directory)
         except OSError as exc:
             unreadable(directory, rel, exc)
-            return
+            return None
         ident = (st.st_dev, st.st_ino)
         if ident in seen:
             warnings.append(
                 f"skipped {printable(directory)}: directory already walked (symlink loop)"
             )
-            return
+            return None
         seen.add(ident)
         try:
             with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                return iter(sorted(it, key=lambda e: e.name))
         except OSError as exc:
             unreadable(directory, rel, exc)
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            child_rel = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                is_dir = entry.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if is_dir:
-                yield from visit(entry.path, child_rel)
-            elif entry.name.rsplit(".", 1)[-1].lower() in exts and "." in entry.name:
-                # broken symlinks are kept: decoding reports them as failures
-                yield Source(printable(child_rel), entry.path)
+            return None
 
-    yield from visit(abs_root, "")
+    top = enter(os.path.abspath(root), "")
+    stack = [(top, "")] if top is not None else []
+    while stack:
+        entries, rel = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        if entry.name.startswith("."):
+            continue
+        child_rel = f"{rel}/{entry.name}" if rel else entry.name
+        audio = entry.name.rsplit(".", 1)[-1].lower() in exts and "." in entry.name
+        try:
+            is_dir = entry.is_dir()  # follows symlinks; False for a broken one
+        except OSError as exc:  # a symlink in a directory we may list but not search
+            if not audio:  # it may be a directory: keep what it held
+                unreadable(entry.path, child_rel, exc, "")
+            is_dir = False
+        if is_dir:
+            sub = enter(entry.path, child_rel)
+            if sub is not None:
+                stack.append((sub, child_rel))
+        elif audio:
+            # broken symlinks are kept: decoding reports them as failures
+            yield Source(printable(child_rel), entry.path)
 
 
 def discover(
     inputs: Sequence[str],
     *,
     extensions: Iterable[str] = AUDIO_EXTENSIONS,
-    stdin: TextIO | None = None,
+    stdin: IO[str] | IO[bytes] | None = None,
     null: bool = False,
 ) -> Discovery:
     """Expand inputs to the sorted, de-duplicated list of sources.
@@ -154,7 +290,7 @@ def discover(
         path, or their name if absolute or outside the current directory).
     extensions : iterable of str
         Suffixes (no dot, lower case) that count as audio in a directory walk.
-    stdin : text stream, optional
+    stdin : text or binary stream, optional
         Where ``-`` reads from.
     null : bool
         The stdin list is NUL-separated (``find -print0``).

@@ -42,6 +42,11 @@ class OutputError(MelcliError):
     """The output cannot be written (exists, not writable, disk full, ...)."""
 
 
+class EntryError(OutputError):
+    """One entry cannot be stored (its name is too long for the output's file
+    system, ...): a failure of that input, the batch goes on."""
+
+
 class UsageOutputError(OutputError):
     """The output is in the way of the requested command (a usage error, exit 2)."""
 

@@ -13,9 +13,18 @@ from melcli.params import FeatureParams
 
 
 def _size_on_disk(path: Path) -> int:
+    """Bytes of a file, or of the files in a tree (walked without recursion)."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    total, stack = 0, [os.fspath(path)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file():
+                    total += entry.stat().st_size
+    return total
 
 
 def _h5_beside(manifest: Path) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from melcli import audio, features
-from melcli.discover import Source, printable
+from melcli.discover import Source, os_reason, printable
 from melcli.errors import DecodeError, WorkerError
 from melcli.params import FeatureParams
 from melcli.workdir import fault_point
@@ -129,7 +129,7 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
         try:
             st = os.stat(source.path)
         except OSError as exc:
-            raise DecodeError(audio._reason(source.path, exc)) from None
+            raise DecodeError(os_reason(source.path, exc)) from None
         if task.parts == 1:
             y, sr, info = audio.load(
                 source.path, sr=params.sr, mono=params.mono, quiet=task.format in ("", "MP3")

@@ -6,23 +6,41 @@ rerun with nothing to do costs one ``stat`` per input.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from melcli.discover import Source
+from melcli.discover import NotRegularFile, Source, open_regular, os_reason, printable
 from melcli.workdir import ChunkRecord
 
 
 @dataclass(frozen=True)
 class SourceState:
-    """What identifies a source's content: size and mtime, or a content hash."""
+    """What identifies a source's content: size and mtime, or a content hash.
+
+    Attributes
+    ----------
+    size, mtime : int, float or None
+        None when the file could not be stat-ed (or hashed).
+    hash : str, optional
+        ``sha256:<hex>`` with ``--checksum``.
+    unreadable : str, optional
+        Why a file that is there could not be read (``permission denied``):
+        its previous entry, if any, is kept as it was.
+    special : str, optional
+        The reason a FIFO, socket or device is not read at all
+        (``not a regular file (FIFO)``): it matches only that failure.
+    """
 
     size: int | None
     mtime: float | None
     hash: str | None = None
+    unreadable: str | None = None
+    special: str | None = None
 
     def matches(self, record: dict[str, Any]) -> bool:
         """True when ``record`` (an entry or failure) was made from this content.
@@ -32,8 +50,13 @@ class SourceState:
         """
         if self.size is None:
             return False
+        if self.special is not None:
+            return record.get("reason") == self.special and self._same_stat(record)
         if self.hash is not None:
             return bool(record.get("source_hash") == self.hash)
+        return self._same_stat(record)
+
+    def _same_stat(self, record: dict[str, Any]) -> bool:
         return record.get("source_size") == self.size and record.get("source_mtime") == self.mtime
 
     def fields(self) -> dict[str, Any]:
@@ -44,28 +67,45 @@ class SourceState:
         return out
 
 
-def file_hash(path: str) -> str:
-    """``sha256:<hex>`` of a file's bytes."""
-    with open(path, "rb") as fh:
+def file_hash(fd: int) -> str:
+    """``sha256:<hex>`` of the bytes of an open file (read from its current offset)."""
+    with open(fd, "rb", closefd=False) as fh:
         return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def source_state(path: str, *, checksum: bool) -> SourceState:
-    """Stat (and with ``checksum`` hash) one source; unreadable gives an empty state."""
+    """Stat (and with ``checksum`` hash) one source.
+
+    Only regular files are hashed (`open_regular`: a FIFO or ``/dev/zero`` is
+    never read). A missing file gives an empty state; a file that is there
+    but cannot be read says why in ``unreadable``.
+    """
     try:
-        st = os.stat(path)
-        digest = file_hash(path) if checksum else None
-    except OSError:
-        return SourceState(None, None)
-    return SourceState(int(st.st_size), st.st_mtime, digest)
+        if not checksum:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFile(path, st)
+            return SourceState(int(st.st_size), st.st_mtime)
+        fd, st = open_regular(path)
+        try:
+            digest = file_hash(fd)
+        finally:
+            os.close(fd)
+        return SourceState(int(st.st_size), st.st_mtime, digest)
+    except NotRegularFile as exc:
+        return SourceState(int(exc.stat.st_size), exc.stat.st_mtime, special=exc.reason)
+    except OSError as exc:
+        gone = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+        return SourceState(None, None, unreadable=None if gone else os_reason(path, exc))
 
 
-#: Reasons that depend only on a file's content (and the parameters): such a
-#: failure is carried over until the file changes. Anything else (permission
-#: denied, a missing file, out of memory, ...) is retried on every run.
+#: Reasons that depend only on a file's content, type or name (and the
+#: parameters): such a failure is carried over until the file changes. Anything
+#: else (permission denied, a missing file, out of memory, ...) is retried on
+#: every run.
 CONTENT_FAILURES = (
     "cannot decode", "truncated", "too short", "no audio samples", "audio contains",
-    "sample values", "values up to", "fmax=", "fmin=",
+    "sample values", "values up to", "fmax=", "fmin=", "not a regular file", "cannot store",
 )  # fmt: skip
 
 
@@ -92,6 +132,10 @@ class Plan:
         Keys of the existing output whose source is gone.
     old_keys : set of str
         Keys present in the existing output (to tell added from updated).
+    unverified : list of dict
+        ``key``, ``source``, ``reason`` of inputs that are there but could not
+        be read this time (permission denied, ...): their entries are in
+        ``keep_old``, kept as they were, as for a directory that cannot be listed.
     """
 
     compute: list[Source] = field(default_factory=list)
@@ -101,6 +145,7 @@ class Plan:
     removed: list[str] = field(default_factory=list)
     old_keys: set[str] = field(default_factory=set)
     states: dict[str, SourceState] = field(default_factory=dict)
+    unverified: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -151,6 +196,11 @@ def make_plan(
         done = work.get(src.key)
         if old is not None and state.matches(old):  # the output already has it
             plan.keep_old.append(old)
+        elif old is not None and state.unreadable is not None:  # there, unreadable for now
+            plan.keep_old.append(old)
+            plan.unverified.append(
+                {"key": src.key, "source": printable(src.path), "reason": state.unreadable}
+            )
         elif done is not None and state.matches(done.record):
             if done.kind == "entry":
                 plan.keep_work[src.key] = done

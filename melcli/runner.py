@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import glob
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,14 @@ import numpy as np
 from melcli import manifest as manifest_mod
 from melcli import writers
 from melcli.discover import Source, printable
-from melcli.errors import DecodeError, ExitCode, MelcliError, OutputError, UsageOutputError
+from melcli.errors import (
+    DecodeError,
+    EntryError,
+    ExitCode,
+    MelcliError,
+    OutputError,
+    UsageOutputError,
+)
 from melcli.params import FeatureParams
 from melcli.pipeline import Failure, Result, Task, make_tasks
 from melcli.plan import Plan, make_plan
@@ -253,7 +259,7 @@ def remove_stale(output: Path) -> None:
     for suffix in (".tmp-*", ".old-*"):
         for path in output.parent.glob(glob.escape(f".{output.name}") + suffix):
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
+                writers.remove_tree(path)  # shutil.rmtree recurses: not for a deep npy tree
             else:
                 path.unlink(missing_ok=True)
 
@@ -287,6 +293,8 @@ def _execute(
     )
     report = RunReport(removed=plan.removed, resumed=len(plan.keep_work))
     report.unchanged = len(plan.keep_old)
+    for rec in plan.unverified:  # shown like a directory that cannot be listed
+        reporter.skipped(Failure(rec["key"], rec["source"], f"{rec['reason']}; its entry is kept"))
 
     # Headers first: cheap, and they give sizes, rates and early failures.
     from melcli import audio, features
@@ -396,6 +404,15 @@ def _compute(
             if key in failures:  # another part of this file already failed: count it, quietly
                 reporter.advance(dataclasses.replace(res, meta=None, data=None, failure=None))
                 continue
+            if res.failure is None:
+                if res.meta is None or res.data is None:
+                    raise RuntimeError("extract returned neither features nor a failure")
+                rec, data, task = {**res.meta.to_dict(), **state}, res.data, res.task
+                try:
+                    writer.write_piece(rec, task.frame_start, data)
+                except EntryError as exc:  # its name cannot be stored: a failure of this input
+                    failure = Failure(key, res.meta.source, str(exc))
+                    res = dataclasses.replace(res, meta=None, data=None, failure=failure)
             if res.failure is not None:
                 rec = {**res.failure.to_dict(), **state}
                 failures[key] = rec
@@ -409,16 +426,11 @@ def _compute(
                         f"stopped at the first failure (--fail-fast): {key}: {res.failure.reason}"
                     )
                 continue
-            if res.meta is None or res.data is None:
-                raise RuntimeError("extract returned neither features nor a failure")
-            rec = {**res.meta.to_dict(), **state}
-            task = res.task
-            writer.write_piece(rec, task.frame_start, res.data)
             if task.parts > 1:
                 part = {"part": task.part, "parts": task.parts, "frame_start": task.frame_start}
-                spool.add_entry({**rec, **part}, res.data)
+                spool.add_entry({**rec, **part}, data)
             else:
-                spool.add_entry(rec, res.data)
+                spool.add_entry(rec, data)
             done[key] = done.get(key, 0) + 1
             if done[key] == parts[key]:
                 written[key] = rec

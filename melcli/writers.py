@@ -11,6 +11,8 @@ output path.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -21,7 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from melcli import manifest as manifest_mod
-from melcli.errors import OutputError
+from melcli.discover import valid_key
+from melcli.errors import EntryError, OutputError
 from melcli.workdir import disk_error, fault_point, hidden_sibling
 
 FORMATS = ("h5", "npy")
@@ -67,10 +70,66 @@ def read_manifest(output: Path, fmt: str) -> dict[str, Any]:
 
 
 def check_key(key: str) -> None:
-    """Refuse keys that could escape the output (absolute, ``..``, empty parts)."""
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise OutputError(f"unsafe key {key!r}")
+    """Refuse keys that could escape the output (absolute, ``..``, empty parts).
+
+    Raises
+    ------
+    EntryError
+        An OutputError about this one key.
+    """
+    if not valid_key(key):
+        raise EntryError(f"unsafe key {key!r}")
+
+
+#: errno values of a write that fail because of the entry's name, not the output:
+#: the entry becomes a failure of its input and the batch goes on.
+NAME_ERRNOS = {errno.ENAMETOOLONG: "name too long for the output's file system",
+               errno.EINVAL: "name not accepted by the output's file system",
+               errno.EILSEQ: "name not accepted by the output's file system"}  # fmt: skip
+
+
+def entry_error(exc: OSError) -> EntryError | None:
+    """The EntryError an OSError of one entry's write is, or None (an output error)."""
+    what = NAME_ERRNOS.get(exc.errno or 0)
+    return EntryError(f"cannot store: {what}") if what else None
+
+
+def makedirs(path: Path) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)`` without recursion (any depth)."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir()
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)`` without recursion (any depth).
+
+    Symlinks are removed, never followed; a symlink at ``path`` is left alone.
+    """
+    if path.is_symlink():
+        return
+    stack, entered = [os.fspath(path)], set()
+    while stack:
+        top = stack[-1]
+        subdirs = []
+        if top not in entered:
+            entered.add(top)
+            with contextlib.suppress(OSError), os.scandir(top) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.path)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+        if subdirs:
+            stack.extend(subdirs)
+            continue
+        stack.pop()
+        with contextlib.suppress(OSError):
+            os.rmdir(top)
 
 
 class Writer(Protocol):
@@ -241,7 +300,7 @@ class NpyWriter:
         self.warnings: list[str] = []
         try:
             if self.tmp.exists():
-                shutil.rmtree(self.tmp)
+                remove_tree(self.tmp)
             self.tmp.mkdir()
         except OSError as exc:
             raise disk_error("creating", self.tmp, exc) from None
@@ -250,7 +309,7 @@ class NpyWriter:
     def _target(self, key: str) -> Path:
         check_key(key)
         target = self.tmp / f"{key}.npy"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        makedirs(target.parent)
         return target
 
     def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:  # noqa: D102
@@ -267,6 +326,10 @@ class NpyWriter:
                 out.flush()
                 del out
         except OSError as exc:
+            bad_name = entry_error(exc)
+            if bad_name is not None:
+                self.discard(record["key"])  # directories made for it
+                raise bad_name from None
             raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("write")
 
@@ -276,7 +339,11 @@ class NpyWriter:
 
     def discard(self, key: str) -> None:  # noqa: D102
         target = self.tmp / f"{key}.npy"
-        target.unlink(missing_ok=True)
+        try:
+            target.unlink(missing_ok=True)
+        except OSError as exc:
+            if entry_error(exc) is None:  # else the name was never created
+                raise
         for parent in target.parents:  # directories made only for this entry go too
             if parent == self.tmp or any(parent.iterdir()):
                 break
@@ -315,11 +382,11 @@ class NpyWriter:
             raise disk_error("writing", self.path, exc) from None
         fault_point("after-rename")
         self._writeback.close()
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
 
     def abort(self) -> None:  # noqa: D102
         self._writeback.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_tree(self.tmp)
 
 
 #: The new output is flushed to disk and dropped from the page cache whenever

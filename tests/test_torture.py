@@ -753,29 +753,21 @@ def test_file_replaced_by_directory_before_decode(
 
 
 def test_simulated_permission_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """soundfile raising PermissionError (what a non-root user gets from an OS-level
-    open) for one file: skipped as 'permission denied', the others written."""
+    """The OS refusing to open one file (what a non-root user gets): skipped as
+    'permission denied', the others written."""
     root = tmp_path / "in"
     _small_corpus(root)
     victim = str(root / "victim.wav")
-    real_info, real_soundfile = sf.info, sf.SoundFile
+    real_open = melcli.audio.open_regular
     calls: list[str] = []
 
-    def guard(file: Any) -> None:
-        if str(file) == victim:
-            calls.append(str(file))
-            raise PermissionError(13, "Permission denied", str(file))
+    def guarded(path: str) -> Any:
+        if path == victim:
+            calls.append(path)
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path)
 
-    def info(file: Any, *a: Any, **kw: Any) -> Any:
-        guard(file)
-        return real_info(file, *a, **kw)
-
-    def soundfile(file: Any, *a: Any, **kw: Any) -> Any:
-        guard(file)
-        return real_soundfile(file, *a, **kw)
-
-    monkeypatch.setattr(melcli.audio.sf, "info", info)
-    monkeypatch.setattr(melcli.audio.sf, "SoundFile", soundfile)
+    monkeypatch.setattr(melcli.audio, "open_regular", guarded)
     out = tmp_path / "o.h5"
     res = invoke(["mel", root, "-o", out, "-j", "1", "--no-progress"], cwd=tmp_path)
     assert calls
@@ -789,16 +781,20 @@ def test_simulated_permission_error_during_decode(
     root = tmp_path / "in"
     _small_corpus(root)
     victim = str(root / "victim.wav")
-    real_soundfile = sf.SoundFile
+    real_open = melcli.audio.open_regular
+    calls: list[str] = []
 
-    def soundfile(file: Any, *a: Any, **kw: Any) -> Any:
-        if str(file) == victim:
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_soundfile(file, *a, **kw)
+    def guarded(path: str) -> Any:
+        if path == victim:
+            calls.append(path)
+            if len(calls) > 1:  # the header was read; decoding is refused
+                raise PermissionError(13, "Permission denied", path)
+        return real_open(path)
 
-    monkeypatch.setattr(melcli.audio.sf, "SoundFile", soundfile)
+    monkeypatch.setattr(melcli.audio, "open_regular", guarded)
     out = tmp_path / "o.h5"
     res = invoke(["mel", root, "-o", out, "-j", "1", "--no-progress"], cwd=tmp_path)
+    assert len(calls) == 2
     _check_one_failure(res, out, "victim.wav", r"permission denied")
 
 
