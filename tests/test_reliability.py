@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from melcli import workdir, writers
+from melcli import audio, workdir, writers
 from melcli.cli import cli
 from melcli.workdir import ChunkFile, Spool, WorkDir
 
@@ -649,14 +649,14 @@ def test_checksum_on_an_output_made_without_it_recomputes_once(tmp_path: Path) -
 def test_permission_failures_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_corpus(tmp_path / "data", n=2)
     out = tmp_path / "feats.h5"
-    real = sf.SoundFile
+    real = audio.open_regular
 
-    def denied(path: object, *a: object, **k: object) -> object:
-        if str(path).endswith("f000.wav"):
+    def denied(path: str) -> tuple[int, os.stat_result]:
+        if path.endswith("f000.wav"):
             raise PermissionError(13, "Permission denied")
-        return real(path, *a, **k)
+        return real(path)
 
-    monkeypatch.setattr("melcli.audio.sf.SoundFile", denied)
+    monkeypatch.setattr(audio, "open_regular", denied)  # the open melcli does
     code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
     assert code == 3 and "permission denied" in stderr
     monkeypatch.undo()
