@@ -6,7 +6,9 @@ that need them, so ``melcli --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
@@ -140,6 +142,9 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                      help="Suffixes counted as audio in a directory walk "
                           "(files named explicitly are always tried)."),
+        click.option("--manifest", "manifest", type=click.Path(dir_okay=False), default=None,
+                     help="HDF5 output: write its JSON manifest here instead of <stem>.json "
+                          "(recorded in the output; later runs keep it there)."),
         click.option("--overwrite", is_flag=True,
                      help="Rebuild the output from scratch even if it exists "
                           "(needed when parameters differ)."),
@@ -281,6 +286,10 @@ class _CliReporter:
         self.bar: Any = None
         self.started = time.perf_counter()
         self.done_seconds = 0.0
+        self.output_replaced = False
+
+    def committed(self) -> None:
+        self.output_replaced = True
 
     def _line(self, text: str) -> None:
         with self.lock:
@@ -356,6 +365,8 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     from melcli.discover import discover, parse_extensions
 
     fmt = kw["fmt"] or writers.guess_format(output)
+    if kw["manifest"] and fmt != "h5":
+        _usage("--manifest applies to HDF5 outputs (an npy output keeps manifest.json inside)")
     reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
     if not kw["fmt"] and fmt == "npy" and output.suffix and not output.is_dir():
         reporter.problem(
@@ -382,6 +393,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         output=output, format=fmt, command=_command_line(), jobs=kw["jobs"] or default_jobs(),
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
         dry_run=kw["dry_run"], backend=kw["backend"],
+        manifest=Path(kw["manifest"]) if kw["manifest"] else None,
     )  # fmt: skip
     work = f".{output.name}.melcli-work"
     resume = f"finished work is kept in {work}; rerun the same command to resume"
@@ -397,10 +409,13 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         _usage(str(exc))
     except runner.FailFast as exc:
         _fail(ExitCode.FAILED, f"{exc}; nothing written to {output}")
-    except KeyboardInterrupt:
-        _fail(ExitCode.INTERRUPTED, f"interrupted; {output} untouched; {resume}")
-    except Terminated:
-        _fail(ExitCode.TERMINATED, f"terminated; {output} untouched; {resume}")
+    except (KeyboardInterrupt, Terminated) as exc:
+        code, what = ((ExitCode.TERMINATED, "terminated") if isinstance(exc, Terminated)
+                      else (ExitCode.INTERRUPTED, "interrupted"))  # fmt: skip
+        if reporter.output_replaced:  # the stop came after the rename: say what is true
+            _fail(code, f"{what} after the new {output} was in place; it is complete "
+                        "(the next run removes what was left to clean up)")  # fmt: skip
+        _fail(code, f"{what}; {output} untouched; {resume}")
     except OutputError as exc:
         _fail(ExitCode.FAILED, f"{exc}; nothing new written to {output}")
     except WorkerError as exc:
@@ -424,14 +439,25 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     if not kw["quiet"]:
         what = "wrote" if report.wrote else "up to date:"
         failed = (f"; {len(report.failures)} failed, listed in "
-                  f"{writers.manifest_path(output, fmt)}") if report.failures else ""  # fmt: skip
+                  f"{report.manifest_file}") if report.failures else ""  # fmt: skip
         click.echo(
             f"melcli: {what} {report.entries} entries ({report.audio_seconds / 60:.1f} min "
             f"of audio) in {output} ({time.perf_counter() - started:.1f} s){failed}",
             err=True,
         )
-    click.echo(str(output))
+    _print_result(str(output))
     sys.exit(int(report.exit_code))
+
+
+def _print_result(text: str) -> None:
+    """Print the output path on stdout; a reader that went away (``| true``) is not a
+    failure of the run, whose work is done: the exit status stays the run's."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError:  # EPIPE (BrokenPipeError), or a closed stdout
+        with contextlib.suppress(OSError):  # nothing left to flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _print_plan(report: Any, output: Path) -> None:

@@ -62,12 +62,22 @@ class Discovery:
 
 
 def printable(text: str) -> str:
-    """``text`` as valid UTF-8: undecodable bytes of a file name become ``\\xNN``."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``text`` as valid UTF-8: undecodable bytes of a file name become ``\\xNN``.
+
+    Injective, so two names never share a key: a name that has a backslash or
+    an undecodable byte is escaped whole (``\\`` -> ``\\\\``, byte -> ``\\xNN``),
+    so an escaped name always holds a backslash that an unchanged name cannot:
+    the literal name ``x\\xff.wav`` becomes ``x\\\\xff.wav``, distinct from
+    ``x<0xff>.wav``'s ``x\\xff.wav``. Every other name is unchanged.
+    """
+    if "\\" not in text:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass
+    text = text.replace("\\", "\\\\")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def parse_extensions(text: str) -> tuple[str, ...]:

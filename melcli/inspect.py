@@ -123,7 +123,8 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
         man_path = path / "manifest.json" if kind == "npy" else path
         man = manifest_mod.read(man_path)
         root = man_path.parent
-        data_path = _h5_beside(path)
+        recorded = man.get("output")  # a sidecar put elsewhere with --manifest names its file
+        data_path = path.parent / recorded if isinstance(recorded, str) else _h5_beside(path)
         if man["output_format"] == "h5" and kind == "manifest":
             size = data_path.stat().st_size if data_path.exists() else 0
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +40,10 @@ from melcli.workdir import (
     OutputLock,
     Spool,
     WorkDir,
+    WriteFailed,
     disk_error,
     fault_point,
+    free_bytes,
 )
 
 
@@ -63,6 +65,9 @@ class Reporter(Protocol):
     def finish(self) -> None:
         """Computing is over (close progress displays)."""
 
+    def committed(self) -> None:
+        """The new output is in place (an interrupt from here on no longer leaves the old one)."""
+
 
 class FailFast(MelcliError):
     """Raised at the first failed input with ``fail_fast``; progress is kept."""
@@ -81,6 +86,7 @@ class RunOptions:
     checksum: bool = False
     dry_run: bool = False
     backend: str = "auto"
+    manifest: Path | None = None  # --manifest: the HDF5 output's JSON sidecar
 
 
 @dataclass
@@ -97,6 +103,7 @@ class RunReport:
     wrote: bool = False
     resumed: int = 0
     estimated_bytes: int = 0
+    manifest_file: Path | None = None  # where the JSON manifest is
 
     def summary(self) -> str:
         """``added 3, updated 1, removed 2, unchanged 996, failed 0``."""
@@ -113,47 +120,73 @@ class RunReport:
         return ExitCode.PARTIAL if self.failures else ExitCode.OK
 
 
-def repair_sidecar(output: Path, man: dict[str, Any]) -> None:
-    """Rewrite ``<stem>.json`` when a crash left it behind its HDF5 file."""
-    side = writers.manifest_path(output, "h5")
+def repair_sidecar(side: Path, man: dict[str, Any]) -> str | None:
+    """Rewrite the JSON sidecar when a crash left it behind its HDF5 file.
+
+    Returns a warning instead of failing: the HDF5 file holds the manifest
+    whole, so a sidecar that cannot be written (a directory in its place, a
+    read-only directory) only costs the copy.
+    """
     text = manifest_mod.dumps(man)
     try:
         current = side.read_text(encoding="utf-8")
     except OSError:
         current = None
-    if current != text:
-        manifest_mod.write_atomic(side, text)
-
-
-def _old_output(
-    output: Path, fmt: str, params: FeatureParams, overwrite: bool, dry_run: bool
-) -> dict[str, Any] | None:
-    exists = output.exists() or output.is_symlink()
-    if not exists:
-        if fmt == "h5" and writers.manifest_path(output, fmt).exists() and not overwrite:
-            raise UsageOutputError(
-                f"{writers.manifest_path(output, fmt)} exists without {output.name}; "
-                "use --overwrite to replace it"
-            )
+    if current == text:
         return None
-    if overwrite and not output.is_dir():
-        return None  # replaced whatever it is: no need to read it
     try:
+        manifest_mod.write_atomic(side, text)
+    except OutputError as exc:
+        return f"{exc}; the manifest inside the HDF5 file is complete"
+    return None
+
+
+def resolve_output(path: Path) -> Path:
+    """The path a run writes: a symbolic link at ``path`` is followed to its target.
+
+    The lock, the work directory and the rename then all happen beside the real
+    file or directory, and the link stays a link (to the new output).
+    """
+    out = path.absolute()
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
+@dataclass
+class _Existing:
+    """What is at the output path before the run."""
+
+    plan: dict[str, Any] | None  # the manifest to plan against (None: start afresh)
+    manifest: dict[str, Any] | None  # the existing output's manifest, if it is melcli's
+    sidecar: str | None = None  # where it recorded its JSON sidecar (HDF5)
+
+
+def _not_melcli(output: Path, why: str) -> UsageOutputError:
+    return UsageOutputError(
+        f"output {output} {why}; refusing to replace it, --overwrite or not: "
+        "choose another --output"
+    )
+
+
+def _old_output(output: Path, fmt: str, params: FeatureParams, overwrite: bool) -> _Existing:
+    """Read what is at ``output``; refuse (exit 2) anything melcli did not make."""
+    if not os.path.lexists(output):
+        return _Existing(None, None)
+    if fmt == "npy":
+        if not output.is_dir():
+            raise _not_melcli(output, "is a file, not a melcli npy output directory")
+        if not any(output.iterdir()):
+            return _Existing(None, None)  # an empty directory holds nothing to lose
+    elif output.is_dir():
+        raise _not_melcli(output, "is a directory, not a melcli HDF5 file")
+    try:
+        if overwrite and fmt == "h5":  # replaced whatever it holds: only check it is melcli's
+            return _Existing(None, None, writers.check_h5_output(output))
         man = writers.read_manifest(output, fmt)
     except OutputError as exc:
-        if output.is_dir() and not output.is_symlink() and any(output.iterdir()):
-            # never delete a directory melcli did not make, --overwrite or not
-            raise UsageOutputError(
-                f"output {output} is a directory that is not a melcli output ({exc}); "
-                "refusing to replace it: choose another --output"
-            ) from None
-        if overwrite:
-            return None
-        raise UsageOutputError(
-            f"output {output} exists but {exc}; use --overwrite to replace it"
-        ) from None
+        raise _not_melcli(output, f"is not a melcli output ({exc})") from None
+    recorded = man.get("sidecar") if isinstance(man.get("sidecar"), str) else None
     if overwrite:
-        return None
+        return _Existing(None, man, recorded)
     try:
         old_params = FeatureParams.from_dict(man["params"])
     except MelcliError:
@@ -170,9 +203,84 @@ def _old_output(
             f"output {output} was made with different parameters: {shown}; "
             "use --overwrite to replace it"
         )
-    if fmt == "h5" and not dry_run:
-        repair_sidecar(output, man)
-    return man
+    return _Existing(man, man, recorded)
+
+
+def sidecar_path(output: Path, opts: RunOptions, recorded: str | None) -> Path | None:
+    """Where an HDF5 output's JSON manifest goes: ``--manifest``, else where the
+    existing output recorded it, else ``<stem>.json``. None for npy."""
+    if opts.format != "h5":
+        return None
+    if opts.manifest is not None:
+        return Path(os.path.abspath(opts.manifest))
+    if recorded:
+        return Path(os.path.normpath(output.parent / recorded))
+    return writers.manifest_path(output, "h5")
+
+
+def check_sidecar(side: Path, output: Path, opts: RunOptions, own: dict[str, Any] | None) -> None:
+    """Refuse (exit 2) to write the sidecar over a file that is not this output's manifest.
+
+    A JSON file that is not a melcli manifest (a user's ``train.json``) is never
+    replaced, nor the manifest of another HDF5 output of the same stem
+    (``a.h5`` and ``a.hdf5`` would share ``a.json``).
+    """
+    if not os.path.lexists(side) or side.is_dir():
+        return  # a directory in its way is a warning at the commit, not a refusal
+    hint = "put this output's manifest elsewhere with --manifest PATH"
+    try:
+        text = side.read_text(encoding="utf-8")
+        theirs = manifest_mod.read(side)
+    except (OSError, UnicodeDecodeError, OutputError):
+        raise UsageOutputError(
+            f"{side} exists and is not a melcli manifest; refusing to replace it: {hint}"
+        ) from None
+    if own is not None and text == manifest_mod.dumps(own):
+        return
+    claimed = theirs.get("output")
+    others = [output.with_suffix(s) for s in writers.H5_SUFFIXES if output.with_suffix(s) != output]
+    for other in [side.parent / claimed] if isinstance(claimed, str) else others:
+        if other.resolve() != output and other.exists():
+            raise UsageOutputError(f"{side} is the manifest of {other}; {hint}")
+    if own is None and not opts.overwrite and not os.path.lexists(output):
+        raise UsageOutputError(
+            f"{side} exists without {output.name}; use --overwrite to replace it"
+        )
+
+
+def _unlisted(output: Path, man: dict[str, Any]) -> list[str]:
+    """What an npy output directory holds that its manifest does not list."""
+    listed = {"manifest.json"}
+    folders: set[str] = set()
+    for entry in man.get("entries", []):
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if isinstance(key, str):
+            listed.add(f"{key}.npy")
+            folders.update(str(p) for p in Path(key).parents if str(p) != ".")
+    extras: list[str] = []
+    for root, dirs, files in os.walk(output):
+        rel = os.path.relpath(root, output)
+        rel = "" if rel == "." else rel + "/"
+        for d in list(dirs):
+            if rel + d not in folders or os.path.islink(os.path.join(root, d)):
+                extras.append(rel + d + "/")
+                dirs.remove(d)
+        extras.extend(rel + f for f in files if rel + f not in listed)
+    return sorted(extras)
+
+
+def check_unlisted(output: Path, man: dict[str, Any] | None) -> None:
+    """Refuse (exit 2) to replace an npy output holding files melcli did not write."""
+    if man is None or not output.is_dir():
+        return
+    extras = _unlisted(output, man)
+    if extras:
+        shown = ", ".join(printable(e) for e in extras[:5])
+        more = f" and {len(extras) - 5} more" if len(extras) > 5 else ""
+        raise UsageOutputError(
+            f"output {output} holds files melcli did not write ({shown}{more}); refusing "
+            "to replace it, --overwrite or not: move them out of it, or choose another --output"
+        )
 
 
 def _estimate_bytes(params: FeatureParams, frames: int, channels: int, sr: int) -> int:
@@ -201,7 +309,7 @@ def execute(
     FailFast, KeyboardInterrupt
         After flushing finished work to the work directory, for a later resume.
     """
-    output = opts.output.absolute()
+    output = resolve_output(opts.output)
     if not output.parent.is_dir():
         raise OutputError(f"cannot write {opts.output}: directory {output.parent} does not exist")
     lock = OutputLock(output)
@@ -211,8 +319,10 @@ def execute(
         return _execute(sources, params, opts, reporter, output, unreadable)
     except OutputError:
         work = WorkDir(output)
-        if not opts.dry_run and not work.chunks():  # no finished work worth keeping
-            work.remove()
+        with contextlib.suppress(OutputError):
+            work.check()  # never remove what is not melcli's own work directory
+            if not opts.dry_run and not work.chunks():  # no finished work worth keeping
+                work.remove()
         raise
     finally:
         lock.release()
@@ -246,22 +356,20 @@ def _refuse_output(output: Path, src: Source) -> NoReturn:
     )
 
 
-def remove_stale(output: Path) -> None:
-    """Delete temporaries a killed run left beside ``output`` (call with the lock held).
+def remove_stale(output: Path, work: WorkDir) -> None:
+    """Delete temporaries a killed run left in ``output``'s work directory (lock held).
 
     Where a directory swap without RENAME_EXCHANGE was cut between its two
-    renames, the previous output is first put back.
+    renames, the previous output (whole: a tree is renamed to ``trash-*``
+    before it is deleted) is first put back. Nothing outside the work
+    directory is touched, so another output's files are safe whatever their names.
     """
-    if not (output.exists() or output.is_symlink()):
-        olds = sorted(output.parent.glob(glob.escape(f".{output.name}") + ".old-*"))
+    work.check()
+    if not os.path.lexists(output):
+        olds = work.old_trees()
         if olds:
             os.rename(olds[-1], output)
-    for suffix in (".tmp-*", ".old-*"):
-        for path in output.parent.glob(glob.escape(f".{output.name}") + suffix):
-            if path.is_dir() and not path.is_symlink():
-                writers.remove_tree(path)  # shutil.rmtree recurses: not for a deep npy tree
-            else:
-                path.unlink(missing_ok=True)
+    work.remove_temporaries()
 
 
 def _execute(
@@ -272,11 +380,19 @@ def _execute(
     output: Path,
     unreadable: Sequence[str] = (),
 ) -> RunReport:
-    if not opts.dry_run:
-        remove_stale(output)
-    check_inputs_outside(sources, output)
-    old = _old_output(output, opts.format, params, opts.overwrite, opts.dry_run)
     work = WorkDir(output)
+    if not opts.dry_run:
+        remove_stale(output, work)
+    check_inputs_outside(sources, output)
+    existing = _old_output(output, opts.format, params, opts.overwrite)
+    old = existing.plan
+    side = sidecar_path(output, opts, existing.sidecar)
+    if side is not None:
+        check_sidecar(side, output, opts, existing.manifest)
+        if old is not None and not opts.dry_run:
+            warning = repair_sidecar(side, old)
+            if warning:
+                reporter.warning(warning)
     state = {"params": params.to_dict(), "format": opts.format}
     prior = work.read_state() if work.exists() else None
     resume = (
@@ -292,6 +408,7 @@ def _execute(
         checksum=opts.checksum,
     )
     report = RunReport(removed=plan.removed, resumed=len(plan.keep_work))
+    report.manifest_file = side or writers.manifest_path(output, opts.format)
     report.unchanged = len(plan.keep_old)
     for rec in plan.unverified:  # shown like a directory that cannot be listed
         reporter.skipped(Failure(rec["key"], rec["source"], f"{rec['reason']}; its entry is kept"))
@@ -346,11 +463,22 @@ def _execute(
                 f"n_mels={params.n_mels} is too high for n_fft={params.n_fft}; "
                 "some bands will be all zeros"
             )
+    if opts.format == "npy":
+        check_unlisted(output, existing.manifest)
+    # Hard links carry an npy output's kept entries over: they need no new space.
+    needed = report.estimated_bytes - (
+        sum(writers.entry_nbytes(e) for e in plan.keep_old) if opts.format == "npy" else 0
+    )
+    if needed > free_bytes(output):  # fail now, not after computing what cannot be stored
+        raise disk_error("writing", output, OSError(errno.ENOSPC, "no space"), needed=needed)
     work.start(state, keep=resume)
-    # New entries go straight into the new output (under its temporary name);
-    # the spool checkpoints them for a resume. Kept and resumed entries are
-    # added at the end (`_assemble`).
-    writer = writers.open_writer(output, opts.format)
+    # New entries go straight into the new output (under its temporary name, in
+    # the work directory); the spool checkpoints them for a resume. Kept and
+    # resumed entries are added at the end (`_assemble`).
+    try:
+        writer = writers.open_writer(output, opts.format, work, side)
+    except WriteFailed as exc:
+        raise disk_error("writing", output, exc, needed=needed) from None
     spool = Spool(work, read_back=writer.read_piece)
     try:
         for rec in failures[len(plan.failures) :]:
@@ -358,11 +486,13 @@ def _execute(
         written, new_failures = _compute(todo, params, opts, reporter, spool, plan, writer)
         failures.extend(new_failures)
         return _assemble(params, opts, plan, work, failures, report, reporter, writer, written)
-    except OSError as exc:  # anything the writer did not already translate
+    except (OSError, WriteFailed) as exc:  # a write failed: clean up, then say how much space
         writer.abort()
-        raise disk_error("writing", output, exc) from None
+        raise disk_error("writing", output, exc, needed=needed) from None
     except BaseException:
         writer.abort()
+        if writer.committed:
+            reporter.committed()
         raise
 
 
@@ -520,7 +650,7 @@ def _assemble(
                 fault_point("assemble")
                 entries.append(resumed[key].record)
             else:
-                writer.copy_entry(kept[key], opts.output.absolute())
+                writer.copy_entry(kept[key], writer.path)
                 entries.append(kept[key])
         freqs: dict[int, list[float]] = {}
         for sr in sorted({e["sample_rate"] for e in entries}):

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import io
 import json
 import os
-import shutil
+import signal
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,39 +47,74 @@ def hidden_sibling(output: Path, suffix: str) -> Path:
 def fault_point(name: str) -> None:
     """Test-only fault injection: SIGKILL this process at a named point.
 
-    ``MELCLI_KILL_AT=<name>[:<n>]`` kills the process the n-th time (default 1)
-    execution reaches ``name``. Used by the tests to prove crash safety at the
-    worst moments; a no-op otherwise.
+    ``MELCLI_KILL_AT=<name>[:<n>[:<SIGNAL>]]`` sends SIGKILL (or SIGNAL, e.g.
+    ``TERM``) to this process the n-th time (default 1) execution reaches
+    ``name``. Used by the tests to prove crash safety at the worst moments; a
+    no-op otherwise.
     """
     spec = os.environ.get("MELCLI_KILL_AT")
     if not spec:
         return
-    target, _, count = spec.partition(":")
+    target, count, sig = (spec.split(":") + ["", ""])[:3]
     if target != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] >= int(count or 1):
-        os.kill(os.getpid(), 9)
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}") if sig else signal.SIGKILL)
 
 
 _hits: dict[str, int] = {}
 
 
-def disk_error(action: str, path: Path, exc: OSError, needed: int | None = None) -> OutputError:
-    """An OutputError for an OSError, with free space for ENOSPC/EDQUOT."""
-    text = str(exc)
-    # h5py reports the C library's errno inside its message, not in exc.errno
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in text or "No space left" in text:
-        try:
-            free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
-        except OSError:
-            free = 0
+class WriteFailed(OutputError):
+    """Writing the new output failed; the runner words the message once it has cleaned up.
+
+    ``error`` is the OSError, or the RuntimeError h5py raises for a failed
+    write inside HDF5 (its message carries the C library's errno).
+    """
+
+    def __init__(self, path: Path, error: BaseException) -> None:
+        super().__init__(f"cannot write {path}: {getattr(error, 'strerror', None) or error}")
+        self.path = path
+        self.error = error
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, from an OSError or from the text of an HDF5 error."""
+    if isinstance(exc, WriteFailed):
+        exc = exc.error
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)  # h5py reports the C library's errno inside its message
+    return any(s in text for s in ("errno = 28,", "errno = 122,", "No space left", "quota"))
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes this process may still write on the filesystem holding ``path``.
+
+    root may use the blocks reserved for it, so they count for root.
+    """
+    try:
+        st = os.statvfs(path if path.is_dir() else path.parent)
+    except OSError:
+        return 0
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
+
+
+def disk_error(
+    action: str, path: Path, exc: BaseException, needed: int | None = None
+) -> OutputError:
+    """An OutputError for a failed write, with the space needed and free for ENOSPC/EDQUOT."""
+    if is_disk_full(exc):
         need = f"needed about {_mb(needed)}, " if needed else ""
         return OutputError(
-            f"disk full while {action} {path}: {need}{_mb(free)} free on its filesystem"
+            f"disk full while {action} {path}: {need}{_mb(free_bytes(path))} free on its filesystem"
         )
+    if isinstance(exc, WriteFailed):
+        exc = exc.error
     verb = {"writing": "write", "creating": "create"}.get(action, action)
-    return OutputError(f"cannot {verb} {path}: {exc.strerror or exc}")
+    return OutputError(f"cannot {verb} {path}: {getattr(exc, 'strerror', None) or exc}")
 
 
 def _mb(n: int | float | None) -> str:
@@ -91,40 +126,54 @@ class OutputLock:
 
     The kernel drops the lock when its holder dies, so a lock left by a killed
     run never blocks the next run. The file holds the holder's pid and command,
-    to name it in the message a second run prints.
+    to name it in the message a second run prints. It is opened without
+    following a symbolic link and without truncating anything before the lock
+    is held, so a link or hard link planted at its name cannot make melcli
+    write into another file.
     """
 
     def __init__(self, output: Path) -> None:
         self.path = hidden_sibling(output, ".lock")
-        self._fh: io.TextIOWrapper | None = None
+        self._fd: int | None = None
 
     def acquire(self, command: str) -> None:
         """Take the lock or raise OutputError naming the running holder."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+            fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(
+                    f"lock {self.path} is a symbolic link; refusing to follow it (remove it)"
+                ) from None
             raise OutputError(f"cannot create lock {self.path}: {exc.strerror or exc}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a hard link"
+            raise OutputError(f"lock {self.path} is {what}; refusing to use it (remove it)")
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown process"
-            fh.close()
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
             raise OutputError(
-                f"another melcli is writing this output ({holder}); lock {self.path}"
+                f"another melcli is writing this output ({holder or 'unknown process'}); "
+                f"lock {self.path}"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}: {command}\n")
-        fh.flush()
-        self._fh = fh
+        try:  # best effort: the lock is what matters, the text only names its holder
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {command}\n".encode("utf-8", "replace"), 0)
+        except OSError:
+            pass
+        self._fd = fd
 
     def release(self) -> None:
         """Drop the lock (the lock file stays: removing it would race)."""
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 #: Fields a part of a long file adds to its entry record in a chunk.
@@ -213,11 +262,73 @@ class ChunkFile:
 
 
 class WorkDir:
-    """The resumable progress of one output: ``state.json`` + chunk files."""
+    """Everything temporary of one output, in ``.<output>.melcli-work/``.
+
+    ``state.json`` and the chunk files (the resumable progress), the new output
+    while it is built (``new-<pid>...``) and, during a directory swap, the
+    previous tree (``old-<pid>``, then ``trash-<pid>`` while it is deleted).
+    Nothing temporary lives beside the output, so one output's cleanup never
+    touches another's, whatever their names.
+    """
 
     def __init__(self, output: Path) -> None:
         self.path = hidden_sibling(output, ".melcli-work")
         self.state_path = self.path / "state.json"
+
+    def check(self) -> None:
+        """Refuse a work directory that is a link, not a directory, or someone else's.
+
+        Raises
+        ------
+        OutputError
+            It is a symbolic link (it would send melcli's writes and deletions
+            elsewhere), not a directory, or owned by another user.
+        """
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OutputError(f"cannot use {self.path}: {exc.strerror or exc}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise OutputError(
+                f"work directory {self.path} is a symbolic link; refusing to follow it (remove it)"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{self.path} is not melcli's work directory; remove it")
+        if st.st_uid != os.geteuid():
+            raise OutputError(
+                f"work directory {self.path} belongs to another user (uid {st.st_uid}); "
+                "refusing to use it"
+            )
+
+    def create(self) -> None:
+        """Make the directory (mode 0700), or check the one that is there."""
+        try:
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise disk_error("creating", self.path, exc) from None
+        self.check()
+
+    def temp(self, name: str) -> Path:
+        """``new-<pid><suffix>``-like names of this run's temporaries, inside the directory."""
+        return self.path / f"{name}-{os.getpid()}"
+
+    def remove_temporaries(self) -> None:
+        """Delete what killed runs left: new outputs, and old trees being deleted."""
+        if not self.path.is_dir() or self.path.is_symlink():
+            return
+        for prefix in ("new-", "old-", "trash-"):
+            for path in self.path.glob(prefix + "*"):
+                _remove(path)
+
+    def old_trees(self) -> list[Path]:
+        """Whole previous npy trees a swap cut between its renames left here."""
+        if not self.path.is_dir() or self.path.is_symlink():
+            return []
+        return sorted(self.path.glob("old-*"), key=lambda p: p.stat().st_mtime)
 
     def exists(self) -> bool:
         """True when an earlier run left progress here."""
@@ -236,8 +347,8 @@ class WorkDir:
         """Create (or, with ``keep``, reuse) the directory and record ``state``."""
         if not keep:
             self.remove()
+        self.create()
         try:
-            self.path.mkdir(exist_ok=True)
             for stale in self.path.glob("*.tmp"):
                 stale.unlink()
             tmp = self.path / "state.json.tmp"
@@ -293,8 +404,18 @@ class WorkDir:
                 yield ChunkRecord("entry", rec, tuple(got[i] for i in range(n_parts)))
 
     def remove(self) -> None:
-        """Delete the directory and everything in it."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the directory and everything in it (never through a link)."""
+        if self.path.is_dir() and not self.path.is_symlink():
+            _remove(self.path)
+
+
+def _remove(path: Path) -> None:
+    from melcli.writers import remove_tree  # no recursion: npy trees may be deep
+
+    if path.is_dir() and not path.is_symlink():
+        remove_tree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _checkpoint_seconds() -> float:
@@ -396,5 +517,4 @@ class Spool:
             fsync_path(self.workdir.path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            needed = sum(data.nbytes for _, data in entries)
-            raise disk_error("writing", final, exc, needed=needed) from None
+            raise WriteFailed(final, exc) from None  # the runner says how much space the run needs

@@ -3,10 +3,10 @@
 Writers live only in the parent process (the one writer). New entries are
 written as they are computed; entries of the previous output (copied byte for
 byte) and entries resumed from an interrupted run are added at the end. Each
-writer builds its result beside the output under a temporary name and moves it
-into place only in `Writer.commit`, after it is flushed to disk, so an existing
-output is never half-overwritten and an aborted run leaves nothing at the
-output path.
+writer builds its result in the output's work directory (``.<output>.melcli-work/``)
+and moves it into place only in `Writer.commit`, after it is flushed to disk, so an
+existing output is never half-overwritten and an aborted run leaves nothing at
+the output path.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import posixpath
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ import numpy as np
 from melcli import manifest as manifest_mod
 from melcli.discover import valid_key
 from melcli.errors import EntryError, OutputError
-from melcli.workdir import disk_error, fault_point, hidden_sibling
+from melcli.workdir import WorkDir, WriteFailed, fault_point
 
 FORMATS = ("h5", "npy")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -67,6 +68,28 @@ def read_manifest(output: Path, fmt: str) -> dict[str, Any]:
     if not isinstance(man, dict) or "params" not in man:
         raise OutputError(f"{output} is not a melcli HDF5 output")
     return man
+
+
+def check_h5_output(output: Path) -> str | None:
+    """Check that ``output`` is a melcli HDF5 file without reading its manifest.
+
+    Returns where it recorded its JSON sidecar (None: ``<stem>.json``).
+
+    Raises
+    ------
+    OutputError
+        Not an HDF5 file melcli wrote.
+    """
+    import h5py
+
+    try:
+        with h5py.File(output, "r") as f:
+            if "manifest" not in f or "melcli_version" not in f.attrs:
+                raise OutputError(f"{output} has no melcli manifest")
+            side = f.attrs.get("sidecar")
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise OutputError(f"{output} is not a readable HDF5 file ({exc})") from None
+    return side if isinstance(side, str) else None
 
 
 def check_key(key: str) -> None:
@@ -138,6 +161,7 @@ class Writer(Protocol):
     path: Path
     format: str
     warnings: list[str]
+    committed: bool  # the new output is in place (set by `commit`, right after its rename)
 
     def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:
         """Store frames ``frame...`` of the entry ``record`` (shape ``record['shape']``).
@@ -166,86 +190,114 @@ class Writer(Protocol):
 
 
 class H5Writer:
-    """One HDF5 file: ``/features/<key>`` datasets, ``/frequencies/<rate>``, ``/manifest``."""
+    """One HDF5 file: ``/features/<key>`` datasets, ``/frequencies/<rate>``, ``/manifest``.
+
+    HDF5 buffers metadata and small raw writes and flushes them when an object
+    is closed, so a full disk often surfaces there, not in the write call.
+    Every dataset is therefore closed explicitly inside the write that made it,
+    and at the first error the file is abandoned (`_abandon`): its descriptor is
+    pointed at /dev/null before HDF5 closes it, so HDF5's final flush cannot
+    fail, and nothing touches the broken file again.
+    """
 
     format = "h5"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tmp: Path, sidecar: Path | None = None) -> None:
         import h5py
 
         self.path = path
-        self.tmp = hidden_sibling(path, f".tmp-{os.getpid()}")
+        self.tmp = tmp
+        self.sidecar = sidecar if sidecar is not None else manifest_path(path, "h5")
         self.warnings: list[str] = []
+        self.committed = False
         self._old: Any = None
+        self._broken = False
         self._partial: dict[str, list[Any]] = {}  # long files whose parts are still coming
         try:
-            self._file: Any = h5py.File(self.tmp, "w")
+            self._file: Any = h5py.File(_create_h5(self.tmp))
             self._writeback = Writeback(self.tmp)
             self._maker = _EntryMaker()
         except OSError as exc:
             raise OutputError(f"cannot create {self.tmp}: {exc}") from None
 
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn any failure inside HDF5 into `WriteFailed`, abandoning the file first."""
+        if self._broken:
+            raise WriteFailed(self.tmp, OSError(errno.EIO, "the output was abandoned"))
+        try:
+            yield
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._abandon()
+            raise WriteFailed(self.tmp, exc) from None
+
     def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:  # noqa: D102
         key = record["key"]
         shape = tuple(record["shape"])
-        whole = frame == 0 and data.shape == shape
-        try:
-            if whole:
-                check_key(key)
-                self._maker.create(self._file, record, data)
+        check_key(key)
+        with self._guard():
+            if frame == 0 and data.shape == shape:  # a whole file
+                _close(self._maker.create(self._file, record, data))
             else:  # a part of a long file: [dataset, frames still missing]
                 if key not in self._partial:
-                    check_key(key)
                     self._partial[key] = [self._maker.create(self._file, record, None), shape[-1]]
                 entry = self._partial[key]
                 entry[0][..., frame : frame + data.shape[-1]] = data
                 entry[1] -= data.shape[-1]
                 if entry[1] <= 0:
                     del self._partial[key]
+                    _close(entry[0])
             if not self._partial:  # parts land all over their dataset: keep its pages
                 self._writeback.wrote(data.nbytes)
-        except OSError as exc:
-            raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
         fault_point("write")
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
-        return np.asarray(self._file[f"features/{key}"][..., frame : frame + n_frames])
+        with self._guard():
+            return np.asarray(self._file[f"features/{key}"][..., frame : frame + n_frames])
 
     def discard(self, key: str) -> None:  # noqa: D102
-        self._partial.pop(key, None)
-        name = f"features/{key}"
-        if name in self._file:
-            del self._file[name]
-        # groups made only for this entry go too (the space of its data is not reused)
-        group = posixpath.dirname(name)
-        while group != "features" and group in self._file and not len(self._file[group]):
-            del self._file[group]
-            group = posixpath.dirname(group)
+        with self._guard():
+            entry = self._partial.pop(key, None)
+            if entry is not None:
+                _close(entry[0])
+            name = f"features/{key}"
+            if name in self._file:
+                del self._file[name]
+            # groups made only for this entry go too (the space of its data is not reused)
+            group = posixpath.dirname(name)
+            while group != "features" and group in self._file and not len(self._file[group]):
+                del self._file[group]
+                group = posixpath.dirname(group)
 
     def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
         import h5py
 
-        if self._old is None:
-            self._old = h5py.File(old_output, "r")
-        name = f"features/{record['key']}"
-        parent = self._file.require_group(posixpath.dirname(name))
-        try:
+        with self._guard():
+            if self._old is None:
+                self._old = h5py.File(old_output, "r")
+            name = f"features/{record['key']}"
+            parent = self._file.require_group(posixpath.dirname(name))
             self._old.copy(self._old[name], parent, name=posixpath.basename(name))
             self._writeback.wrote(entry_nbytes(record))
-        except OSError as exc:
-            raise disk_error("writing", self.tmp, exc) from None
         fault_point("assemble")
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:  # noqa: D102
         name = f"frequencies/{sample_rate}"
-        if name not in self._file:
-            self._file.create_dataset(name, data=np.asarray(freqs, dtype=np.float64))
+        with self._guard():
+            if name not in self._file:
+                self._file.create_dataset(name, data=np.asarray(freqs, dtype=np.float64))
 
     def commit(self, manifest: dict[str, Any]) -> None:  # noqa: D102
         import h5py
 
         f = self._file
-        try:
+        if self.sidecar != manifest_path(self.path, "h5"):  # --manifest: say where, both ways
+            manifest = {**manifest,
+                        "sidecar": os.path.relpath(self.sidecar, self.path.parent),
+                        "output": os.path.relpath(self.path, self.sidecar.parent)}  # fmt: skip
+        with self._guard():
+            if "sidecar" in manifest:
+                f.attrs["sidecar"] = manifest["sidecar"]
             f.attrs["melcli_version"] = manifest["melcli_version"]
             f.attrs["command"] = manifest["command"]
             f.attrs["created"] = manifest["created"]
@@ -255,36 +307,60 @@ class H5Writer:
             )
             f.flush()
             f.close()
-            self._close_old()
+        self._close_old()
+        try:
             self._writeback.close()
             manifest_mod.fsync_path(self.tmp)
             fault_point("rename")
             os.replace(self.tmp, self.path)
-            manifest_mod.fsync_path(self.path.parent)
         except OSError as exc:
             self.abort()
-            raise disk_error("writing", self.tmp, exc) from None
+            raise WriteFailed(self.tmp, exc) from None
+        self.committed = True  # from here on the new output is in place
+        try:
+            manifest_mod.fsync_path(self.path.parent)
+        except OSError as exc:
+            self.warnings.append(f"cannot flush directory {self.path.parent}: {exc.strerror}")
         fault_point("after-rename")
         # The sidecar is a copy of /manifest; a crash or a write error right here
         # leaves it stale, and the next run repairs it from the HDF5 file (see
         # runner.repair_sidecar): the output itself is complete, so only warn.
         try:
-            manifest_mod.write_atomic(manifest_path(self.path, "h5"), manifest_mod.dumps(manifest))
+            manifest_mod.write_atomic(self.sidecar, manifest_mod.dumps(manifest))
         except OutputError as exc:
             self.warnings.append(f"{exc}; the manifest inside {self.path.name} is complete")
 
     def _close_old(self) -> None:
         if self._old is not None:
-            self._old.close()
+            with contextlib.suppress(Exception):
+                self._old.close()
             self._old = None
 
-    def abort(self) -> None:  # noqa: D102
-        try:
+    def _abandon(self) -> None:
+        """Drop the file without letting HDF5 write to it again (see the class docstring).
+
+        Its descriptor is pointed at an anonymous memory file, where HDF5's
+        closing flush succeeds (/dev/null would fail its final truncate).
+        """
+        if self._broken:
+            return
+        self._broken = True
+        for entry in self._partial.values():
+            with contextlib.suppress(Exception):
+                _close(entry[0])
+        self._partial.clear()
+        self.tmp.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
             if self._file.id.valid:
+                fd = self._file.id.get_vfd_handle()
+                sink = os.memfd_create("melcli-abandoned", os.MFD_CLOEXEC)
+                os.dup2(sink, fd)
+                os.close(sink)
                 self._file.close()
-        except Exception:  # closing a broken file must not hide the first error
-            pass
         self._close_old()
+
+    def abort(self) -> None:  # noqa: D102
+        self._abandon()
         self._writeback.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -294,16 +370,16 @@ class NpyWriter:
 
     format = "npy"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tmp: Path, old: Path, trash: Path) -> None:
         self.path = path
-        self.tmp = hidden_sibling(path, f".tmp-{os.getpid()}")
+        self.tmp = tmp
+        self._old, self._trash = old, trash
         self.warnings: list[str] = []
+        self.committed = False
         try:
-            if self.tmp.exists():
-                remove_tree(self.tmp)
             self.tmp.mkdir()
         except OSError as exc:
-            raise disk_error("creating", self.tmp, exc) from None
+            raise WriteFailed(self.tmp, exc) from None
         self._writeback = Writeback()
 
     def _target(self, key: str) -> Path:
@@ -317,11 +393,12 @@ class NpyWriter:
         try:
             target = self._target(record["key"])
             if frame == 0 and data.shape == shape:  # a whole file
-                np.save(target, data, allow_pickle=False)
+                _save_npy(target, data)
                 self._writeback.wrote(data.nbytes, target)
             else:  # a part of a long file, written in place (its pages stay cached)
-                mode = "r+" if target.exists() else "w+"
-                out = np.lib.format.open_memmap(target, mode, record["dtype"], shape)
+                if not target.exists():
+                    _create_npy(target, np.dtype(record["dtype"]), shape)
+                out = np.lib.format.open_memmap(target, "r+")
                 out[..., frame : frame + data.shape[-1]] = data
                 out.flush()
                 del out
@@ -330,7 +407,7 @@ class NpyWriter:
             if bad_name is not None:
                 self.discard(record["key"])  # directories made for it
                 raise bad_name from None
-            raise disk_error("writing", self.tmp, exc, needed=entry_nbytes(record)) from None
+            raise WriteFailed(self.tmp, exc) from None
         fault_point("write")
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
@@ -358,35 +435,62 @@ class NpyWriter:
             except OSError:
                 shutil.copy2(src, target)
         except OSError as exc:
-            raise disk_error("writing", self.tmp, exc) from None
+            raise WriteFailed(self.tmp, exc) from None
         fault_point("assemble")
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:  # noqa: D102
         pass  # the manifest's "frequencies" holds them for this format
 
     def commit(self, manifest: dict[str, Any]) -> None:  # noqa: D102
-        old = hidden_sibling(self.path, f".old-{os.getpid()}")
         try:
             manifest_mod.write_atomic(self.tmp / "manifest.json", manifest_mod.dumps(manifest))
             _syncfs(self.tmp)  # one call flushes every .npy written, instead of one per file
             fault_point("rename")
-            if self.path.is_dir() and not self.path.is_symlink():
-                _exchange_or_rename(self.tmp, self.path, old)
+            if self.path.is_dir():  # the runner checked it is a melcli output
+                _exchange_or_rename(self.tmp, self.path, self._old)
             else:
-                if self.path.exists() or self.path.is_symlink():
-                    self.path.unlink()
-                os.rename(self.tmp, self.path)
-            manifest_mod.fsync_path(self.path.parent)
-        except OSError as exc:
+                os.rename(self.tmp, self.path)  # nothing there (or an empty directory)
+        except (OSError, OutputError) as exc:
             self.abort()
-            raise disk_error("writing", self.path, exc) from None
+            raise WriteFailed(self.path, exc) from None
+        self.committed = True
+        with contextlib.suppress(OSError):
+            manifest_mod.fsync_path(self.path.parent)
         fault_point("after-rename")
         self._writeback.close()
-        remove_tree(old)
+        # renamed before it is deleted: a tree named old-* is always whole, and
+        # only such a tree is ever put back (runner.remove_stale)
+        with contextlib.suppress(OSError):
+            os.rename(self._old, self._trash)
+        remove_tree(self._trash)
 
     def abort(self) -> None:  # noqa: D102
         self._writeback.close()
         remove_tree(self.tmp)
+
+
+def _save_npy(path: Path, data: np.ndarray) -> None:
+    """``np.save`` with Python's own writes, so a full disk is an ENOSPC OSError.
+
+    (``np.save`` writes with C stdio and reports a short write as
+    ``2048 requested and 2016 written``, without an errno.)
+    """
+    data = np.ascontiguousarray(data)
+    with open(path, "xb") as fh:
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(data))
+        fh.write(data.reshape(-1).view(np.uint8).data)
+
+
+def _create_npy(path: Path, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+    """An .npy file of ``shape`` with its space reserved (a memory map of a sparse
+    file on a full disk would die of SIGBUS instead of raising ENOSPC)."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": shape}  # fmt: skip
+    with open(path, "xb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        size = fh.tell() + int(np.prod(shape)) * dtype.itemsize
+        fh.flush()
+        os.posix_fallocate(fh.fileno(), 0, size)
 
 
 #: The new output is flushed to disk and dropped from the page cache whenever
@@ -486,14 +590,20 @@ def _rename_exchange(a: Path, b: Path) -> bool:
     return bool(rc == 0)
 
 
-def open_writer(output: Path, fmt: str) -> Writer:
-    """Create the writer for ``output`` in format ``fmt`` ('h5' or 'npy')."""
+def open_writer(output: Path, fmt: str, work: WorkDir, sidecar: Path | None = None) -> Writer:
+    """Create the writer for ``output`` in format ``fmt`` ('h5' or 'npy').
+
+    Its temporaries live in the work directory ``work`` (created beforehand);
+    ``sidecar`` is where an HDF5 output's JSON manifest goes (default ``<stem>.json``).
+    """
     path = output.absolute()
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {output}: directory {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"cannot write {output}: directory {path.parent} is not writable")
-    return H5Writer(path) if fmt == "h5" else NpyWriter(path)
+    if fmt == "h5":
+        return H5Writer(path, work.temp("new").with_suffix(".h5"), sidecar)
+    return NpyWriter(path, work.temp("new"), work.temp("old"), work.temp("trash"))
 
 
 _NUMERIC_ATTRS = (("sample_rate", "<i8"), ("n_samples", "<i8"), ("duration", "<f8"),
@@ -557,6 +667,32 @@ class _EntryMaker:
             string = np.array(text, dtype=self.str_dtype)
             h5a.create(dsid, label, self.text, self.scalar).write(string)
         return h5py.Dataset(dsid)
+
+
+def _create_h5(path: Path) -> Any:
+    """A new HDF5 file (never an existing one, nor through a link), as h5py's ``"x"``
+    mode would make it, but without HDF5's raw-data sieve buffer: data reaches
+    the file inside the write call, where a full disk is an exception, instead
+    of when the dataset is closed."""
+    from h5py import h5f, h5p
+
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5f.LIBVER_EARLIEST, h5f.LIBVER_LATEST)
+    fapl.set_sieve_buf_size(0)
+    return h5f.create(os.fsencode(path), h5f.ACC_EXCL, fapl=fapl)
+
+
+def _close(dataset: Any) -> None:
+    """Close an HDF5 dataset now, so a failed write surfaces here, as an exception.
+
+    When the close fails, HDF5 has already freed part of the dataset: h5py
+    must not close it again when the object is collected (that crashes).
+    """
+    try:
+        dataset.id._close()
+    except BaseException:
+        dataset.id.locked = True
+        raise
 
 
 def entry_nbytes(record: dict[str, Any]) -> int:

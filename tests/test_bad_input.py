@@ -224,8 +224,8 @@ def test_short_file_is_fine_with_center(
 def assert_nothing_written(tmp_path: Path, out: Path) -> None:
     assert not out.exists()
     assert not out.with_suffix(".json").exists()
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
-    assert leftovers == []
+    work = tmp_path / f".{out.name}.melcli-work"  # where the new output was being built
+    assert not list(work.glob("new-*"))
 
 
 @pytest.mark.parametrize("fmt", ["h5", "npy"])
@@ -494,5 +494,5 @@ def test_interrupt_leaves_nothing_at_output(
     assert "interrupted" in stderr if sig == signal.SIGINT else "terminated" in stderr
     assert not out.exists()
     assert not out.with_suffix(".json").exists()
-    assert not list(tmp_path.glob(f".{out.name}.tmp-*"))
-    assert not list(tmp_path.glob(f".{out.name}.old-*"))
+    work = tmp_path / f".{out.name}.melcli-work"  # kept for a resume, without the new output
+    assert not list(work.glob("new-*")) and not list(work.glob("old-*"))

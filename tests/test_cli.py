@@ -487,21 +487,20 @@ def test_directory_walk_rules(audio: AudioFactory, invoke: Invoke, tmp_path: Pat
 # ---------------------------------------------------------------------------
 # existing outputs
 # ---------------------------------------------------------------------------
-def test_existing_foreign_file_needs_overwrite(
+def test_existing_foreign_file_is_never_replaced(
     audio: AudioFactory, invoke: Invoke, tmp_path: Path
 ) -> None:
+    """Issue 15.2: a file that is not a melcli output is refused, --overwrite or not."""
     audio.tone("a.wav", seconds=0.2)
     out = tmp_path / "taken.h5"
     out.write_bytes(b"precious")
-    r = invoke("mel", audio.root, "-o", out, "-j1")
-    assert r.exit_code == 2
-    assert str(out) in r.stderr and "--overwrite" in r.stderr and "exists" in r.stderr
-    assert r.stdout == ""
-    assert out.read_bytes() == b"precious"
-    assert not (tmp_path / "taken.json").exists()
-    r = invoke("mel", audio.root, "-o", out, "-j1", "--overwrite")
-    assert r.exit_code == 0, r.stderr
-    assert sorted(h5_arrays(out)) == ["a.wav"]
+    for extra in ([], ["--overwrite"]):
+        r = invoke("mel", audio.root, "-o", out, "-j1", *extra)
+        assert r.exit_code == 2
+        assert str(out) in r.stderr and "not a melcli output" in r.stderr
+        assert r.stdout == ""
+        assert out.read_bytes() == b"precious"
+        assert not (tmp_path / "taken.json").exists()
 
 
 def test_foreign_directory_is_never_replaced(

@@ -165,7 +165,7 @@ def test_run_shorter_than_a_checkpoint_writes_features_once(tmp_path: Path) -> N
     assert killed.returncode == -signal.SIGKILL
     work = tmp_path / ".feats.h5.melcli-work"
     assert (work / "state.json").is_file() and not list(work.glob("chunk-*"))
-    temp = [p for p in tmp_path.iterdir() if p.name.startswith(".feats.h5.tmp-")]
+    temp = list(work.glob("new-*.h5"))  # the new output is built inside the work directory
     assert len(temp) == 1 and len(h5_content(temp[0])[0]) == 6  # complete, just not renamed
     again = run("mel", data, "-o", out, "-j", "1")
     assert again.returncode == 0, again.stderr
@@ -180,9 +180,9 @@ def test_checkpoint_reads_back_entries_it_no_longer_holds(
     """Past FLUSH_BYTES in memory, a checkpoint copies entries from the output being built."""
     monkeypatch.setattr(workdir, "FLUSH_BYTES", 100)
     out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
-    writer = writers.open_writer(out, fmt)
     work = WorkDir(out)
     work.start({"params": {}, "format": fmt}, keep=False)
+    writer = writers.open_writer(out, fmt, work)  # builds the output inside the work dir
     read: list[tuple[str, int, int]] = []
 
     def read_back(key: str, frame: int, n_frames: int) -> np.ndarray:
@@ -669,21 +669,23 @@ def test_dry_run_changes_nothing_not_even_a_stale_sidecar(tmp_path: Path) -> Non
     out = tmp_path / "feats.h5"
     assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
     side = out.with_suffix(".json")
-    side.write_text("{}")
+    stale = json.loads(side.read_text()) | {"totals": {}}  # a melcli manifest, out of date
+    side.write_text(json.dumps(stale))
     assert _cli("mel", data, "-o", out, "--dry-run")[0] == 0
-    assert side.read_text() == "{}"
+    assert json.loads(side.read_text()) == stale
     assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0  # a real run repairs it
     assert json.loads(side.read_text())["totals"]["entries"] == 2
 
 
 def test_directory_swap_cut_between_renames_is_undone(tmp_path: Path) -> None:
     """Without RENAME_EXCHANGE the npy swap is two renames; a kill between them leaves
-    the previous tree at .<name>.old-<pid>: the next run puts it back first."""
+    the previous tree at .<name>.melcli-work/old-<pid>: the next run puts it back first."""
     data = make_corpus(tmp_path / "data", n=2)
     out = tmp_path / "feats"
     assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
     before = content(out)
-    out.rename(tmp_path / ".feats.old-12345")
+    (tmp_path / ".feats.melcli-work").mkdir()
+    out.rename(tmp_path / ".feats.melcli-work" / "old-12345")
     code, _, stderr = _cli("mel", data, "-o", out, "-j", "1")
     assert code == 0 and "unchanged 2" in stderr
     assert content(out)[1] == before[1]
