@@ -395,7 +395,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         dry_run=kw["dry_run"], backend=kw["backend"],
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
     )  # fmt: skip
-    work = f".{output.name}.melcli-work"
+    work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"
     started = time.perf_counter()
     _STOPS.clear()
