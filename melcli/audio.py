@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +15,7 @@ import soundfile as sf
 
 from melcli.discover import open_regular, os_reason
 from melcli.errors import DecodeError
-from melcli.features import check_samples
+from melcli.features import check_samples, samples_error
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,30 @@ def probe(path: str) -> AudioInfo:
     return info
 
 
+#: Largest factor between a file's rate and ``--sr``, either way. Real audio rates
+#: run from 8 kHz (telephony) to 768 kHz (DXD), at most 96 apart; a header that
+#: claims a rate far outside them (1 Hz) is broken, and converting it would make
+#: up to ``ratio`` output samples per stored one (a 40 KB WAV "at 1 Hz" to 16 kHz:
+#: 2.9 GB of samples).
+MAX_RATIO = 256
+
+
+def check_ratio(orig_sr: int, target_sr: int) -> None:
+    """Raise DecodeError when ``orig_sr`` and ``target_sr`` are more than `MAX_RATIO` apart."""
+    if max(orig_sr, target_sr) > MAX_RATIO * min(orig_sr, target_sr):
+        raise DecodeError(
+            f"cannot resample {orig_sr} Hz to {target_sr} Hz: ratio above {MAX_RATIO}"
+        )
+
+
+def resampled_length(n: int, orig_sr: int, target_sr: int) -> int:
+    """Samples after resampling ``n``: ``librosa.resample``'s length, float rounding included.
+
+    (44100 -> 48000 Hz of 44100 samples gives 48001, not 48000.)
+    """
+    return int(math.ceil(n * (float(target_sr) / orig_sr)))
+
+
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample like ``librosa.resample(res_type='soxr_hq')`` (the librosa.load default).
 
@@ -169,9 +193,7 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """
     import soxr
 
-    # exactly librosa.resample's length, float rounding included (44100 -> 48000 Hz
-    # of 44100 samples gives 48001, not 48000)
-    n_out = int(math.ceil(y.shape[-1] * (float(target_sr) / orig_sr)))
+    n_out = resampled_length(y.shape[-1], orig_sr, target_sr)
     out = np.zeros((y.shape[0], n_out), dtype=np.float32)
     for c in range(y.shape[0]):
         res = soxr.resample(y[c], orig_sr, target_sr, quality="soxr_hq")
@@ -212,6 +234,8 @@ def load(
     """
     with open_audio(path, quiet) as f:
         info = AudioInfo(f.format, f.subtype, int(f.samplerate), int(f.channels), int(f.frames))
+        if sr is not None and sr != info.sample_rate:
+            check_ratio(info.sample_rate, sr)
         data = f.read(dtype="float32", always_2d=True)
         _check_complete(f, data.shape[0])
     check_samples(data)
@@ -223,6 +247,99 @@ def load(
     elif sr is not None:
         rate = sr
     return y, rate, info
+
+
+#: Samples per channel produced at a time when a file is resampled in blocks:
+#: decoding, resampling and the STFT each hold about this much, whatever the
+#: file's length or the conversion ratio.
+STREAM_SAMPLES = 1 << 18
+#: Resampled samples held back until the end of the input is known: the
+#: resampler's own output length may differ by a few samples from librosa's
+#: (`resampled_length`), and the tail is cut or zero-padded to librosa's.
+_TAIL = 1024
+
+
+def stream(
+    path: str, *, sr: int, mono: bool, quiet: bool = True
+) -> Generator[np.ndarray, None, None]:
+    """Decode and resample a file in blocks: joined, they are ``load(path, sr=sr, mono=mono)[0]``.
+
+    Bit for bit: libsoxr's output does not depend on how its input is cut into
+    chunks (``soxr.ResampleStream`` fed in blocks gives exactly what
+    ``soxr.resample`` of the whole signal gives; checked in the tests), and the
+    length is librosa's. Memory stays at a few `STREAM_SAMPLES` blocks.
+
+    Parameters
+    ----------
+    path : str
+    sr : int
+        Target rate.
+    mono : bool
+    quiet : bool
+        As in `load`.
+
+    Yields
+    ------
+    np.ndarray, shape (channels, k), float32
+        Consecutive blocks of the resampled signal (``channels`` 1 when ``mono``).
+
+    Raises
+    ------
+    DecodeError
+        As `load`: unreadable, truncated, non-finite or absurd samples, or a
+        ratio above `MAX_RATIO`. Raised when met, possibly after some blocks.
+    """
+    import soxr
+
+    with open_audio(path, quiet) as f:
+        _check_header(f.extra_info)
+        rate, channels = int(f.samplerate), int(f.channels)
+        check_ratio(rate, sr)
+        ratio = sr / rate
+        block = max(64, int(STREAM_SAMPLES / max(ratio, 1.0)))
+        streams = [
+            soxr.ResampleStream(rate, sr, 1, dtype="float32", quality="soxr_hq")
+            for _ in range(1 if mono else channels)
+        ]
+        n_in = given = 0
+        held = np.zeros((len(streams), 0), dtype=np.float32)
+        while True:
+            data = f.read(block, dtype="float32", always_2d=True)
+            last = data.shape[0] < block
+            n_in += data.shape[0]
+            try:
+                check_samples(data)
+            except DecodeError:
+                raise _scan_rest(f, data) from None
+            y = downmix(data) if mono else np.ascontiguousarray(data.T)
+            out = np.stack([s.resample_chunk(y[c], last=last) for c, s in enumerate(streams)])
+            held = np.concatenate([held, out], axis=1) if held.shape[1] else out
+            if held.shape[1] > _TAIL and not last:
+                yield held[:, :-_TAIL]
+                given += held.shape[1] - _TAIL
+                held = held[:, -_TAIL:].copy()
+            if last:
+                break
+        if n_in < f.frames:
+            raise DecodeError(f"truncated: decoded {n_in} of {f.frames} samples")
+    want = resampled_length(n_in, rate, sr) - given
+    if want < 0:  # never seen: libsoxr's count stays within a sample or two of librosa's
+        raise DecodeError(f"internal error: resampler overshot by {-want} samples")
+    tail = np.zeros((len(streams), want), dtype=np.float32)
+    n = min(want, held.shape[1])
+    tail[:, :n] = held[:, :n]
+    yield tail
+
+
+def _scan_rest(f: sf.SoundFile, data: np.ndarray) -> DecodeError:
+    """The error `check_samples` gives for the whole file, from its first bad block onwards."""
+    bad, peak = 0, 0.0
+    while data.shape[0]:
+        finite = np.isfinite(data)
+        bad += int(data.size - np.count_nonzero(finite))
+        peak = max(peak, float(np.abs(data, where=finite, out=np.zeros_like(data)).max()))
+        data = f.read(STREAM_SAMPLES, dtype="float32", always_2d=True)
+    return samples_error(bad, peak)
 
 
 def load_segment(path: str, start: int, stop: int, *, mono: bool) -> np.ndarray:

@@ -12,6 +12,7 @@ cached, instead of once per file as ``librosa.feature.melspectrogram`` does.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,9 @@ from melcli.params import FeatureParams, parse_window
 #: and a long file's frames never exist whole. Measured on a 30 s file at
 #: n_fft 2048: 13.5 ms in blocks of 2^17 samples, 22.6 ms in blocks of 2^21.
 BLOCK_SAMPLES = 1 << 17
+#: A streamed signal's frames are computed in runs of about this many samples
+#: (`compute_stream`), as a long file's parts are (pipeline.PART_SAMPLES).
+RUN_SAMPLES = 1 << 20
 #: Largest sample magnitude accepted: float audio is nominally within [-1, 1];
 #: far beyond this the power spectrum overflows float32.
 MAX_SAMPLE = 1e6
@@ -248,15 +252,24 @@ def scale(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
     ``(20 / power) * log10(max(amin, S))``, then clipped at ``max - top_db``.
     ``log``: ``ln(max(S, amin))``. ``linear``: unchanged.
     """
+    return clip_top_db(scale_values(spec, params), params)
+
+
+def scale_values(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """`scale` without the ``top_db`` clip: value by value, so any slice can be done alone."""
     if params.scale == "linear" or params.complex:
         return spec
     floored = np.maximum(spec, np.float32(params.amin))
     if params.scale == "log":
         return np.log(floored)
-    db = np.float32(20.0 / params.power) * np.log10(floored)
-    if params.top_db is not None and db.size:
-        db = np.maximum(db, db.max() - np.float32(params.top_db))
-    return db
+    return np.float32(20.0 / params.power) * np.log10(floored)
+
+
+def clip_top_db(db: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Clip dB values at ``max - params.top_db`` (in place when ``db`` is writable float32)."""
+    if params.scale != "db" or params.complex or params.top_db is None or not db.size:
+        return db
+    return np.maximum(db, db.max() - np.float32(params.top_db), out=db)
 
 
 def compute(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
@@ -332,17 +345,117 @@ def check_samples(y: np.ndarray) -> None:
         return
     hi, lo = float(np.max(y)), float(np.min(y))  # NaN propagates: one pass each, no copy
     if not (np.isfinite(hi) and np.isfinite(lo)):
-        bad = int(y.size - np.count_nonzero(np.isfinite(y)))
-        raise DecodeError(f"audio contains {bad} NaN/Inf samples")
+        raise samples_error(int(y.size - np.count_nonzero(np.isfinite(y))), 0.0)
     peak = max(hi, -lo)
     if peak > MAX_SAMPLE:  # |X|**2 of such samples overflows float32
-        raise DecodeError(
-            f"sample values up to {peak:.3g} are out of range (|x| <= {MAX_SAMPLE:g})"
-        )
+        raise samples_error(0, peak)
+
+
+def samples_error(bad: int, peak: float) -> DecodeError:
+    """What `check_samples` says of a signal with ``bad`` NaN/Inf samples, or else this peak."""
+    if bad:
+        return DecodeError(f"audio contains {bad} NaN/Inf samples")
+    return DecodeError(f"sample values up to {peak:.3g} are out of range (|x| <= {MAX_SAMPLE:g})")
+
+
+def compute_stream(
+    blocks: Iterable[np.ndarray], sr: int, params: FeatureParams, *, expected_samples: int = 0
+) -> np.ndarray:
+    """`compute` of a signal that arrives in consecutive blocks, never whole in memory.
+
+    Frames are computed as soon as their samples (and ``n_fft`` more, so the
+    end's centre padding can later be rebuilt from what is kept) have arrived,
+    in runs of about 2^20 samples as the parts of a long file are (see
+    `compute_segment`); only those samples and the features are held.
+    ``top_db`` is applied at the end, over the whole entry, as `compute` does.
+
+    Parameters
+    ----------
+    blocks : iterable of np.ndarray, shape (channels, k), float32
+        The signal, in order; blocks may be empty.
+    sr : int
+    params : FeatureParams
+    expected_samples : int
+        The signal's length if known (the header's), to allocate the features
+        once; a wrong guess costs a copy, not a wrong result.
+
+    Returns
+    -------
+    np.ndarray
+        As `compute` of the joined blocks.
+
+    Raises
+    ------
+    DecodeError
+        As `compute`, and whatever ``blocks`` raises.
+    """
+    check_file_params(params, sr, max(params.n_fft, 1))  # rate checks before any work
+    run = max(params.n_fft // params.hop_length + 2, RUN_SAMPLES // params.hop_length)
+    pending: list[np.ndarray] = []
+    buf = np.zeros((0, 0), dtype=np.float32)
+    buf_start = done = 0  # signal index of buf[:, 0]; frames computed
+    out = _Frames(params.n_frames(expected_samples))
+    for block in blocks:
+        check_samples(block)
+        pending.append(block)
+        avail = buf_start + buf.shape[-1] + sum(b.shape[-1] for b in pending)
+        a, b = segment_bounds(params, done, done + run)
+        if b + params.n_fft > avail:
+            continue
+        buf = np.concatenate([buf, *pending], axis=-1) if buf.size else np.concatenate(pending, -1)
+        pending.clear()
+        while b + params.n_fft <= avail:
+            x = pad_center(buf[:, max(a, 0) - buf_start : b - buf_start], params, max(0, -a), 0)
+            out.add(scale_values(frames_spectrogram(x, sr, params, run), params))
+            done += run
+            a, b = segment_bounds(params, done, done + run)
+        buf = buf[:, max(a, 0) - buf_start :].copy()
+        buf_start = max(a, 0)
+    if pending:
+        buf = np.concatenate([buf, *pending], axis=-1) if buf.size else np.concatenate(pending, -1)
+    n = buf_start + buf.shape[-1]
+    check_file_params(params, sr, n)
+    total = params.n_frames(n)
+    if done == 0:  # a short signal: exactly `compute`, padding included
+        out.add(scale_values(spectrogram(buf, sr, params), params))
+    elif total > done:
+        a, b = segment_bounds(params, done, total)
+        x = pad_center(buf[:, max(a, 0) - buf_start :], params, max(0, -a), max(0, b - n))
+        out.add(scale_values(frames_spectrogram(x, sr, params, total - done), params))
+    return _cast(clip_top_db(out.array(), params), params)
+
+
+class _Frames:
+    """Feature frames appended run by run into one array that grows geometrically."""
+
+    def __init__(self, expected: int) -> None:
+        self._out: np.ndarray | None = None
+        self._n = 0
+        self._expected = expected
+
+    def add(self, spec: np.ndarray) -> None:
+        k = spec.shape[-1]
+        if self._out is None or self._n + k > self._out.shape[-1]:
+            cap = max(self._n + k, 2 * self._n, self._expected)
+            grown = np.empty((*spec.shape[:-1], cap), dtype=spec.dtype)
+            if self._out is not None:
+                grown[..., : self._n] = self._out[..., : self._n]
+            self._out = grown
+        self._out[..., self._n : self._n + k] = spec
+        self._n += k
+
+    def array(self) -> np.ndarray:
+        assert self._out is not None
+        if self._n == self._out.shape[-1]:
+            return self._out
+        return np.ascontiguousarray(self._out[..., : self._n])
 
 
 def _finish(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
-    out = scale(spec, params)
+    return _cast(scale(spec, params), params)
+
+
+def _cast(out: np.ndarray, params: FeatureParams) -> np.ndarray:
     if out.dtype != np.dtype(params.out_dtype):
         with np.errstate(over="ignore"):
             cast = out.astype(params.out_dtype)

@@ -73,6 +73,9 @@ class Task:
         The container its header announced ('' if not probed).
     info : AudioInfo, optional
         The header, for the parts of a long file (read once by the parent).
+    stream : bool
+        Decode, resample and compute the file block by block (`audio.stream`):
+        a file that needs resampling and is long before or after it.
     """
 
     source: Source
@@ -82,6 +85,7 @@ class Task:
     frame_stop: int = 0
     format: str = ""
     info: audio.AudioInfo | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,17 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
             st = os.stat(source.path)
         except OSError as exc:
             raise DecodeError(os_reason(source.path, exc)) from None
-        if task.parts == 1:
+        if task.stream and task.info is not None and params.sr is not None:
+            info, sr = task.info, params.sr
+            blocks = audio.stream(
+                source.path, sr=sr, mono=params.mono, quiet=task.format in ("", "MP3")
+            )
+            expected = audio.resampled_length(info.frames, info.sample_rate, sr)
+            counted = _Counted(blocks)
+            data = features.compute_stream(counted, sr, params, expected_samples=expected)
+            n_samples = counted.n
+            shape = tuple(int(n) for n in data.shape)
+        elif task.parts == 1:
             y, sr, info = audio.load(
                 source.path, sr=params.sr, mono=params.mono, quiet=task.format in ("", "MP3")
             )
@@ -182,20 +196,35 @@ PART_SAMPLES = 1 << 20
 SEEKABLE_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "AIFF", "CAF", "W64", "RF64", "AU", "NIST"})
 
 
+class _Counted:
+    """Iterate over signal blocks, counting their samples (per channel)."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self._blocks = blocks
+        self.n = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self._blocks:
+            self.n += block.shape[-1]
+            yield block
+
+
 def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> list[Task]:
     """One task per file, or several frame ranges for a long file.
 
     A file is split when it is long, seekable sample-exactly, needs no
-    resampling (a resampler's output depends on the whole signal) and no
-    ``top_db`` (which needs the whole entry's maximum).
+    resampling and no ``top_db`` (which needs the whole entry's maximum). A
+    long file that needs resampling is one task that streams (`Task.stream`):
+    the resampler's state carries from block to block, so its parts could not
+    be computed apart and give the same samples.
     """
     n = info.frames
-    if (
-        n <= SPLIT_SAMPLES
-        or info.format not in SEEKABLE_FORMATS
-        or (params.sr is not None and params.sr != info.sample_rate)
-        or params.top_db is not None
-    ):
+    resampled = params.sr is not None and params.sr != info.sample_rate
+    if resampled and params.sr is not None:
+        if max(n, audio.resampled_length(n, info.sample_rate, params.sr)) > SPLIT_SAMPLES:
+            return [Task(source, format=info.format, info=info, stream=True)]
+        return [Task(source, format=info.format)]
+    if n <= SPLIT_SAMPLES or info.format not in SEEKABLE_FORMATS or params.top_db is not None:
         return [Task(source, format=info.format)]
     total = params.n_frames(n)
     # every part spans more than n_fft samples, so the centre padding at either

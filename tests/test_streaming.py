@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from melcli import audio, features, pipeline
 from melcli.cli import cli
 from melcli.discover import Source
+from melcli.errors import DecodeError
 from melcli.params import FeatureParams
 
 SPEECH = ["--sr", "16000", "--n-fft", "512", "--win-length", "400", "--hop-length", "160",
@@ -178,3 +179,126 @@ def test_long_file_failing_in_several_parts_is_one_skip_line(tmp_path: Path) -> 
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "ok.wav.npy"]
     man = json.loads((tmp_path / "o.json").read_text())
     assert [f["key"] for f in man["failures"]] == ["sub/cut.flac"]
+
+
+# ---------------------------------------------------------------------------
+# files that need resampling: decoded, resampled and computed block by block
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("rate", "sr", "channels", "n"),
+    [(44100, 16000, 1, 123_457), (8000, 48000, 2, 40_001), (48000, 22050, 2, 96_000)],
+)
+def test_resampled_blocks_are_the_whole_file_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: int, sr: int, channels: int, n: int
+) -> None:
+    """soxr fed in blocks gives exactly soxr over the whole signal, librosa's length included."""
+    path = tmp_path / "a.wav"
+    sf.write(path, _signal(n / rate + 1, rate, channels=channels)[:n], rate, subtype="FLOAT")
+    monkeypatch.setattr(audio, "STREAM_SAMPLES", 5000)  # dozens of blocks
+    monkeypatch.setattr(features, "RUN_SAMPLES", 20_000)  # and of frame runs
+    for mono in (True, False):
+        whole, _, _ = audio.load(str(path), sr=sr, mono=mono)
+        blocks = list(audio.stream(str(path), sr=sr, mono=mono))
+        assert len(blocks) > 5
+        np.testing.assert_array_equal(np.concatenate(blocks, axis=-1), whole)
+        for params in (
+            FeatureParams(kind="mel", sr=sr, mono=mono, scale="db", top_db=60.0),
+            FeatureParams(kind="stft", sr=sr, mono=mono, complex=True, n_fft=511, hop_length=100),
+            FeatureParams(kind="mel", sr=sr, mono=mono, center=False, dtype="float16"),
+        ):
+            got = features.compute_stream(iter(blocks), sr, params, expected_samples=n)
+            want = features.compute(whole, sr, params)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            tol = 1e-6 * float(np.abs(want).max())
+            np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+def test_streamed_file_fails_as_the_whole_file_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaNs spread over many blocks: the same count as for the whole file; a cut FLAC."""
+    monkeypatch.setattr(audio, "STREAM_SAMPLES", 4096)
+    y = _signal(3.0, 16000)
+    y[100:110] = np.nan
+    y[30_000:30_005] = np.inf
+    sf.write(tmp_path / "nan.wav", y, 16000, subtype="FLOAT")
+    cut = tmp_path / "cut.flac"
+    sf.write(cut, _signal(20.0, 16000), 16000)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(DecodeError) as whole:
+        audio.load(str(tmp_path / "nan.wav"), sr=8000, mono=True)
+    with pytest.raises(DecodeError) as streamed:
+        list(audio.stream(str(tmp_path / "nan.wav"), sr=8000, mono=True))
+    assert str(streamed.value) == str(whole.value) == "audio contains 15 NaN/Inf samples"
+    # libsndfile words it differently when read in blocks; a file failure all the same
+    with pytest.raises(DecodeError, match="^cannot decode: |^truncated: "):
+        list(audio.stream(str(cut), sr=8000, mono=True))
+
+
+def _write_long(path: Path, seconds: int, sr: int) -> None:
+    """A PCM_16 file of ``seconds``, written ten seconds at a time (no hour in memory):
+    ten seconds of a chirp in noise, rotated by a different amount each time."""
+    base = (_signal(10.0, sr, seed=7)[:, 0] * 32767).astype(np.int16)
+    with sf.SoundFile(path, "w", sr, 1, subtype="PCM_16") as f:
+        for i in range(seconds // 10):
+            f.write(np.roll(base, i * 7919))
+
+
+def test_hour_long_file_resampled_in_bounded_memory_matches_librosa(tmp_path: Path) -> None:
+    """An hour at 44.1 kHz -> 16 kHz through the real executable: its peak memory stays
+    far below the hour's samples (636 MB as float32), and the first and last 30 s equal
+    librosa.load(sr=16000) + melspectrogram of the whole file."""
+    import librosa
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_long(data / "hour.wav", 3600, 44100)
+    out = tmp_path / "hour.h5"
+    # the peak RSS of melcli alone: this wrapper's only child
+    wrapper = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, "-m", "melcli", "mel", str(data),
+         "-o", str(out), "--sr", "16000", "-q"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    peak_mb = int(proc.stdout.split()[-1]) / 1024
+    assert peak_mb < 400, f"melcli peaked at {peak_mb:.0f} MB"  # whole-file resampling: 1.1 GB
+    with h5py.File(out) as f:
+        got = f["features/hour.wav"][()]
+    y, sr = librosa.load(data / "hour.wav", sr=16000)  # the whole file, resampled
+    assert got.shape == (128, 1 + len(y) // 512)
+    # librosa's frames on slices of it only: frames away from a slice's cut are
+    # the whole signal's, and the last frames see the real end of the signal
+    thirty, hop, margin = 30 * 16000 // 512, 512, 4
+    head = librosa.feature.melspectrogram(y=y[: (thirty + margin) * hop], sr=sr)[:, :thirty]
+    start = (len(y) // hop - thirty - margin) * hop  # frame-aligned
+    tail = librosa.feature.melspectrogram(y=y[start:], sr=sr)[:, margin:]
+    assert tail.shape[1] >= thirty
+    for ref, ours_ in ((head, got[:, :thirty]), (tail, got[:, start // hop + margin :])):
+        assert ours_.shape == ref.shape
+        np.testing.assert_allclose(ours_, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
+
+
+def test_absurd_resampling_ratio_is_a_recorded_failure(tmp_path: Path) -> None:
+    """A header claiming 1 Hz (long once resampled) or 100 Hz (short): one line each."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "onehz.wav", _signal(20_000, 1)[:20_000], 1, subtype="PCM_16")
+    sf.write(data / "hundred.wav", _signal(10.0, 100), 100, subtype="PCM_16")
+    sf.write(data / "ok.wav", _signal(1.0, 8000), 8000, subtype="PCM_16")
+    out = tmp_path / "o.h5"
+    res = CliRunner().invoke(cli, ["mel", str(data), "-o", str(out), "-j", "1", "--sr", "48000"])
+    assert res.exit_code == 3, res.stderr
+    man = json.loads((tmp_path / "o.json").read_text())
+    assert {f["key"]: f["reason"] for f in man["failures"]} == {
+        "onehz.wav": "cannot resample 1 Hz to 48000 Hz: ratio above 256",
+        "hundred.wav": "cannot resample 100 Hz to 48000 Hz: ratio above 256",
+    }
+    assert [e["key"] for e in man["entries"]] == ["ok.wav"]
+    assert "melcli: skipped onehz.wav: cannot resample 1 Hz to 48000 Hz: ratio above 256" in (
+        res.stderr
+    )
