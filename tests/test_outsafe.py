@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -450,3 +451,27 @@ def test_escaped_names_never_collide(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     with h5py.File(out) as f:
         assert sorted(f["features"]) == sorted(["x\\xff.wav", "x\\\\xff.wav"])
+
+
+def test_a_long_file_part_on_a_full_disk_is_an_error_not_sigbus(tmpfs: Path) -> None:
+    """An npy entry written in parts is memory-mapped; on a full disk its space must be
+    reserved first, or writing into the map kills the process with SIGBUS."""
+    subprocess.run(["mount", "-o", "remount,size=64k", str(tmpfs)], check=True)
+    code = f"""
+import numpy as np
+from pathlib import Path
+from melcli import writers
+from melcli.workdir import WorkDir, WriteFailed, is_disk_full
+out = Path({str(tmpfs / "feats")!r})
+work = WorkDir(out)
+work.create()
+w = writers.open_writer(out, "npy", work)
+rec = {{"key": "long.wav", "shape": [128, 1000], "dtype": "float32"}}
+try:
+    w.write_piece(rec, 0, np.ones((128, 10), np.float32))
+except WriteFailed as exc:
+    print("full" if is_disk_full(exc) else exc)
+w.abort()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "full", (proc.returncode, proc.stderr)
