@@ -349,6 +349,10 @@ class H5Writer:
             with contextlib.suppress(Exception):
                 _close(entry[0])
         self._partial.clear()
+        # truncated, not only unlinked: forked workers may hold the file open, and
+        # the space must be free now (and the message say how much there is)
+        with contextlib.suppress(OSError):
+            os.truncate(self.tmp, 0)
         self.tmp.unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             if self._file.id.valid:
