@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from melcli import manifest as manifest_mod
+from melcli.discover import open_regular, valid_key
 from melcli.errors import InputError, OutputError
 from melcli.params import FeatureParams
 
@@ -36,12 +36,20 @@ def _h5_beside(manifest: Path) -> Path:
 
 
 def kind_of(path: Path) -> str:
-    """Classify ``path``: 'h5', 'npy', 'manifest' or 'audio'."""
+    """Classify ``path``: 'h5', 'npy', 'manifest' or 'audio'.
+
+    Only a regular file is opened (a FIFO would block): anything else is
+    'audio', which reports why it cannot be read.
+    """
     if path.is_dir():
         return "npy" if (path / "manifest.json").is_file() else "audio"
-    if path.suffix.lower() == ".json":
-        return "manifest"
-    with open(path, "rb") as fh:
+    try:
+        fd, _ = open_regular(os.fspath(path))
+    except OSError:
+        return "audio"
+    with open(fd, "rb") as fh:
+        if path.suffix.lower() == ".json":
+            return "manifest"
         if fh.read(8) == b"\x89HDF\r\n\x1a\n":
             return "h5"
     return "audio"
@@ -69,23 +77,113 @@ def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
     }
 
 
-def _stats(key: str, arr: Any, record: dict[str, Any] | None) -> dict[str, Any]:
+#: Entry statistics are computed over blocks of frames of at most this many
+#: values, so memory stays bounded whatever the entry's size.
+STATS_BLOCK = 1 << 22
+
+
+def _stats(key: str, arr: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """min / max / mean / non-finite count of an entry, read block by block.
+
+    ``arr`` is an h5py dataset or a memory map of the right shape and dtype
+    (checked against ``record`` by the caller); complex values count by magnitude.
+    """
     import numpy as np
 
-    a = np.asarray(arr)
-    if np.iscomplexobj(a):
-        a = np.abs(a)
-    finite = a[np.isfinite(a)] if a.size else a
+    shape = tuple(arr.shape)
+    step = max(1, STATS_BLOCK // max(1, int(np.prod(shape[:-1]))))
+    lo, hi, total, finite = np.inf, -np.inf, 0.0, 0
+    for start in range(0, shape[-1] if shape else 0, step):
+        block = np.asarray(arr[..., start : start + step])
+        if np.iscomplexobj(block):
+            block = np.abs(block)
+        values = block[np.isfinite(block)]
+        if values.size:
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+            total += float(values.sum(dtype=np.float64))
+            finite += values.size
     return {
         "key": key,
-        "shape": list(a.shape),
-        "dtype": str(np.asarray(arr).dtype),
-        "min": float(finite.min()) if finite.size else None,
-        "max": float(finite.max()) if finite.size else None,
-        "mean": float(finite.astype(np.float64).mean()) if finite.size else None,
-        "non_finite": int(a.size - finite.size),
+        "shape": list(shape),
+        "dtype": str(arr.dtype),
+        "min": lo if finite else None,
+        "max": hi if finite else None,
+        "mean": total / finite if finite else None,
+        "non_finite": int(np.prod(shape)) - finite,
         "record": record,
     }
+
+
+def _record(man: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """The manifest record of entry ``key``; OutputError naming what ``key`` is instead."""
+    rec = next((e for e in man["entries"] if e["key"] == key), None)
+    if rec is not None:
+        return rec
+    inside = [e["key"] for e in man["entries"] if e["key"].startswith(key + "/")]
+    if inside:
+        raise OutputError(
+            f"{key!r} in {path} is a folder of {len(inside)} entries, not an entry "
+            f"(e.g. {inside[0]!r})"
+        )
+    raise OutputError(f"no entry {key!r} in {path}")
+
+
+def _check_stored(
+    key: str, path: Path, shape: tuple[int, ...], dtype: Any, rec: dict[str, Any]
+) -> None:
+    if shape != tuple(rec["shape"]) or str(dtype) != rec["dtype"]:
+        raise OutputError(
+            f"entry {key!r} in {path} holds {shape} {dtype}, but its manifest record "
+            f"says {tuple(rec['shape'])} {rec['dtype']}"
+        )
+
+
+def _h5_entry(f: Any, key: str, rec: dict[str, Any], path: Path) -> Any:
+    """The dataset of entry ``key``, checked before anything is read from it.
+
+    Its shape and dtype must be the record's, and its data must really be in the
+    file (melcli writes every byte): a crafted 1e12-value dataset that stores
+    nothing, or points at other files, is refused, not read.
+    """
+    import h5py
+
+    ds = f.get(f"features/{key}")
+    if not isinstance(ds, h5py.Dataset):
+        raise OutputError(f"entry {key!r} is in the manifest of {path} but not stored in it")
+    _check_stored(key, path, ds.shape, ds.dtype, rec)
+    dcpl = ds.id.get_create_plist()
+    stored = ds.id.get_storage_size()
+    if dcpl.get_external_count() or (not dcpl.get_nfilters() and stored < ds.nbytes):
+        raise OutputError(
+            f"entry {key!r} in {path} stores {stored} of its {ds.nbytes} bytes: "
+            "not an entry melcli wrote"
+        )
+    return ds
+
+
+def _npy_entry(file: Path, key: str, rec: dict[str, Any], path: Path) -> Any:
+    """A read-only memory map of an npy entry, its header checked against the record."""
+    import numpy as np
+
+    fd, st = open_regular(os.fspath(file))  # never a FIFO or a device
+    with open(fd, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(fh)
+        except ValueError as exc:
+            raise OutputError(
+                f"entry {key!r} in {path}: {file} is not an npy file ({exc})"
+            ) from None
+        _check_stored(key, path, shape, dtype, rec)
+        offset = fh.tell()
+        if fortran or st.st_size < offset + int(np.prod(shape)) * dtype.itemsize:
+            raise OutputError(f"entry {key!r} in {path}: {file} is truncated")
+        return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
@@ -95,28 +193,31 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
     ----------
     path : Path
     key : str, optional
-        Also load this entry and report min / max / mean / non-finite count.
+        Also report this entry's min / max / mean / non-finite count (read in
+        blocks of frames, after its size is checked against its record).
 
     Raises
     ------
     OutputError
-        Unreadable output or unknown key.
+        Unreadable output, not a melcli output (a crafted manifest), or a
+        ``key`` that is not one of its entries.
     """
+    if key is not None and not valid_key(key):
+        raise OutputError(f"--key {key!r} is not an entry key (a relative path, e.g. speech/a.wav)")
     kind = kind_of(path)
     if kind == "h5":
         import h5py
 
+        from melcli.writers import h5_manifest
+
         try:
             with h5py.File(path, "r") as f:
-                man = json.loads(f["manifest"][()])
+                man = h5_manifest(f, str(path))
                 info = _summary(man, path, path.stat().st_size)
                 if key is not None:
-                    name = f"features/{key}"
-                    if name not in f:
-                        raise OutputError(f"no entry {key!r} in {path}")
-                    rec = next((e for e in man["entries"] if e["key"] == key), None)
-                    info["entry"] = _stats(key, f[name][()], rec)
-        except (OSError, KeyError, ValueError) as exc:
+                    rec = _record(man, key, path)
+                    info["entry"] = _stats(key, _h5_entry(f, key, rec, path), rec)
+        except OSError as exc:
             raise OutputError(f"cannot read {path}: {exc}") from None
         return info
     if kind == "npy" or kind == "manifest":
@@ -131,14 +232,17 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
             size = _size_on_disk(root)
         info = _summary(man, path, size)
         if key is not None:
-            rec = next((e for e in man["entries"] if e["key"] == key), None)
-            if rec is None:
-                raise OutputError(f"no entry {key!r} in {path}")
+            rec = _record(man, key, path)
             if man["output_format"] == "h5":
+                if not data_path.exists():
+                    raise OutputError(f"{data_path}, which {path} describes, is missing")
                 return inspect_output(data_path, key) | {"path": str(path)}
-            import numpy as np
-
-            info["entry"] = _stats(key, np.load(root / f"{key}.npy", allow_pickle=False), rec)
+            try:
+                info["entry"] = _stats(key, _npy_entry(root / f"{key}.npy", key, rec, path), rec)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot read entry {key!r} of {path}: {exc.strerror or exc}"
+                ) from None
         return info
     raise InputError(f"{path} is not a melcli output")
 

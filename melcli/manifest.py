@@ -131,13 +131,116 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises
     ------
     OutputError
-        Not readable, not JSON, or not a melcli manifest.
+        Not readable, not JSON, or not a melcli manifest (see `validate`).
     """
+    from melcli.discover import open_regular
+
     try:
-        with open(path, encoding="utf-8") as fh:
+        fd, _ = open_regular(os.fspath(path))  # a FIFO named *.json would block open()
+        with open(fd, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise OutputError(f"cannot read manifest {path}: {exc}") from None
-    if not isinstance(data, dict) or "melcli_version" not in data or "params" not in data:
-        raise OutputError(f"{path} is not a melcli manifest")
+    return validate(data, str(path))
+
+
+_Number = (int, float)
+#: The fields of a manifest, its entries and its failures that melcli reads back.
+_FIELDS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "manifest": (("melcli_version", str), ("command", str), ("created", str),
+                 ("output_format", str), ("params", dict), ("entries", list),
+                 ("failures", list), ("totals", dict)),
+    "entry": (("key", str), ("source", str), ("sample_rate", int), ("channels", int),
+              ("duration", _Number), ("shape", list), ("dtype", str)),
+    "failure": (("key", str), ("source", str), ("reason", str)),
+}  # fmt: skip
+#: What melcli stores (``--dtype``, and complex with ``stft --complex``).
+_DTYPES = frozenset({"float16", "float32", "float64", "complex64", "complex128"})
+
+
+def _problem(record: Any, kind: str) -> str | None:
+    """What is wrong with one record of ``kind`` (None: nothing melcli reads is wrong)."""
+    from melcli.discover import valid_key
+
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not an object"
+    for name, types in _FIELDS[kind]:
+        if not isinstance(record.get(name), types):
+            return f"has no valid {name!r}"
+    if kind == "manifest":
+        return None
+    if not valid_key(record["key"]):
+        return f"has the key {record['key']!r}, not a relative path inside it"
+    if kind == "failure":
+        return None
+    shape = record["shape"]
+    if len(shape) not in (2, 3) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        return f"has an invalid shape {shape!r}"
+    if record["dtype"] not in _DTYPES or record["sample_rate"] <= 0:
+        return f"has an invalid dtype or rate ({record['dtype']!r}, {record['sample_rate']!r})"
+    return None
+
+
+def _fine(entries: list[Any]) -> bool:
+    """`_problem` finds nothing in any entry: the same checks, written for speed."""
+    from melcli.discover import valid_key
+
+    dtypes, number = _DTYPES, _Number
+    try:
+        for e in entries:
+            shape = e["shape"]
+            if not (
+                type(e["key"]) is str and valid_key(e["key"]) and type(e["source"]) is str
+                and type(e["sample_rate"]) is int and e["sample_rate"] > 0
+                and type(e["channels"]) is int and isinstance(e["duration"], number)
+                and e["dtype"] in dtypes and type(shape) is list and 2 <= len(shape) <= 3
+                and type(shape[0]) is int and type(shape[1]) is int
+                and type(shape[-1]) is int and min(shape) >= 0
+            ):  # fmt: skip
+                return False
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+def validate(data: Any, where: str) -> dict[str, Any]:
+    """Check that ``data`` is a melcli manifest, down to every field melcli reads back.
+
+    Keys must be keys melcli could have made (`melcli.discover.valid_key`): a
+    crafted ``../secret`` never names a file.
+
+    Parameters
+    ----------
+    data : object
+        Parsed JSON.
+    where : str
+        Named in the error (the output or manifest path).
+
+    Returns
+    -------
+    dict
+        ``data``.
+
+    Raises
+    ------
+    OutputError
+        ``<where> is not a melcli output: <what is wrong>``, one line.
+    """
+    problem = _problem(data, "manifest")
+    if problem is None:
+        if not isinstance(data["params"].get("kind"), str):
+            problem = "has no 'kind' in its params"
+        elif not isinstance(data["totals"].get("duration"), _Number):
+            problem = "has no 'duration' in its totals"
+        elif data["output_format"] not in ("h5", "npy"):
+            problem = f"has an unknown output_format {data['output_format']!r}"
+    if problem is not None:
+        raise OutputError(f"{where} is not a melcli output: its manifest {problem}")
+    for kind, records in (("entry", data["entries"]), ("failure", data["failures"])):
+        if kind == "entry" and _fine(records):  # the usual case, 1M entries in about a second
+            continue
+        for i, record in enumerate(records):
+            problem = _problem(record, kind)
+            if problem is not None:
+                raise OutputError(f"{where} is not a melcli output: {kind} {i} {problem}")
     return data

@@ -62,12 +62,34 @@ def read_manifest(output: Path, fmt: str) -> dict[str, Any]:
 
     try:
         with h5py.File(output, "r") as f:
-            man = json.loads(f["manifest"][()])
-    except (OSError, KeyError, ValueError) as exc:
+            return h5_manifest(f, str(output))
+    except OSError as exc:
         raise OutputError(f"{output} is not a readable melcli HDF5 output ({exc})") from None
-    if not isinstance(man, dict) or "params" not in man:
-        raise OutputError(f"{output} is not a melcli HDF5 output")
-    return man
+
+
+def h5_manifest(f: Any, where: str) -> dict[str, Any]:
+    """The manifest inside an open HDF5 output, checked (`manifest.validate`).
+
+    Only a scalar variable-length string is read: its bytes are really in the
+    file, so a crafted ``/manifest`` (a huge sparse array) is never read whole.
+
+    Raises
+    ------
+    OutputError
+        No manifest, or not a melcli one.
+    """
+    import h5py
+
+    ds = f.get("manifest")
+    string = isinstance(ds, h5py.Dataset) and h5py.check_string_dtype(ds.dtype)
+    if not string or ds.shape != () or string.length is not None:
+        what = "no /manifest" if ds is None else f"/manifest is not one JSON text ({ds!r})"
+        raise OutputError(f"{where} is not a melcli output: {what}")
+    try:
+        data = json.loads(ds[()])
+    except (OSError, ValueError, RecursionError) as exc:
+        raise OutputError(f"{where} is not a melcli output: /manifest: {exc}") from None
+    return manifest_mod.validate(data, where)
 
 
 def check_h5_output(output: Path) -> str | None:
