@@ -222,7 +222,7 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
         return info
     if kind == "npy" or kind == "manifest":
         man_path = path / "manifest.json" if kind == "npy" else path
-        man = manifest_mod.read(man_path)
+        man = manifest_mod.validate(manifest_mod.read(man_path), str(path))
         root = man_path.parent
         recorded = man.get("output")  # a sidecar put elsewhere with --manifest names its file
         data_path = path.parent / recorded if isinstance(recorded, str) else _h5_beside(path)

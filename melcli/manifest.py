@@ -131,7 +131,8 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises
     ------
     OutputError
-        Not readable, not JSON, or not a melcli manifest (see `validate`).
+        Not readable, not JSON, or not a melcli manifest. A manifest whose
+        content is used is checked further with `validate`.
     """
     from melcli.discover import open_regular
 
@@ -141,7 +142,9 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
             data = json.load(fh)
     except (OSError, ValueError, RecursionError) as exc:
         raise OutputError(f"cannot read manifest {path}: {exc}") from None
-    return validate(data, str(path))
+    if not isinstance(data, dict) or "melcli_version" not in data or "params" not in data:
+        raise OutputError(f"{path} is not a melcli manifest")
+    return data
 
 
 _Number = (int, float)

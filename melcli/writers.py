@@ -57,7 +57,7 @@ def read_manifest(output: Path, fmt: str) -> dict[str, Any]:
     if fmt == "npy":
         if not output.is_dir():
             raise OutputError(f"{output} is not a melcli npy output directory")
-        return manifest_mod.read(output / "manifest.json")
+        return manifest_mod.validate(manifest_mod.read(output / "manifest.json"), str(output))
     import h5py
 
     try:

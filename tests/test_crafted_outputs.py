@@ -107,7 +107,6 @@ def test_crafted_h5_manifest(h5_out: Path, melcli: RunMelcli, case: str) -> None
     assert_no_traceback(proc.stderr)
     assert proc.returncode == 2
     assert f"is not a melcli output: {says}" in proc.stderr
-    assert "use --overwrite" in proc.stderr
 
 
 def test_huge_dataset_with_key_is_not_read(h5_out: Path, melcli: RunMelcli) -> None:

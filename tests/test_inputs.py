@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,17 @@ def test_stdin_nul_in_a_newline_list(audio: AudioFactory, melcli: RunMelcli) -> 
     assert "-0" in proc.stderr
 
 
+@pytest.fixture
+def deep_cleanup(tmp_path: Path) -> Iterator[None]:
+    """Remove the test's trees without recursion afterwards: pytest's own cleanup
+    of old temporary directories (shutil.rmtree) would hit the recursion limit."""
+    yield
+    from melcli.writers import remove_tree
+
+    remove_tree(tmp_path)
+
+
+@pytest.mark.usefixtures("deep_cleanup")
 def test_very_deep_tree(audio: AudioFactory, melcli: RunMelcli, tmp_path: Path) -> None:
     """A tree 1000 levels deep is walked (no RecursionError), in the same order as
     a shallow one, and its files are read and written in both formats."""
