@@ -1,5 +1,5 @@
 """``python -m melcli``."""
 
-from melcli.cli import main
+from melcli._entry import main
 
 main()

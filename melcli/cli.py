@@ -49,6 +49,10 @@ class Terminated(BaseException):
     KeyboardInterrupt, so no ``except Exception`` on the way swallows it)."""
 
 
+class HungUp(BaseException):
+    """Raised in the parent when SIGHUP arrives (the terminal or ssh session closed)."""
+
+
 class MelcliGroup(click.Group):
     """Remembers the argument list, so the manifest can record the command."""
 
@@ -65,7 +69,8 @@ def _command_line() -> str:
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
-    click.echo(f"melcli: error: {message}", err=True)
+    with contextlib.suppress(OSError):  # stderr gone (a closed terminal): the code says it
+        click.echo(f"melcli: error: {message}", err=True)
     sys.exit(int(code))
 
 
@@ -85,7 +90,7 @@ def cli() -> None:
     \b
     Exit status: 0 all inputs written; 3 written but some inputs failed;
     1 nothing written (no audio, output not writable, ...); 2 bad usage;
-    130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+    129 hung up (SIGHUP); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
     """
 
 
@@ -257,10 +262,26 @@ def _build_params(kind: str, kw: dict[str, Any]) -> FeatureParams:
 _STOPS: list[type[BaseException]] = []
 
 
+#: The stop signals of a run and what each raises in the parent.
+_STOP_SIGNALS: dict[int, type[BaseException]] = {
+    signal.SIGINT: KeyboardInterrupt,
+    signal.SIGTERM: Terminated,
+    signal.SIGHUP: HungUp,
+}
+
+
+#: True once a stop exception has been raised and not dropped: further signals
+#: (a second Ctrl-C, a group SIGTERM after a SIGHUP) are noted but not raised,
+#: so they cannot cut short the checkpoint and clean-up of the first.
+_RAISED: list[bool] = [False]
+
+
 def _on_signal(signum: int, frame: Any) -> None:
-    stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    stop = _STOP_SIGNALS[signum]
     _STOPS.append(stop)
-    raise stop()
+    if not _RAISED[0]:
+        _RAISED[0] = True
+        raise stop()
 
 
 def _raise_dropped_stop() -> None:
@@ -269,9 +290,17 @@ def _raise_dropped_stop() -> None:
 
 
 def _unraisable(info: Any) -> None:
-    if isinstance(info.exc_value, Terminated | KeyboardInterrupt):
-        return  # a dropped stop signal: raised again at the next file, no traceback
+    if isinstance(info.exc_value, tuple(_STOP_SIGNALS.values())):
+        _RAISED[0] = False  # dropped: raised again at the next file, or by the next signal
+        return
     sys.__unraisablehook__(info)
+
+
+def _install_stop_handlers() -> dict[int, Any]:
+    """Handle SIGINT, SIGTERM and SIGHUP by raising (see `_STOP_SIGNALS`); return the old ones."""
+    _STOPS.clear()
+    _RAISED[0] = False
+    return {sig: signal.signal(sig, _on_signal) for sig in _STOP_SIGNALS}
 
 
 class _CliReporter:
@@ -398,8 +427,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"
     started = time.perf_counter()
-    _STOPS.clear()
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = _install_stop_handlers()
     previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
     warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
@@ -409,9 +437,11 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         _usage(str(exc))
     except runner.FailFast as exc:
         _fail(ExitCode.FAILED, f"{exc}; nothing written to {output}")
-    except (KeyboardInterrupt, Terminated) as exc:
-        code, what = ((ExitCode.TERMINATED, "terminated") if isinstance(exc, Terminated)
-                      else (ExitCode.INTERRUPTED, "interrupted"))  # fmt: skip
+    except (KeyboardInterrupt, Terminated, HungUp) as exc:
+        code, what = {
+            Terminated: (ExitCode.TERMINATED, "terminated"),
+            HungUp: (ExitCode.HANGUP, "hung up (SIGHUP)"),
+        }.get(type(exc), (ExitCode.INTERRUPTED, "interrupted"))
         if reporter.output_replaced:  # the stop came after the rename: say what is true
             _fail(code, f"{what} after the new {output} was in place; it is complete "
                         "(the next run removes what was left to clean up)")  # fmt: skip
@@ -581,17 +611,54 @@ def _print_audio(info: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Console-script entry point: Click's errors, Ctrl-C anywhere -> 130, exit codes."""
+    """Console-script entry point: Click's errors, stop signals anywhere, exit codes."""
+    _install_stop_handlers()  # for the whole process: a signal at any moment is one line
+    sys.unraisablehook = _unraisable
     try:
-        rc = cli.main(prog_name="melcli", standalone_mode=False)
-    except click.exceptions.Abort:  # Ctrl-C outside a run (Click wraps KeyboardInterrupt)
-        _fail(ExitCode.INTERRUPTED, "interrupted")
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except MelcliError as exc:  # a library error that escaped the commands
-        _fail(ExitCode.FAILED, str(exc))
-    sys.exit(rc if isinstance(rc, int) else 0)
+        try:
+            rc = cli.main(prog_name="melcli", standalone_mode=False)
+        except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C outside a run
+            _fail(ExitCode.INTERRUPTED, "interrupted")
+        except Terminated:
+            _fail(ExitCode.TERMINATED, "terminated")
+        except HungUp:
+            _fail(ExitCode.HANGUP, "hung up (SIGHUP)")
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except MelcliError as exc:  # a library error that escaped the commands
+            _fail(ExitCode.FAILED, str(exc))
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except SystemExit as exc:
+        _exit(exc.code)
+
+
+def _exit(code: Any) -> NoReturn:
+    """Exit with ``code``, without the interpreter's teardown after a stop or with workers.
+
+    A run stopped early (a signal, an error) may leave worker threads finishing
+    their batch, possibly inside C++ (the resampler): tearing the interpreter
+    down under them aborts the process ("terminate called without an active
+    exception"), and joining them would wait for their batch. And once a
+    KeyboardInterrupt has passed through code run by ``PyRun_String`` (some
+    extension imports), CPython 3.11 ends the process by SIGINT whatever exit
+    code was asked. Everything that matters is on disk by now (checkpoint,
+    temporaries removed; the kernel releases the lock), so flush and leave.
+    """
+    import threading
+
+    for sig in _STOP_SIGNALS:  # the exit is decided: a late signal must not cut it short
+        signal.signal(sig, signal.SIG_IGN)
+    if _STOPS or threading.active_count() > 1:
+        if code is not None and not isinstance(code, int):
+            with contextlib.suppress(Exception):
+                print(code, file=sys.stderr)
+            code = 1
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code or 0)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ class ExitCode(IntEnum):
     """Bad usage, detected before any work (Click's own code for usage errors)."""
     PARTIAL = 3
     """The output was written, but some inputs failed (they are listed in the manifest)."""
+    HANGUP = 129
+    """Hung up (SIGHUP: the terminal or ssh session closed); no partial file is left at OUTPUT."""
     INTERRUPTED = 130
     """Interrupted by Ctrl-C (SIGINT); no partial file is left at OUTPUT."""
     TERMINATED = 143

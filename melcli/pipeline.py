@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import json
 import os
 import signal
 import sys
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,10 +128,11 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
     """
     if isinstance(task, Source):
         task = Task(task)
-    _ignore_sigint_in_worker_process()
     keep_freed_memory()
     fault_point("extract")
+    trace_point(task)
     source = task.source
+    crash_point(source.key)
     try:
         try:
             st = os.stat(source.path)
@@ -195,6 +199,58 @@ PART_SAMPLES = 1 << 20
 #: formats may not): only these are split.
 SEEKABLE_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "AIFF", "CAF", "W64", "RF64", "AU", "NIST"})
 
+#: Work estimates (`task_cost`) are in units of about 10-30 ns of one core:
+#: one decoded sample, or one input sample of one frame's FFT and filterbank.
+#: A batch of tasks holds at most `BATCH_WORK` units (~0.1-0.25 s), so results
+#: and checkpoints flow continuously whatever the parameters, and a file whose
+#: own work is above twice that is split into frame ranges where it can be.
+BATCH_WORK = 8_000_000
+#: Fixed cost of one task (opening the file, Python work), in the same units.
+TASK_WORK = 50_000
+#: Per input sample, resampling (soxr HQ) costs about this many decoded samples.
+RESAMPLE_WORK = 4
+
+
+def _splittable(info: audio.AudioInfo, params: FeatureParams) -> bool:
+    return (
+        info.format in SEEKABLE_FORMATS
+        and (params.sr is None or params.sr == info.sample_rate)
+        and params.top_db is None
+    )
+
+
+def _frame_work(params: FeatureParams, channels: int) -> int:
+    return (1 if params.mono else channels) * params.n_fft
+
+
+def task_cost(task: Task, info: audio.AudioInfo, params: FeatureParams) -> int:
+    """Estimated work of one task in `BATCH_WORK` units (decode, resample, frames).
+
+    Parameters
+    ----------
+    task : Task
+    info : AudioInfo
+        The header of the task's file.
+    params : FeatureParams
+
+    Returns
+    -------
+    int
+    """
+    resampling = params.sr is not None and params.sr != info.sample_rate
+    if task.parts > 1:
+        frames = task.frame_stop - task.frame_start
+        samples = frames * params.hop_length * info.channels
+    else:
+        samples = info.frames * info.channels
+        n_out = info.frames
+        if resampling:
+            n_out = int(np.ceil(info.frames * params.sr / info.sample_rate))  # type: ignore[operator]
+        frames = params.n_frames(n_out)
+        if resampling:
+            samples *= 1 + RESAMPLE_WORK
+    return TASK_WORK + samples + frames * _frame_work(params, info.channels)
+
 
 class _Counted:
     """Iterate over signal blocks, counting their samples (per channel)."""
@@ -210,13 +266,15 @@ class _Counted:
 
 
 def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> list[Task]:
-    """One task per file, or several frame ranges for a long file.
+    """One task per file, or several frame ranges for a long or heavy file.
 
-    A file is split when it is long, seekable sample-exactly, needs no
-    resampling and no ``top_db`` (which needs the whole entry's maximum). A
-    long file that needs resampling is one task that streams (`Task.stream`):
-    the resampler's state carries from block to block, so its parts could not
-    be computed apart and give the same samples.
+    A file is split when it is long (more than `SPLIT_SAMPLES`) or its frames
+    are more than twice `BATCH_WORK` of work (a tiny hop with a large FFT), and
+    it is seekable sample-exactly, needs no resampling and no ``top_db`` (which
+    needs the whole entry's maximum). Parts hold at most `PART_SAMPLES` and
+    `BATCH_WORK`. A long file that needs resampling is one task that streams
+    (`Task.stream`): the resampler's state carries from block to block, so its
+    parts could not be computed apart and give the same samples.
     """
     n = info.frames
     resampled = params.sr is not None and params.sr != info.sample_rate
@@ -224,21 +282,49 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
         if max(n, audio.resampled_length(n, info.sample_rate, params.sr)) > SPLIT_SAMPLES:
             return [Task(source, format=info.format, info=info, stream=True)]
         return [Task(source, format=info.format)]
-    if n <= SPLIT_SAMPLES or info.format not in SEEKABLE_FORMATS or params.top_db is not None:
-        return [Task(source, format=info.format)]
+    whole = [Task(source, format=info.format)]
+    if not _splittable(info, params):
+        return whole
     total = params.n_frames(n)
+    per_frame = _frame_work(params, info.channels)
+    if n <= SPLIT_SAMPLES and total * per_frame <= 2 * BATCH_WORK:
+        return whole
     # every part spans more than n_fft samples, so the centre padding at either
     # end of the signal can be rebuilt from the part's own samples
     least = params.n_fft // params.hop_length + 2
-    step = max(least, PART_SAMPLES // params.hop_length)
+    step = max(least, min(PART_SAMPLES // params.hop_length, BATCH_WORK // per_frame))
     starts = list(range(0, total, step))
     if len(starts) > 1 and total - starts[-1] < least:
         starts.pop()  # the last part takes the short remainder
+    if len(starts) < 2:
+        return whole
     stops = [*starts[1:], total]
     return [
         Task(source, i, len(starts), start, stop, info.format, info)
         for i, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
+
+
+def make_batches(costs: Sequence[int], n_jobs: int) -> list[range]:
+    """Consecutive batches of tasks, sized by count and by estimated work.
+
+    At most 64 tasks and at most 1/16 of a worker's share (tiny files: the
+    dispatch of each batch costs ~0.1 ms, and 16 batches per worker still
+    balance the load), and at most `BATCH_WORK` of work (heavy files: a batch
+    returns, and its results are checkpointed, within a fraction of a second).
+    A task heavier than `BATCH_WORK` is a batch of its own.
+    """
+    limit = max(1, min(64, len(costs) // (max(1, n_jobs) * 16)))
+    batches: list[range] = []
+    start, work = 0, 0
+    for i, cost in enumerate(costs):
+        if i > start and (i - start >= limit or work + cost > BATCH_WORK):
+            batches.append(range(start, i))
+            start, work = i, 0
+        work += cost
+    if start < len(costs):
+        batches.append(range(start, len(costs)))
+    return batches
 
 
 @functools.cache
@@ -262,21 +348,6 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 256 << 20)
 
 
-_PARENT_ENV = "MELCLI_PARENT_PID"
-
-
-@functools.cache
-def _ignore_sigint_in_worker_process() -> None:
-    """Worker processes leave Ctrl-C to the parent, which cancels them quietly.
-
-    Without this a loky worker hit by the terminal's SIGINT prints its own
-    KeyboardInterrupt traceback.
-    """
-    parent = os.environ.get(_PARENT_ENV)
-    if parent and parent != str(os.getpid()):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def default_jobs() -> int:
     """The number of CPUs this process may use."""
     try:
@@ -285,12 +356,13 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-#: Executors for -j > 1 (``--backend``). ``threading`` (joblib): decoding
-#: (libsndfile), the FFT, the matmul and most array work release the GIL, there
-#: is no worker start-up and results need no pickling. ``fork``: worker processes
-#: forked from this one (ready in milliseconds, nothing re-imported), for many
-#: tiny files, whose per-file Python work holds the GIL. ``loky`` (joblib):
-#: fresh worker processes. ``auto`` picks threading or fork (`resolve_backend`).
+#: Executors for -j > 1 (``--backend``), all run by `WorkerPool`. ``threading``:
+#: decoding (libsndfile), the FFT, the matmul and most array work release the
+#: GIL, there is no worker start-up and results need no pickling. ``fork``:
+#: worker processes forked from this one (ready in milliseconds, nothing
+#: re-imported), for many tiny files, whose per-file Python work holds the GIL.
+#: ``loky`` (joblib's): fresh worker processes. ``auto`` picks threading or fork
+#: (`resolve_backend`).
 BACKENDS = ("auto", "threading", "fork", "loky")
 
 #: With ``auto``, tasks shorter than this on average (samples, all channels) go to
@@ -309,52 +381,205 @@ def resolve_backend(backend: str, mean_samples: float) -> str:
     return "threading"
 
 
-def results(
-    tasks: Sequence[Task], params: FeatureParams, *, jobs: int, backend: str = "threading"
-) -> Generator[Result, None, None]:
-    """Run `extract` over tasks and yield results as they finish.
+#: Signals of a crash inside a C library (a decoder, the resampler): the input
+#: being decoded is the likely cause, and the same input will crash again.
+CRASH_SIGNALS = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL}
+)
 
-    This is the one place that chooses the executor: in-process for one job,
-    else a pool of ``backend`` (see `BACKENDS`; resolve ``auto`` first) whose
-    results stream back unordered, with bounded pre-dispatch (memory stays flat
-    however many files there are).
 
-    Raises
-    ------
-    WorkerError
-        A worker process died (``fork``).
+def death_reason(status: int) -> str:
+    """Why a worker process with wait status ``status`` ended, as a failure reason.
+
+    ``decoder crashed (SIGSEGV)`` for a crash (a content failure: permanent
+    until the file changes); otherwise the signal or exit status (retried).
     """
-    if jobs <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield extract(task, params)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        if sig in CRASH_SIGNALS:
+            return f"decoder crashed ({name})"
+        return f"worker process killed by {name} (out of memory?)"
+    return f"worker process exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def crash_point(key: str) -> None:
+    """Test-only fault injection: really crash this process on one input.
+
+    ``MELCLI_CRASH_ON=<substring>[:abort]`` sends SIGSEGV to this process (or
+    calls ``os.abort()``) when it starts on an input whose key contains
+    ``<substring>``, as a decoder crashing inside C code would. A no-op otherwise.
+    """
+    spec = os.environ.get("MELCLI_CRASH_ON")
+    if not spec:
         return
-    n_jobs = min(jobs, len(tasks))
-    # Fixed batches: joblib's "auto" sizing left 1 s clips at ~0.1 ms of dispatch
-    # per task (measured: 1000 clips, -j2 1.12 s unbatched, 0.99 s in batches of
-    # 16-64); 16 batches per worker still balance the load.
-    batch = max(1, min(64, len(tasks) // (n_jobs * 16)))
-    if backend == "fork":
-        yield from _forked(tasks, params, n_jobs, batch)
+    target, _, how = spec.rpartition(":") if spec.endswith(":abort") else (spec, "", "")
+    if target and target in key:
+        sys.stderr.flush()
+        if how == "abort":
+            os.abort()
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def trace_point(task: Task) -> None:
+    """Test-only: ``MELCLI_TRACE=<file>`` appends ``<key>\\t<part>`` as each task starts.
+
+    Lets the tests count the work a killed run had started (one ``write`` with
+    O_APPEND per task, from any worker process or thread).
+    """
+    path = os.environ.get("MELCLI_TRACE")
+    if not path:
         return
-    from joblib import Parallel, delayed
-
-    os.environ[_PARENT_ENV] = str(os.getpid())  # inherited by worker processes
-    parallel = Parallel(
-        n_jobs=n_jobs, backend=backend, return_as="generator_unordered", batch_size=batch
-    )
-    yield from parallel(delayed(extract)(task, params) for task in tasks)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, f"{task.source.key}\t{task.part}\n".encode("utf-8", "surrogateescape"))
+    finally:
+        os.close(fd)
 
 
-def _extract_batch(batch: Sequence[Task], params: FeatureParams) -> list[Result]:
-    return [extract(task, params) for task in batch]
+class InflightLog:
+    """Which batches are in the workers' hands, in ``inflight.log`` of the work directory.
+
+    One line is appended when a batch is handed out and one when its results
+    are back (no fsync: a write in the page cache survives a crash of this
+    process, which is what the log is for). When a run dies with batches
+    still out, the next run finds them with `read` and decodes those inputs in
+    an isolated process first (`isolated_results`): a decoder that crashes on
+    an input costs that input, not every run. The log is compacted to the
+    batches still out every `COMPACT_LINES` lines.
+    """
+
+    COMPACT_LINES = 4096
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._out: dict[int, str] = {}  # batch -> its line
+        self._lines = 0
+
+    def submit(self, batch: int, tasks: Sequence[Task]) -> None:
+        """Note that ``tasks`` (batch number ``batch``) go to a worker now."""
+        line = json.dumps({"b": batch, "t": [[t.source.key, t.part] for t in tasks]}) + "\n"
+        self._out[batch] = line
+        self._append(line)
+
+    def done(self, batch: int) -> None:
+        """Note that batch ``batch`` came back (results or failures)."""
+        self._out.pop(batch, None)
+        if self._lines >= self.COMPACT_LINES:
+            self._compact()
+        else:
+            self._append(json.dumps({"d": batch}) + "\n")
+
+    def _append(self, line: str) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._fd is None:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+                self._fd = os.open(self.path, flags, 0o644)
+                self._lines = 0
+            os.write(self._fd, line.encode("utf-8"))
+            self._lines += 1
+        except OSError:
+            pass  # best effort: without it, a crash is found again by crashing
+
+    def _compact(self) -> None:
+        self.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        for line in list(self._out.values()):
+            self._append(line)
+
+    def close(self) -> None:
+        """Close the file (it stays, for the next run to read)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def clear(self) -> None:
+        """Forget everything: no batch was out when the run stopped (no crash)."""
+        self.close()
+        self._out.clear()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    @staticmethod
+    def read(path: Path) -> set[tuple[str, int]]:
+        """The (key, part) of every task handed out and not returned, per the log at ``path``."""
+        out: dict[int, list[tuple[str, int]]] = {}
+        try:
+            with open(path, "rb") as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            return set()
+        for raw in lines:
+            try:
+                rec = json.loads(raw)
+                if "d" in rec:
+                    out.pop(int(rec["d"]), None)
+                else:
+                    out[int(rec["b"])] = [(str(k), int(p)) for k, p in rec["t"]]
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line
+        return {task for tasks in out.values() for task in tasks}
 
 
-def _forked_worker_init(parent: int) -> None:
-    # Ctrl-C reaches the whole process group: the parent handles it and stops us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The parent's SIGTERM handler raises; a worker told to stop just stops.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:  # die with the parent, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)
+#: Signals only the parent handles (a terminal sends them to the whole group).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block the stop signals in this thread while workers are created.
+
+    A new worker inherits the mask, so a Ctrl-C to the process group before it
+    has set its own dispositions cannot make it print a KeyboardInterrupt
+    traceback or die; the parent gets any such signal once unblocked.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _child_setup(keep: Sequence[int]) -> None:
+    """In a forked worker: leave signals to the parent, die with it, drop inherited files.
+
+    Only the parent handles Ctrl-C, SIGTERM and SIGHUP (sent to the whole
+    process group by a terminal); it stops workers with SIGKILL. Descriptors
+    inherited from the parent (the output being written, its HDF5 file lock,
+    the run's lock) are closed, so no worker holds them after a commit.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent()
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if 0 < soft < (1 << 20) else (1 << 20)
+
+
+def _die_with_parent(parent: int | None = None) -> None:
+    """PR_SET_PDEATHSIG: the kernel SIGKILLs this worker when its parent dies."""
+    parent = os.getppid() if parent is None else parent
+    try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
@@ -364,38 +589,302 @@ def _forked_worker_init(parent: int) -> None:
         os._exit(1)
 
 
-def _forked(
-    tasks: Sequence[Task], params: FeatureParams, n_jobs: int, batch: int
-) -> Iterator[Result]:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+def _loky_worker_init(parent: int) -> None:
+    # started with the stop signals blocked (`WorkerPool.start`): ignore them for good
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _die_with_parent(parent)
 
-    ours = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(
-        n_jobs,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_forked_worker_init,
-        initargs=(os.getpid(),),
-    )
-    batches = (tasks[i : i + batch] for i in range(0, len(tasks), batch))
-    pending: set[Future[list[Result]]] = set()
-    try:
-        # At most two batches per worker in flight: finished results wait in the
-        # parent's memory until the writer takes them, so this bounds memory.
-        for chunk in itertools.islice(batches, 2 * n_jobs):
-            pending.add(pool.submit(_extract_batch, chunk, params))
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                for chunk in itertools.islice(batches, 1):
-                    pending.add(pool.submit(_extract_batch, chunk, params))
-                yield from future.result()
-    except BrokenProcessPool:
-        raise WorkerError(
-            "a worker process died unexpectedly (killed, out of memory, or a crash while decoding)"
-        ) from None
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for child in set(multiprocessing.active_children()) - ours:
-            child.terminate()  # workers stop now, not after their current batch
+
+def _extract_batch(batch: Sequence[Task], params: FeatureParams) -> list[Result]:
+    return [extract(task, params) for task in batch]
+
+
+def _fork(tasks: Sequence[Task], params: FeatureParams, serve: Any) -> tuple[int, Any, Any]:
+    """Fork a worker running ``serve(tasks, params, inbox, outbox)``; returns (pid, to, from)."""
+    from multiprocessing.connection import Connection
+
+    task_r, task_w = os.pipe()
+    res_r, res_w = os.pipe()
+    with stop_signals_blocked():
+        pid = os.fork()
+    if pid == 0:  # the worker: never returns into the parent's stack
+        code = 0
+        try:
+            os.close(task_w)
+            os.close(res_r)
+            _child_setup((task_r, res_w))
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            serve(tasks, params, Connection(task_r, writable=False),
+                  Connection(res_w, readable=False))  # fmt: skip
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(task_r)
+    os.close(res_w)
+    return pid, Connection(task_w, readable=False), Connection(res_r, writable=False)
+
+
+def _serve_batches(tasks: Sequence[Task], params: FeatureParams, inbox: Any, outbox: Any) -> None:
+    while True:
+        try:
+            batch, start, stop = inbox.recv()
+        except EOFError:
+            return
+        outbox.send((batch, [extract(tasks[i], params) for i in range(start, stop)]))
+
+
+def _serve_in_order(tasks: Sequence[Task], params: FeatureParams, inbox: Any, outbox: Any) -> None:
+    inbox.close()
+    for task in tasks:
+        outbox.send(extract(task, params))
+
+
+def _reap(pid: int, kill: bool) -> int:
+    if kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+
+
+def isolated_results(tasks: Sequence[Task], params: FeatureParams) -> Iterator[Result]:
+    """`extract` each task in turn in a forked process; a crash costs only its task.
+
+    When the process dies (a decoder's SIGSEGV or abort), the task it was on
+    becomes a failure (`death_reason`) and a new process goes on with the rest.
+    Used for inputs that were in flight when an earlier run died, and for the
+    batch of a fork worker that crashed.
+    """
+    i = 0
+    while i < len(tasks):
+        pid, inbox, outbox = _fork(tasks[i:], params, _serve_in_order)
+        inbox.close()
+        finished = False
+        try:
+            while i < len(tasks):
+                try:
+                    res = outbox.recv()
+                except EOFError:
+                    break
+                i += 1
+                yield res
+            finished = True
+        finally:
+            outbox.close()
+            status = _reap(pid, kill=not finished or i < len(tasks))
+        if i < len(tasks):
+            src = tasks[i].source
+            failure = Failure(src.key, printable(src.path), death_reason(status))
+            yield Result(tasks[i], failure=failure)
+            i += 1
+
+
+class WorkerPool:
+    """The executor of one run: batches sized by work, streamed back as they finish.
+
+    Start it (`start`) before the output is opened, so no worker inherits it;
+    iterate `results`; `close` stops it: on success workers are reaped before
+    the commit, on an error or interrupt they are killed (SIGKILL, never
+    waited for mid-batch). ``jobs <= 1`` runs in this process. The batches in
+    the workers' hands are kept in ``log`` (`InflightLog`).
+
+    Parameters
+    ----------
+    tasks : sequence of Task
+        In the order to hand them out.
+    costs : sequence of int
+        `task_cost` of each task.
+    params : FeatureParams
+    jobs : int
+    backend : str
+        threading, fork or loky (``auto`` resolved, see `resolve_backend`).
+    log : InflightLog, optional
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        costs: Sequence[int],
+        params: FeatureParams,
+        *,
+        jobs: int,
+        backend: str,
+        log: InflightLog | None = None,
+    ) -> None:
+        self.tasks, self.params = tasks, params
+        self.n_jobs = max(1, min(jobs, len(tasks)))
+        self.backend = backend if self.n_jobs > 1 else "serial"
+        self.batches = make_batches(costs, self.n_jobs)
+        self.log = log or InflightLog(None)
+        self._executor: Any = None
+        self._workers: list[_ForkWorker] = []
+        self._closed = False
+
+    def start(self) -> WorkerPool:
+        """Create the workers now (forked workers hold no descriptor of the output)."""
+        if self.backend == "fork":
+            self._workers = [_ForkWorker(self.tasks, self.params) for _ in range(self.n_jobs)]
+        elif self.backend == "threading":
+            from concurrent.futures import ThreadPoolExecutor
+
+            # once, before any thread computes (threadpoolctl's first use is not
+            # thread-safe, and the float32 filterbank sums depend on BLAS threads)
+            features.single_threaded_blas()
+            self._executor = ThreadPoolExecutor(self.n_jobs, thread_name_prefix="melcli")
+        elif self.backend == "loky":
+            from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+            with stop_signals_blocked():  # its workers and resource trackers spawn now
+                import multiprocessing.resource_tracker as mp_tracker
+
+                from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+                # starting a tracker unblocks SIGINT and SIGTERM: start them first
+                loky_tracker.ensure_running()
+                mp_tracker.ensure_running()
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                self._executor = ProcessPoolExecutor(
+                    self.n_jobs, initializer=_loky_worker_init, initargs=(os.getpid(),)
+                )
+                self._executor.submit(int)  # spawns the workers, synchronously
+        return self
+
+    def results(self) -> Iterator[Result]:
+        """Results as batches finish (unordered across batches).
+
+        Raises
+        ------
+        WorkerError
+            A worker process died other than by a crash (killed, out of memory),
+            or a loky worker died.
+        """
+        if self.backend == "serial":
+            for b, rng in enumerate(self.batches):
+                batch = [self.tasks[i] for i in rng]
+                self.log.submit(b, batch)
+                yield from _extract_batch(batch, self.params)
+                self.log.done(b)
+        elif self.backend == "fork":
+            yield from self._forked()
+        else:
+            yield from self._futures()
+
+    def _futures(self) -> Iterator[Result]:
+        from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
+
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        todo = iter(enumerate(self.batches))
+        pending: dict[Future[list[Result]], int] = {}
+
+        def submit(n: int) -> None:
+            for b, rng in itertools.islice(todo, n):
+                batch = [self.tasks[i] for i in rng]
+                self.log.submit(b, batch)
+                pending[self._executor.submit(_extract_batch, batch, self.params)] = b
+
+        # At most two batches per worker out: results wait in memory until the
+        # writer takes them, so this bounds memory (and the work in flight).
+        submit(2 * self.n_jobs)
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    b = pending.pop(future)
+                    out = future.result()
+                    submit(1)
+                    self.log.done(b)
+                    yield from out
+        except (BrokenExecutor, BrokenProcessPool):
+            raise WorkerError(
+                "a worker process died unexpectedly (killed, out of memory, or a crash)"
+            ) from None
+
+    def _forked(self) -> Iterator[Result]:
+        from multiprocessing.connection import wait
+
+        todo = iter(enumerate(self.batches))
+        while True:
+            for w in self._workers:  # keep two batches per worker out
+                for b, rng in itertools.islice(todo, 2 - len(w.out)):
+                    self.log.submit(b, [self.tasks[i] for i in rng])
+                    w.give(b, rng)
+            busy = {w.outbox: w for w in self._workers if w.out}
+            if not busy:
+                return
+            for conn in wait(list(busy)):
+                w = busy[conn]  # type: ignore[index]
+                try:
+                    b, out = w.outbox.recv()
+                except EOFError:  # the worker died
+                    yield from self._replace(w)
+                    continue
+                w.out.pop(0)
+                self.log.done(b)
+                yield from out
+
+    def _replace(self, w: _ForkWorker) -> Iterator[Result]:
+        status = w.stop(kill=True)
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) in CRASH_SIGNALS):
+            raise WorkerError(
+                "a worker process died unexpectedly (killed, out of memory, or a crash): "
+                + death_reason(status)
+            )
+        # A crash (a decoder's SIGSEGV or abort): redo its batches one input at a
+        # time in isolated processes; the input that crashes again is a failure.
+        lost = [self.tasks[i] for _, rng in w.out for i in rng]
+        self._workers[self._workers.index(w)] = _ForkWorker(self.tasks, self.params)
+        yield from isolated_results(lost, self.params)
+        for b, _ in w.out:
+            self.log.done(b)
+
+    def close(self, *, ok: bool, keep_log: bool = False) -> None:
+        """Stop the workers: reap idle ones (``ok``) or kill them; close the log.
+
+        ``keep_log``: leave the in-flight log for the next run (a worker died).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for w in self._workers:
+                w.stop(kill=not ok)
+            if self._executor is not None:
+                if self.backend == "loky":
+                    self._executor.shutdown(wait=ok, kill_workers=not ok)
+                else:
+                    self._executor.shutdown(wait=ok, cancel_futures=True)
+        finally:
+            if keep_log:
+                self.log.close()
+            else:
+                self.log.clear()
+
+
+class _ForkWorker:
+    """One forked worker process and the batches it holds (see `WorkerPool`)."""
+
+    def __init__(self, tasks: Sequence[Task], params: FeatureParams) -> None:
+        self.pid, self.inbox, self.outbox = _fork(tasks, params, _serve_batches)
+        self.out: list[tuple[int, range]] = []
+        self.status: int | None = None
+
+    def give(self, batch: int, rng: range) -> None:
+        self.out.append((batch, rng))
+        with contextlib.suppress(OSError):  # a dead worker: its outbox says so
+            self.inbox.send((batch, rng.start, rng.stop))
+
+    def stop(self, *, kill: bool) -> int:
+        if self.status is None:
+            self.inbox.close()  # an idle worker exits at end of input
+            self.status = _reap(self.pid, kill)
+            self.outbox.close()
+        return self.status

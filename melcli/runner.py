@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +31,20 @@ from melcli.errors import (
     MelcliError,
     OutputError,
     UsageOutputError,
+    WorkerError,
 )
 from melcli.params import FeatureParams
-from melcli.pipeline import Failure, Result, Task, make_tasks
+from melcli.pipeline import (
+    Failure,
+    InflightLog,
+    Result,
+    Task,
+    WorkerPool,
+    isolated_results,
+    make_tasks,
+    resolve_backend,
+    task_cost,
+)
 from melcli.plan import Plan, make_plan
 from melcli.workdir import (
     ChunkFile,
@@ -182,6 +194,8 @@ def _old_output(output: Path, fmt: str, params: FeatureParams, overwrite: bool) 
         if overwrite and fmt == "h5":  # replaced whatever it holds: only check it is melcli's
             return _Existing(None, None, writers.check_h5_output(output))
         man = writers.read_manifest(output, fmt)
+    except writers.OutputBusyError:
+        raise  # --overwrite would not help: the other process keeps writing
     except OutputError as exc:
         raise _not_melcli(output, f"is not a melcli output ({exc})") from None
     recorded = man.get("sidecar") if isinstance(man.get("sidecar"), str) else None
@@ -417,7 +431,7 @@ def _execute(
     from melcli import audio, features
 
     failures: list[dict[str, Any]] = list(plan.failures)
-    todo: list[tuple[int, Task]] = []
+    todo: list[Todo] = []
     rates: set[int] = set()
     for src in plan.compute:
         try:
@@ -430,7 +444,8 @@ def _execute(
                 raise FailFast(f"stopped at the first failure (--fail-fast): {src.key}") from None
             continue
         tasks = make_tasks(src, info, params)
-        todo.extend((info.frames * info.channels // len(tasks), t) for t in tasks)
+        samples = info.frames * info.channels // len(tasks)
+        todo.extend(Todo(samples, task_cost(t, info, params), t) for t in tasks)
         rates.add(params.sr or info.sample_rate)
         report.estimated_bytes += _estimate_bytes(
             params, info.frames, info.channels, info.sample_rate
@@ -439,12 +454,12 @@ def _execute(
     report.estimated_bytes += sum(writers.entry_nbytes(r.record) for r in plan.keep_work.values())
 
     if opts.dry_run:  # what the run would do: inputs whose header failed are failures, not adds
-        probed = {t.source.key for _, t in todo}
+        probed = {t.task.source.key for t in todo}
         report.added = sorted(k for k in probed if k not in plan.old_keys)
         report.updated = sorted(k for k in probed if k in plan.old_keys)
         report.failures = failures
         report.entries = (
-            len(plan.keep_old) + len(plan.keep_work) + len({t.source.key for _, t in todo})
+            len(plan.keep_old) + len(plan.keep_work) + len({t.task.source.key for t in todo})
         )
         return report
     if plan.nothing_to_do and old is not None and not failures_changed(old, failures):
@@ -471,25 +486,48 @@ def _execute(
     )
     if needed > free_bytes(output):  # fail now, not after computing what cannot be stored
         raise disk_error("writing", output, OSError(errno.ENOSPC, "no space"), needed=needed)
+    inflight = work.path / INFLIGHT_LOG
+    suspects = InflightLog.read(inflight) if resume else set()
     work.start(state, keep=resume)
+    # Inputs that were being decoded when an earlier run died: one of them may
+    # crash the decoder, so they are computed first, one by one, in a separate
+    # process (a crash there costs that input only).
+    checked: list[Result] = []
+    if suspects:
+        first = [t for t in todo if (t.task.source.key, t.task.part) in suspects]
+        if first:
+            reporter.warning(
+                f"the previous run stopped while decoding {len(first)} inputs; "
+                "checking them in a separate process first"
+            )
+            todo = [t for t in todo if (t.task.source.key, t.task.part) not in suspects]
+            checked = list(isolated_results([t.task for t in first], params))
+    # Workers start before the output is opened: none of them holds it.
+    pool = _pool(todo, params, opts, InflightLog(inflight)).start()
     # New entries go straight into the new output (under its temporary name, in
     # the work directory); the spool checkpoints them for a resume. Kept and
     # resumed entries are added at the end (`_assemble`).
     try:
         writer = writers.open_writer(output, opts.format, work, side)
     except WriteFailed as exc:
+        pool.close(ok=False)
         raise disk_error("writing", output, exc, needed=needed) from None
+    except BaseException:
+        pool.close(ok=False)
+        raise
     spool = Spool(work, read_back=writer.read_piece)
     try:
         for rec in failures[len(plan.failures) :]:
             spool.add_failure(rec)
-        written, new_failures = _compute(todo, params, opts, reporter, spool, plan, writer)
+        written, new_failures = _compute(checked, pool, params, opts, reporter, spool, plan, writer)
         failures.extend(new_failures)
         return _assemble(params, opts, plan, work, failures, report, reporter, writer, written)
     except (OSError, WriteFailed) as exc:  # a write failed: clean up, then say how much space
+        pool.close(ok=False)
         writer.abort()
         raise disk_error("writing", output, exc, needed=needed) from None
     except BaseException:
+        pool.close(ok=False)
         writer.abort()
         if writer.committed:
             reporter.committed()
@@ -502,8 +540,34 @@ def failures_changed(old: dict[str, Any], failures: list[dict[str, Any]]) -> boo
     return sorted(map(key, old.get("failures", []))) != sorted(map(key, failures))
 
 
+@dataclass(frozen=True)
+class Todo:
+    """A task to compute, its samples (all channels) and its estimated work."""
+
+    samples: int
+    cost: int
+    task: Task
+
+
+#: In the work directory: the batches in the workers' hands (`InflightLog`).
+INFLIGHT_LOG = "inflight.log"
+
+
+def _pool(
+    todo: list[Todo], params: FeatureParams, opts: RunOptions, log: InflightLog
+) -> WorkerPool:
+    # Largest first, so one long file does not finish last alone.
+    ordered = sorted(todo, key=lambda t: (-t.samples, t.task.source.key, t.task.part))
+    backend = resolve_backend(opts.backend, sum(t.samples for t in todo) / max(1, len(todo)))
+    return WorkerPool(
+        [t.task for t in ordered], [t.cost for t in ordered], params,
+        jobs=opts.jobs, backend=backend, log=log,
+    )  # fmt: skip
+
+
 def _compute(
-    todo: list[tuple[int, Task]],
+    checked: list[Result],
+    pool: WorkerPool,
     params: FeatureParams,
     opts: RunOptions,
     reporter: Reporter,
@@ -513,22 +577,19 @@ def _compute(
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Run the tasks, writing each result into ``writer`` as it arrives.
 
-    Returns the records of the entries written whole, and the failures. On any
-    exception the finished work is checkpointed first, for a resume.
+    ``checked`` are results computed before (in an isolated process). Returns
+    the records of the entries written whole, and the failures. On any
+    exception the finished work is checkpointed first, for a resume, and the
+    workers are stopped.
     """
-    from melcli.pipeline import resolve_backend, results
-
-    # Largest first, so one long file does not finish last alone.
-    ordered = [t for _, t in sorted(todo, key=lambda t: (-t[0], t[1].source.key, t[1].part))]
-    backend = resolve_backend(opts.backend, sum(n for n, _ in todo) / max(1, len(todo)))
-    parts = {t.source.key: t.parts for _, t in todo}
-    reporter.start(len(ordered))
+    tasks = [r.task for r in checked] + list(pool.tasks)
+    parts = {t.source.key: t.parts for t in tasks}
+    reporter.start(len(tasks))
     failures: dict[str, dict[str, Any]] = {}
     done: dict[str, int] = {}  # key -> parts written
     written: dict[str, dict[str, Any]] = {}
-    stream = results(ordered, params, jobs=opts.jobs, backend=backend)
     try:
-        for res in stream:
+        for res in itertools.chain(checked, pool.results()):
             key = res.source.key
             state = plan.states[key].fields()
             if key in failures:  # another part of this file already failed: count it, quietly
@@ -565,13 +626,16 @@ def _compute(
             if done[key] == parts[key]:
                 written[key] = rec
             reporter.advance(res)
-    except BaseException:
+    except BaseException as exc:
         try:
-            stream.close()  # stop the workers now, not when the generator is collected
+            # stop the workers now, not when the generator is collected; a worker
+            # that died leaves its batches in the in-flight log for the next run
+            pool.close(ok=False, keep_log=isinstance(exc, WorkerError))
             reporter.finish()
         finally:
             _checkpoint_quietly(spool)
         raise
+    pool.close(ok=True)  # workers reaped before the commit
     reporter.finish()
     return written, list(failures.values())
 

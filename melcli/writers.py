@@ -64,6 +64,11 @@ def read_manifest(output: Path, fmt: str) -> dict[str, Any]:
         with h5py.File(output, "r") as f:
             return h5_manifest(f, str(output))
     except OSError as exc:
+        if "unable to lock file" in str(exc):
+            raise OutputBusyError(
+                f"{output} is open for writing in another process ({holders(output)}); "
+                "close it there and rerun"
+            ) from None
         raise OutputError(f"{output} is not a readable melcli HDF5 output ({exc})") from None
 
 
@@ -112,6 +117,40 @@ def check_h5_output(output: Path) -> str | None:
     except (OSError, RuntimeError, ValueError) as exc:
         raise OutputError(f"{output} is not a readable HDF5 file ({exc})") from None
     return side if isinstance(side, str) else None
+
+
+class OutputBusyError(OutputError):
+    """The output is held open for writing (HDF5 file lock) by another process."""
+
+
+def holders(path: Path) -> str:
+    """``pid 123: python3 train.py`` for each other process with ``path`` open (Linux /proc)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "unknown process"
+    found = []
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                s = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                except OSError:
+                    cmd = "?"
+                found.append(f"pid {pid}: {cmd[:200]}")
+                break
+    return ", ".join(found) or "unknown process"
 
 
 def check_key(key: str) -> None:

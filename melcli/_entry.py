@@ -1,0 +1,37 @@
+"""Console-script entry point: stop signals are handled from the first instant.
+
+Importing the command line (click, melcli's modules) takes a few tenths of a
+second, more on a busy machine; a Ctrl-C, SIGTERM or SIGHUP in that time would
+print an import traceback (SIGINT) or kill the process without a word. Until
+`melcli.cli.main` installs the run's handlers, a stop signal just says so and
+exits with its code: nothing has been written yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import Any
+
+_EARLY: dict[int, tuple[int, str]] = {
+    signal.SIGINT: (130, "interrupted"),
+    signal.SIGTERM: (143, "terminated"),
+    signal.SIGHUP: (129, "hung up (SIGHUP)"),
+}
+
+
+def _early(signum: int, frame: Any) -> None:
+    code, word = _EARLY[signum]
+    with contextlib.suppress(OSError):
+        os.write(2, f"melcli: error: {word}\n".encode())
+    os._exit(code)
+
+
+def main() -> None:
+    """Install the early handlers, then run `melcli.cli.main`."""
+    for sig in _EARLY:
+        signal.signal(sig, _early)
+    from melcli.cli import main as cli_main
+
+    cli_main()
