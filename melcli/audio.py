@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
 import threading
 from collections.abc import Generator, Iterator
@@ -115,25 +116,34 @@ def quiet_c_stderr(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    with STDERR_LOCK:
-        try:
-            saved = os.dup(2)
-        except OSError:  # no stderr at all: nothing to silence
-            yield
-            return
-        try:
-            sys.stderr.flush()
-            null = os.open(os.devnull, os.O_WRONLY)
+    # In the main thread a stop signal's handler raises: held back until fd 2 is
+    # restored, or the one error line it leads to would go to /dev/null.
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stops) if main else None
+    try:
+        with STDERR_LOCK:
             try:
-                os.dup2(null, 2)
-            finally:
-                os.close(null)
-            try:
+                saved = os.dup(2)
+            except OSError:  # no stderr at all: nothing to silence
                 yield
+                return
+            try:
+                sys.stderr.flush()
+                null = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(null, 2)
+                finally:
+                    os.close(null)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
             finally:
-                os.dup2(saved, 2)
-        finally:
-            os.close(saved)
+                os.close(saved)
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def probe(path: str) -> AudioInfo:

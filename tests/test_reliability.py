@@ -246,11 +246,15 @@ def _wait_for_chunk(work: Path, proc: subprocess.Popen[str], timeout: float = 60
 
 
 def _chunk_keys(work: Path) -> set[str]:
-    keys: set[str] = set()
+    """Keys of the entries complete in the chunks (a heavy file is split into parts)."""
+    parts: dict[str, set[int]] = {}
+    total: dict[str, int] = {}
     for chunk in work.glob("chunk-*.bin"):
         with ChunkFile(chunk) as cf:
-            keys |= {e["key"] for e in cf.meta["entries"]}
-    return keys
+            for e in cf.meta["entries"]:
+                parts.setdefault(e["key"], set()).add(int(e.get("part", 0)))
+                total[e["key"]] = int(e.get("parts", 1))
+    return {key for key, got in parts.items() if len(got) == total[key]}
 
 
 @pytest.fixture(scope="module")
