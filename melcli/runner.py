@@ -407,6 +407,13 @@ def _execute(
         work_records=work.records() if resume else (),
         checksum=opts.checksum,
     )
+    for chunk, why in work.damaged:
+        reporter.warning(
+            f"discarded damaged checkpoint {chunk.name} in {work.path.name} ({why}); "
+            "its entries are computed again"
+        )
+        if not opts.dry_run:
+            chunk.unlink(missing_ok=True)
     report = RunReport(removed=plan.removed, resumed=len(plan.keep_work))
     report.manifest_file = side or writers.manifest_path(output, opts.format)
     report.unchanged = len(plan.keep_old)

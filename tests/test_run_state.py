@@ -91,3 +91,51 @@ def test_broken_stderr_and_stdout_do_not_lose_the_run(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.splitlines()) == 1
     assert len(manifest(out)["entries"]) == 8
+
+
+# ---------------------------------------------------------------------------
+# item 11: a damaged checkpoint chunk
+# ---------------------------------------------------------------------------
+def _interrupted_run(tmp_path: Path, out: Path, data: Path) -> list[Path]:
+    """A run killed at the commit after checkpointing every entry: its chunks."""
+    env = {"MELCLI_CHECKPOINT_SECONDS": "0", "MELCLI_KILL_AT": "rename"}
+    res = run("mel", data, "-o", out, "-j1", cwd=tmp_path, env=env)
+    assert res.returncode == -9, res.stderr
+    chunks = sorted((out.parent / f".{out.name}.melcli-work").glob("chunk-*.bin"))
+    assert len(chunks) == 8
+    return chunks
+
+
+def test_a_damaged_chunk_is_discarded_with_one_warning(tmp_path: Path) -> None:
+    data = corpus(tmp_path / "data")
+    for fmt, extra in (("h5", []), ("npy", []), ("h5", ["--overwrite"])):
+        out = tmp_path / ("o.h5" if fmt == "h5" else "o_npy")
+        chunks = _interrupted_run(tmp_path, out, data)
+        size = chunks[2].stat().st_size
+        os.truncate(chunks[2], size - 100)  # the end of its array is gone
+        chunks[5].write_bytes(b"MELCHNK1" + b"\xff" * 40)  # a header that is not JSON
+        res = run("mel", data, "-o", out, "-j1", *extra, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert "Traceback" not in res.stderr
+        warned = [ln for ln in res.stderr.splitlines() if "damaged checkpoint" in ln]
+        assert len(warned) == 2, res.stderr
+        assert "resumed: 6 entries" in res.stderr
+        ref = tmp_path / ("ref.h5" if fmt == "h5" else "ref_npy")
+        assert run("mel", data, "-o", ref, "-j1", cwd=tmp_path).returncode == 0
+        if fmt == "h5":
+            with h5py.File(out, "r") as f, h5py.File(ref, "r") as g:
+                for e in manifest(ref)["entries"]:
+                    name = f"features/{e['key']}"
+                    np.testing.assert_array_equal(f[name][()], g[name][()])
+        else:
+            for e in manifest(ref)["entries"]:
+                a, b = (np.load(p / f"{e['key']}.npy") for p in (out, ref))
+                np.testing.assert_array_equal(a, b)
+        for p in (out, ref):
+            if p.is_dir():
+                import shutil
+
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+                p.with_suffix(".json").unlink()
