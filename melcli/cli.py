@@ -478,6 +478,11 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
             signal.signal(sig, handler)
         sys.unraisablehook = previous_hook
         reporter.close()
+    if report.repaired:  # shown even with -q: the output was damaged
+        _say(
+            f"melcli: repaired: {report.repaired} entries missing from the output "
+            f"{'would be' if opts.dry_run else 'are'} computed again"
+        )
     if opts.dry_run:
         _print_plan(report, output)
         sys.exit(0)

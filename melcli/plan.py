@@ -10,7 +10,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,9 @@ class Plan:
         Failures carried over unchanged (input not modified since it failed).
     removed : list of str
         Keys of the existing output whose source is gone.
+    repaired : list of str
+        Keys the manifest lists but the output does not hold (intact): computed
+        again (or, under an unreadable directory, dropped).
     old_keys : set of str
         Keys present in the existing output (to tell added from updated).
     unverified : list of dict
@@ -143,6 +146,7 @@ class Plan:
     keep_work: dict[str, ChunkRecord] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
     old_keys: set[str] = field(default_factory=set)
     states: dict[str, SourceState] = field(default_factory=dict)
     unverified: list[dict[str, Any]] = field(default_factory=list)
@@ -160,6 +164,7 @@ def make_plan(
     work_records: Iterable[ChunkRecord],
     checksum: bool,
     unreadable: Iterable[str] = (),
+    missing: Callable[[list[dict[str, Any]]], set[str]] | None = None,
 ) -> Plan:
     """Compare the inputs with the existing output and the work directory.
 
@@ -177,6 +182,9 @@ def make_plan(
     unreadable : iterable of str
         Key prefixes of directories that could not be listed this time: the
         existing entries under them are kept, not removed.
+    missing : callable, optional
+        ``missing(entries)`` -> the keys among the entries to keep that the
+        existing output does not actually hold (see `melcli.writers.missing_entries`).
 
     Returns
     -------
@@ -187,9 +195,9 @@ def make_plan(
     old_failures = {f["key"]: f for f in (old_manifest or {}).get("failures", [])}
     plan.old_keys = set(old_entries)
     work = {rec.record["key"]: rec for rec in work_records}
-    present: set[str] = set()
+    present: dict[str, Source] = {}
     for src in sources:
-        present.add(src.key)
+        present[src.key] = src
         state = source_state(src.path, checksum=checksum)
         plan.states[src.key] = state
         old = old_entries.get(src.key)
@@ -215,10 +223,22 @@ def make_plan(
         else:
             plan.compute.append(src)
     hidden = tuple(unreadable)
-    for key in sorted(set(old_entries) - present):
+    for key in sorted(set(old_entries) - present.keys()):
         if any(p == "" or key.startswith(p + "/") for p in hidden):
             plan.keep_old.append(old_entries[key])
             plan.states[key] = SourceState(None, None)
         else:
             plan.removed.append(key)
+    if missing is not None and plan.keep_old:
+        lost = missing(plan.keep_old)
+        if lost:  # an entry deleted from the output by hand: never copy what is not there
+            plan.repaired = sorted(lost)
+            plan.keep_old = [e for e in plan.keep_old if e["key"] not in lost]
+            for key in plan.repaired:
+                if key in present:
+                    plan.compute.append(present[key])
+                else:  # under a directory that cannot be read now: nothing to compute it from
+                    plan.removed.append(key)
+                    del plan.states[key]
+            plan.removed.sort()
     return plan

@@ -102,6 +102,7 @@ class RunReport:
     audio_seconds: float = 0.0
     wrote: bool = False
     resumed: int = 0
+    repaired: int = 0
     estimated_bytes: int = 0
     manifest_file: Path | None = None  # where the JSON manifest is
 
@@ -406,6 +407,7 @@ def _execute(
         old_manifest=old,
         work_records=work.records() if resume else (),
         checksum=opts.checksum,
+        missing=lambda kept: writers.missing_entries(output, opts.format, kept),
     )
     for chunk, why in work.damaged:
         reporter.warning(
@@ -414,7 +416,9 @@ def _execute(
         )
         if not opts.dry_run:
             chunk.unlink(missing_ok=True)
-    report = RunReport(removed=plan.removed, resumed=len(plan.keep_work))
+    report = RunReport(
+        removed=plan.removed, resumed=len(plan.keep_work), repaired=len(plan.repaired)
+    )
     report.manifest_file = side or writers.manifest_path(output, opts.format)
     report.unchanged = len(plan.keep_old)
     for rec in plan.unverified:  # shown like a directory that cannot be listed

@@ -139,3 +139,44 @@ def test_a_damaged_chunk_is_discarded_with_one_warning(tmp_path: Path) -> None:
             else:
                 p.unlink()
                 p.with_suffix(".json").unlink()
+
+
+# ---------------------------------------------------------------------------
+# item 5: entries missing from an output
+# ---------------------------------------------------------------------------
+def test_entries_missing_from_the_output_are_computed_again(tmp_path: Path) -> None:
+    data = corpus(tmp_path / "data")
+    for out in (tmp_path / "feats", tmp_path / "feats.h5"):
+        assert run("mel", data, "-o", out, "-q", cwd=tmp_path).returncode == 0
+        if out.suffix == ".h5":
+            with h5py.File(out, "r+") as f:
+                del f["features/d0/f002.wav"]
+                del f["features/d1/f005.wav"]
+        else:
+            (out / "d0/f002.wav.npy").unlink()
+            (out / "d1/f005.wav.npy").write_bytes(b"\x93NUMPY")  # truncated by hand
+        res = run("mel", data, "-o", out, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert "Traceback" not in res.stderr
+        repaired = "melcli: repaired: 2 entries missing from the output are computed again"
+        assert repaired in res.stderr
+        assert "up to date" not in res.stderr
+        assert "updated 2" in res.stderr
+        # later runs: up to date, and an ordinary change goes through (nothing is wedged)
+        assert "up to date" in run("mel", data, "-o", out, cwd=tmp_path).stderr
+        tone(data / "d0/f002.wav", freq=999.0)
+        res = run("mel", data, "-o", out, cwd=tmp_path)
+        assert res.returncode == 0 and "updated 1" in res.stderr, res.stderr
+        ref = tmp_path / f"ref{out.suffix}"
+        assert run("mel", data, "-o", ref, "-q", cwd=tmp_path).returncode == 0
+        keys = [e["key"] for e in manifest(ref)["entries"]]
+        assert [e["key"] for e in manifest(out)["entries"]] == keys
+        for key in keys:
+            if out.suffix == ".h5":
+                with h5py.File(out, "r") as f, h5py.File(ref, "r") as g:
+                    name = f"features/{key}"
+                    np.testing.assert_array_equal(f[name][()], g[name][()])
+            else:
+                np.testing.assert_array_equal(
+                    np.load(out / f"{key}.npy"), np.load(ref / f"{key}.npy")
+                )
