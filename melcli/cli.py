@@ -351,6 +351,9 @@ class _CliReporter:
         """A warning about the output itself: shown even with -q (cron mails it)."""
         self._line(f"melcli: warning: {message}")
 
+    def error(self, message: str) -> None:
+        self._line(f"melcli: error: {message}")
+
     def skipped(self, failure: Any) -> None:
         self._line(f"melcli: skipped {_show(failure.key)}: {failure.reason}")
 
@@ -436,9 +439,9 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         _usage(str(exc))
     for warning in found.warnings:
         reporter.warning(warning)
-    for error in found.errors:  # shown even with -q: entries under it are kept, not updated
-        _say(f"melcli: error: {error}; its entries are kept as they were")
     if not found.sources:
+        for error in found.errors:  # otherwise the run says it (and what it keeps)
+            _say(f"melcli: error: {error}")
         _fail(ExitCode.FAILED, f"no audio found in {' '.join(kw['inputs'])}")
     from melcli.pipeline import default_jobs
 
@@ -457,7 +460,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
     warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
     try:
-        report = runner.execute(found.sources, params, opts, reporter, found.unreadable)
+        report = runner.execute(found.sources, params, opts, reporter, found.unreadable_dirs)
     except UsageOutputError as exc:
         _usage(str(exc))
     except runner.FailFast as exc:

@@ -14,7 +14,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from melcli.discover import NotRegularFile, Source, open_regular, os_reason, printable
+from melcli.discover import (
+    NotRegularFile,
+    Source,
+    UnreadableDir,
+    open_regular,
+    os_reason,
+    printable,
+)
 from melcli.workdir import ChunkRecord
 
 
@@ -109,6 +116,24 @@ CONTENT_FAILURES = (
 )  # fmt: skip
 
 
+#: The reason of a failure recorded for a directory that could not be listed.
+DIRECTORY_FAILURE = "cannot read directory"
+
+
+def directory_failure(directory: UnreadableDir) -> dict[str, Any]:
+    """The manifest failure of a directory that could not be listed (key: its prefix, or '.')."""
+    return {
+        "key": directory.prefix or ".", "source": directory.path,
+        "reason": f"{DIRECTORY_FAILURE}: {directory.reason}", "source_size": None,
+        "source_mtime": None,
+    }  # fmt: skip
+
+
+def is_under(key: str, prefix: str) -> bool:
+    """True when ``key`` is in the directory of key prefix ``prefix`` ('' is a whole input)."""
+    return prefix == "" or key.startswith(prefix + "/")
+
+
 def is_content_failure(reason: str) -> bool:
     """True for a failure that will recur as long as the file is unchanged."""
     return reason.startswith(CONTENT_FAILURES) and "System error" not in reason
@@ -163,7 +188,7 @@ def make_plan(
     old_manifest: dict[str, Any] | None,
     work_records: Iterable[ChunkRecord],
     checksum: bool,
-    unreadable: Iterable[str] = (),
+    unreadable: Iterable[UnreadableDir] = (),
     missing: Callable[[list[dict[str, Any]]], set[str]] | None = None,
 ) -> Plan:
     """Compare the inputs with the existing output and the work directory.
@@ -179,9 +204,9 @@ def make_plan(
         What an interrupted run with the same parameters already finished.
     checksum : bool
         Compare content hashes instead of size + mtime.
-    unreadable : iterable of str
-        Key prefixes of directories that could not be listed this time: the
-        existing entries under them are kept, not removed.
+    unreadable : iterable of UnreadableDir
+        Directories that could not be listed this time: each is a failure, and
+        the existing entries and failures under them are kept, not removed.
     missing : callable, optional
         ``missing(entries)`` -> the keys among the entries to keep that the
         existing output does not actually hold (see `melcli.writers.missing_entries`).
@@ -222,13 +247,26 @@ def make_plan(
             plan.failures.append(old_failures[src.key])
         else:
             plan.compute.append(src)
-    hidden = tuple(unreadable)
+    dirs = list(unreadable)
+    hidden = tuple(d.prefix for d in dirs)
+
+    def under_hidden(key: str) -> bool:
+        return any(is_under(key, p) for p in hidden)
+
     for key in sorted(set(old_entries) - present.keys()):
-        if any(p == "" or key.startswith(p + "/") for p in hidden):
+        if under_hidden(key):
             plan.keep_old.append(old_entries[key])
             plan.states[key] = SourceState(None, None)
         else:
             plan.removed.append(key)
+    for key, old_failure in old_failures.items():  # failures under them stay too
+        if (
+            key not in present
+            and under_hidden(key)
+            and not old_failure["reason"].startswith(DIRECTORY_FAILURE)
+        ):
+            plan.failures.append(old_failure)
+    plan.failures.extend(directory_failure(d) for d in dirs)
     if missing is not None and plan.keep_old:
         lost = missing(plan.keep_old)
         if lost:  # an entry deleted from the output by hand: never copy what is not there

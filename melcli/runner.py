@@ -22,7 +22,7 @@ import numpy as np
 
 from melcli import manifest as manifest_mod
 from melcli import writers
-from melcli.discover import Source, printable
+from melcli.discover import Source, UnreadableDir, printable
 from melcli.errors import (
     DecodeError,
     EntryError,
@@ -33,7 +33,7 @@ from melcli.errors import (
 )
 from melcli.params import FeatureParams
 from melcli.pipeline import Failure, Result, Task, make_tasks
-from melcli.plan import Plan, make_plan
+from melcli.plan import Plan, make_plan, source_state
 from melcli.workdir import (
     ChunkFile,
     ChunkRecord,
@@ -67,6 +67,9 @@ class Reporter(Protocol):
 
     def committed(self) -> None:
         """The new output is in place (an interrupt from here on no longer leaves the old one)."""
+
+    def error(self, message: str) -> None:
+        """A problem the user must see (even when quiet); the run goes on."""
 
 
 class FailFast(MelcliError):
@@ -295,7 +298,7 @@ def execute(
     params: FeatureParams,
     opts: RunOptions,
     reporter: Reporter,
-    unreadable: Sequence[str] = (),
+    unreadable: Sequence[UnreadableDir] = (),
 ) -> RunReport:
     """Run one extraction (or, with ``opts.dry_run``, say what it would do).
 
@@ -379,7 +382,7 @@ def _execute(
     opts: RunOptions,
     reporter: Reporter,
     output: Path,
-    unreadable: Sequence[str] = (),
+    unreadable: Sequence[UnreadableDir] = (),
 ) -> RunReport:
     work = WorkDir(output)
     if not opts.dry_run:
@@ -416,6 +419,15 @@ def _execute(
         )
         if not opts.dry_run:
             chunk.unlink(missing_ok=True)
+    fault_point("planned")
+    for d in unreadable:
+        kept = sum(
+            1 for e in plan.keep_old if d.prefix == "" or e["key"].startswith(d.prefix + "/")
+        )
+        reporter.error(
+            f"cannot read directory {d.path}: {d.reason}; recorded as a failure"
+            + (f"; its {kept} entries in the output are kept as they were" if kept else "")
+        )
     report = RunReport(
         removed=plan.removed, resumed=len(plan.keep_work), repaired=len(plan.repaired)
     )
@@ -436,7 +448,7 @@ def _execute(
         except DecodeError as exc:
             fail = Failure(src.key, printable(src.path), str(exc))
             reporter.skipped(fail)
-            failures.append({**fail.to_dict(), **plan.states[src.key].fields()})
+            failures.append(failure_record(fail, src.path, checksum=opts.checksum))
             if opts.fail_fast and not opts.dry_run:
                 raise FailFast(f"stopped at the first failure (--fail-fast): {src.key}") from None
             continue
@@ -507,6 +519,16 @@ def _execute(
         raise
 
 
+def failure_record(failure: Failure, path: str, *, checksum: bool) -> dict[str, Any]:
+    """A failure's manifest record, with the state of its file seen right after it failed.
+
+    Not the state seen at planning time: a file that was something else while
+    it was read (a symlink pointing elsewhere for a moment, a file being
+    replaced) must not have its failure carried over once it is back as it was.
+    """
+    return {**failure.to_dict(), **source_state(path, checksum=checksum).fields()}
+
+
 def failures_changed(old: dict[str, Any], failures: list[dict[str, Any]]) -> bool:
     """True when the failure list differs from the one the output records."""
     key = lambda f: (f["key"], f["source"], f["reason"])  # noqa: E731
@@ -555,7 +577,7 @@ def _compute(
                     failure = Failure(key, res.meta.source, str(exc))
                     res = dataclasses.replace(res, meta=None, data=None, failure=failure)
             if res.failure is not None:
-                rec = {**res.failure.to_dict(), **state}
+                rec = failure_record(res.failure, res.source.path, checksum=opts.checksum)
                 failures[key] = rec
                 if done.pop(key, 0):
                     writer.discard(key)

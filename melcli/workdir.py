@@ -45,7 +45,7 @@ def hidden_sibling(output: Path, suffix: str) -> Path:
 
 
 def fault_point(name: str) -> None:
-    """Test-only fault injection: SIGKILL this process at a named point.
+    """Test-only fault injection: SIGKILL (or another signal) this process at a named point.
 
     ``MELCLI_KILL_AT=<name>[:<n>[:<SIGNAL>]]`` sends SIGKILL (or SIGNAL, e.g.
     ``TERM``) to this process the n-th time (default 1) execution reaches

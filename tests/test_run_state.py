@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
+import signal
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import h5py
@@ -133,8 +138,6 @@ def test_a_damaged_chunk_is_discarded_with_one_warning(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(a, b)
         for p in (out, ref):
             if p.is_dir():
-                import shutil
-
                 shutil.rmtree(p)
             else:
                 p.unlink()
@@ -180,3 +183,120 @@ def test_entries_missing_from_the_output_are_computed_again(tmp_path: Path) -> N
                 np.testing.assert_array_equal(
                     np.load(out / f"{key}.npy"), np.load(ref / f"{key}.npy")
                 )
+
+
+# ---------------------------------------------------------------------------
+# item 9: a failure caused by a passing condition
+# ---------------------------------------------------------------------------
+def _wait_stopped(proc: subprocess.Popen[str]) -> None:
+    """Until the process has stopped itself (a SIGSTOP fault point): state T in /proc."""
+    for _ in range(6000):
+        with open(f"/proc/{proc.pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("melcli never reached the fault point")
+
+
+def test_a_failure_while_a_symlink_pointed_elsewhere_is_retried(tmp_path: Path) -> None:
+    data = corpus(tmp_path / "data", n=4)
+    real = tone(tmp_path / "real.wav", freq=300.0)
+    junk = tmp_path / "passwd"
+    junk.write_text("root:x:0:0:root:/root:/bin/bash\n" * 20)
+    link = data / "link.wav"
+    for checksum in ([], ["--checksum"]):
+        out = tmp_path / f"o{len(checksum)}.h5"
+        link.unlink(missing_ok=True)
+        link.symlink_to(real)
+        proc = subprocess.Popen(
+            [*melcli_command(), "mel", str(data), "-o", str(out), "-j1", *checksum],
+            cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "MELCLI_KILL_AT": "planned:1:STOP"},
+        )  # fmt: skip
+        try:
+            _wait_stopped(proc)  # planned with the link on real audio
+            link.unlink()
+            link.symlink_to(junk)  # read while it points at a text file
+            proc.send_signal(signal.SIGCONT)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode == 3, err
+        assert [f["key"] for f in manifest(out)["failures"]] == ["link.wav"]
+        link.unlink()
+        link.symlink_to(real)  # back as it was when planned
+        res = run("mel", data, "-o", out, *checksum, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert "added 1" in res.stderr
+        assert manifest(out)["failures"] == []
+        # a file that is really broken stays a carried-over failure
+        link.unlink()
+        link.symlink_to(junk)
+        assert run("mel", data, "-o", out, *checksum, cwd=tmp_path).returncode == 3
+        res = run("mel", data, "-o", out, *checksum, cwd=tmp_path)
+        assert res.returncode == 3 and "up to date" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------------------
+# item 10: directories that cannot be read (as a user without root's powers)
+# ---------------------------------------------------------------------------
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def test_an_unreadable_directory_is_a_recorded_failure_until_it_can_be_read(
+    tmp_path: Path,
+) -> None:
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="melcli-nobody-"))
+    try:
+        base.chmod(0o755)  # pytest's tmp_path is private to root
+        data = corpus(base / "data", n=4)
+        tone(data / "locked/a.wav")
+        tone(data / "locked/b.wav", freq=500.0)
+        (data / "locked/broken.wav").write_text("not audio")
+        outs = base / "outs"
+        outs.mkdir()
+        os.chown(outs, pwd.getpwnam("nobody").pw_uid, -1)
+
+        def as_nobody(out: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*NOBODY, *melcli_command(), "mel", str(data), "-o", str(outs / out), "-j1"],
+                cwd=base, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+            )  # fmt: skip
+
+        def failures(out: str) -> list[tuple[str, str]]:
+            return [(f["key"], f["reason"]) for f in manifest(outs / out)["failures"]]
+
+        denied = ("locked", "cannot read directory: Permission denied")
+        broken = ("locked/broken.wav", "cannot decode: Format not recognised")
+        # a fresh run: the directory is a failure (exit 3), nothing claims to be kept
+        (data / "locked").chmod(0)
+        res = as_nobody("fresh.h5")
+        assert res.returncode == 3, res.stderr
+        assert "kept as they were" not in res.stderr
+        assert "melcli: error: cannot read directory" in res.stderr
+        assert failures("fresh.h5") == [denied]
+        assert len(manifest(outs / "fresh.h5")["entries"]) == 4
+        res = as_nobody("fresh.h5")  # and it stays one, run after run
+        assert res.returncode == 3 and "up to date" in res.stderr, res.stderr
+        assert failures("fresh.h5") == [denied]
+        # readable again: its files come in, the directory failure goes
+        (data / "locked").chmod(0o755)
+        res = as_nobody("fresh.h5")
+        assert res.returncode == 3 and "added 2" in res.stderr, res.stderr
+        assert failures("fresh.h5") == [broken]
+        # unreadable on a rerun: entries AND failures under it are kept, exit stays 3
+        (data / "locked").chmod(0)
+        res = as_nobody("fresh.h5")
+        assert res.returncode == 3, res.stderr
+        assert "its 2 entries in the output are kept as they were" in res.stderr
+        assert failures("fresh.h5") == [denied, broken]
+        keys = [e["key"] for e in manifest(outs / "fresh.h5")["entries"]]
+        assert "locked/a.wav" in keys and "locked/b.wav" in keys
+        assert as_nobody("fresh.h5").returncode == 3
+        assert failures("fresh.h5") == [denied, broken]
+    finally:
+        for d in base.rglob("*"):
+            if d.is_dir():
+                d.chmod(0o755)
+        shutil.rmtree(base)
