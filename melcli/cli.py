@@ -190,6 +190,9 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--overwrite", is_flag=True,
                      help="Rebuild the output from scratch even if it exists "
                           "(needed when parameters differ)."),
+        click.option("--prune", is_flag=True,
+                     help="With a list on stdin ('-'): let a rerun remove more than half of "
+                          "the output's entries (inputs no longer listed); refused otherwise."),
         click.option("--checksum", is_flag=True,
                      help="Detect changed inputs by content hash (sha256), "
                           "not size + mtime."),
@@ -450,6 +453,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
         dry_run=kw["dry_run"], backend=kw["backend"],
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
+        inputs=kw["inputs"], prune=kw["prune"],
     )  # fmt: skip
     work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"
@@ -493,6 +497,9 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         if report.resumed:
             _say(f"melcli: resumed: {report.resumed} entries kept from the interrupted run")
         _say(f"melcli: {report.summary()}")
+        if kw["verbose"]:
+            for key in report.removed:
+                _say(f"melcli: removed {_show(key)}")
     if report.entries == 0:
         _fail(ExitCode.FAILED, f"no input could be processed; nothing written to {output}")
     if not kw["quiet"]:

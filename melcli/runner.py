@@ -90,6 +90,8 @@ class RunOptions:
     dry_run: bool = False
     backend: str = "auto"
     manifest: Path | None = None  # --manifest: the HDF5 output's JSON sidecar
+    inputs: Sequence[str] = ()
+    prune: bool = False
 
 
 @dataclass
@@ -171,7 +173,50 @@ def _not_melcli(output: Path, why: str) -> UsageOutputError:
     )
 
 
-def _old_output(output: Path, fmt: str, params: FeatureParams, overwrite: bool) -> _Existing:
+def recorded_inputs(inputs: Sequence[str]) -> list[dict[str, str]]:
+    """The command-line inputs as the manifest records them: as given, and absolute."""
+    return [{"given": printable(i), "absolute": i if i == "-" else printable(os.path.abspath(i))}
+            for i in inputs]  # fmt: skip
+
+
+def _check_same_inputs(output: Path, man: dict[str, Any], inputs: list[dict[str, str]]) -> None:
+    """Refuse a rerun on other inputs: it would silently remove the entries of the old ones."""
+    old = man.get("inputs")
+    if not isinstance(old, list) or not old:
+        return  # made before inputs were recorded: this run records them
+    was = sorted({str(i.get("absolute")) for i in old if isinstance(i, dict)})
+    now = sorted({i["absolute"] for i in inputs})
+    if was != now:
+        gone = [i for i in was if i not in now]
+        new = [i for i in now if i not in was]
+        raise UsageOutputError(
+            f"output {output} was made from other inputs: "
+            f"{' '.join(gone) or '(none)'} -> {' '.join(new) or '(none)'}; "
+            "use --overwrite to replace it, or another --output"
+        )
+
+
+#: With a list on stdin, a rerun may remove at most this share of the entries
+#: without --prune (a list that lost most of its lines is more likely a mistake).
+PRUNE_SHARE = 0.5
+
+
+def _check_prune(output: Path, plan: Plan, opts: RunOptions) -> None:
+    removed, total = len(plan.removed), len(plan.old_keys)
+    if "-" not in opts.inputs or opts.prune or removed <= total * PRUNE_SHARE:
+        return
+    shown = ", ".join(plan.removed[:3]) + (", ..." if removed > 3 else "")
+    raise UsageOutputError(
+        f"this run would remove {removed} of the {total} entries of {output} (not in the "
+        f"list on stdin: {shown}); a list on stdin may remove at most half of them: "
+        "add --prune to remove them (with --dry-run to list them first)"
+    )
+
+
+def _old_output(
+    output: Path, fmt: str, params: FeatureParams, overwrite: bool,
+    inputs: list[dict[str, str]],
+) -> _Existing:  # fmt: skip
     """Read what is at ``output``; refuse (exit 2) anything melcli did not make."""
     if not os.path.lexists(output):
         return _Existing(None, None)
@@ -207,6 +252,7 @@ def _old_output(output: Path, fmt: str, params: FeatureParams, overwrite: bool) 
             f"output {output} was made with different parameters: {shown}; "
             "use --overwrite to replace it"
         )
+    _check_same_inputs(output, man, inputs)
     return _Existing(man, man, recorded)
 
 
@@ -388,7 +434,8 @@ def _execute(
     if not opts.dry_run:
         remove_stale(output, work)
     check_inputs_outside(sources, output)
-    existing = _old_output(output, opts.format, params, opts.overwrite)
+    inputs = recorded_inputs(opts.inputs)
+    existing = _old_output(output, opts.format, params, opts.overwrite, inputs)
     old = existing.plan
     side = sidecar_path(output, opts, existing.sidecar)
     if side is not None:
@@ -419,6 +466,8 @@ def _execute(
         )
         if not opts.dry_run:
             chunk.unlink(missing_ok=True)
+    if old is not None:
+        _check_prune(output, plan, opts)
     fault_point("planned")
     for d in unreadable:
         kept = sum(
@@ -470,7 +519,12 @@ def _execute(
             len(plan.keep_old) + len(plan.keep_work) + len({t.source.key for _, t in todo})
         )
         return report
-    if plan.nothing_to_do and old is not None and not failures_changed(old, failures):
+    if (
+        plan.nothing_to_do
+        and old is not None
+        and not failures_changed(old, failures)
+        and (bool(old.get("inputs")) or not inputs)  # an older output gets its inputs now
+    ):
         work.remove()
         report.failures = failures
         report.entries = len(plan.keep_old)
@@ -693,6 +747,7 @@ def _assemble(
         man = manifest_mod.build(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
             entries=entries, failures=report.failures, frequencies=freqs,
+            inputs=recorded_inputs(opts.inputs),
         )  # fmt: skip
         writer.commit(man)
         for warning in writer.warnings:

@@ -300,3 +300,67 @@ def test_an_unreadable_directory_is_a_recorded_failure_until_it_can_be_read(
             if d.is_dir():
                 d.chmod(0o755)
         shutil.rmtree(base)
+
+
+# ---------------------------------------------------------------------------
+# issue 14 item 1: a rerun on other inputs
+# ---------------------------------------------------------------------------
+def test_a_rerun_on_other_inputs_is_refused_before_any_work(tmp_path: Path) -> None:
+    data = corpus(tmp_path / "data")
+    out = tmp_path / "asr.h5"
+    assert run("mel", "data", "-o", out, "-q", cwd=tmp_path).returncode == 0
+    assert manifest(out)["inputs"] == [{"given": "data", "absolute": str(data)}]
+    before = out.read_bytes()
+    res = run("mel", "data/d0", "-o", out, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert f"was made from other inputs: {data} -> {data / 'd0'}; use --overwrite" in res.stderr
+    assert out.read_bytes() == before
+    assert run("mel", "data/d0", "-o", out, "--dry-run", cwd=tmp_path).returncode == 2
+    # the same inputs spelled otherwise, from another directory: accepted
+    res = run("mel", f"{data}/", "-o", out, cwd=tmp_path / "data")
+    assert res.returncode == 0 and "up to date" in res.stderr, res.stderr
+    # --overwrite rebuilds from the new inputs and records them
+    res = run("mel", "data/d0", "-o", out, "--overwrite", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert manifest(out)["inputs"] == [{"given": "data/d0", "absolute": str(data / "d0")}]
+    assert len(manifest(out)["entries"]) == 4
+
+
+def test_an_output_without_recorded_inputs_is_accepted_and_gets_them(tmp_path: Path) -> None:
+    data = corpus(tmp_path / "data")
+    out = tmp_path / "old"
+    assert run("mel", data, "-o", out, "-q", cwd=tmp_path).returncode == 0
+    man = manifest(out)
+    del man["inputs"]  # as melcli 1.0.0 wrote it
+    (out / "manifest.json").write_text(json.dumps(man), encoding="utf-8")
+    res = run("mel", data, "-o", out, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert manifest(out)["inputs"] == [{"given": str(data), "absolute": str(data)}]
+    assert "unchanged 8" in res.stderr
+
+
+def test_a_stdin_list_may_remove_at_most_half_of_the_entries(tmp_path: Path) -> None:
+    data = corpus(tmp_path / "data")
+    out = tmp_path / "list.h5"
+    names = sorted(str(p.relative_to(tmp_path)) for p in data.rglob("*.wav"))
+    res = run("mel", "-", "-o", out, cwd=tmp_path, input="\n".join(names), stdin=None)
+    assert res.returncode == 0, res.stderr
+    assert manifest(out)["inputs"] == [{"given": "-", "absolute": "-"}]
+    # half of the list goes: allowed, and -v names what was removed
+    res = run("mel", "-", "-o", out, "-v", cwd=tmp_path, input="\n".join(names[:4]), stdin=None)
+    assert res.returncode == 0, res.stderr
+    assert "removed 4" in res.stderr
+    lines = res.stderr.splitlines()
+    assert [ln[len("melcli: removed ") :] for ln in lines if ln.startswith("melcli: removed ")] == (
+        names[4:]
+    )
+    # more than half of what is left: refused before any work, unless --prune
+    before = out.read_bytes()
+    for extra in ([], ["--dry-run"]):
+        res = run("mel", "-", "-o", out, *extra, cwd=tmp_path, input=names[0], stdin=None)
+        assert res.returncode == 2, res.stderr
+        assert "would remove 3 of the 4 entries" in res.stderr and "--prune" in res.stderr
+        assert out.read_bytes() == before
+    res = run("mel", "-", "-o", out, "--prune", cwd=tmp_path, input=names[0], stdin=None)
+    assert res.returncode == 0 and "removed 3" in res.stderr, res.stderr
+    assert [e["key"] for e in manifest(out)["entries"]] == [names[0]]
