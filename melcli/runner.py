@@ -33,7 +33,7 @@ from melcli.errors import (
 )
 from melcli.params import FeatureParams
 from melcli.pipeline import Failure, Result, Task, make_tasks
-from melcli.plan import Plan, make_plan, source_state
+from melcli.plan import Plan, is_under, make_plan, source_state
 from melcli.workdir import (
     ChunkFile,
     ChunkRecord,
@@ -470,9 +470,7 @@ def _execute(
         _check_prune(output, plan, opts)
     fault_point("planned")
     for d in unreadable:
-        kept = sum(
-            1 for e in plan.keep_old if d.prefix == "" or e["key"].startswith(d.prefix + "/")
-        )
+        kept = sum(1 for e in plan.keep_old if is_under(e["key"], d.prefix))
         reporter.error(
             f"cannot read directory {d.path}: {d.reason}; recorded as a failure"
             + (f"; its {kept} entries in the output are kept as they were" if kept else "")
