@@ -257,7 +257,7 @@ def _walk(root: str, exts: frozenset[str], found: Discovery) -> Iterator[Source]
     def unreadable(path: str, rel: str, exc: OSError, what: str = "directory ") -> None:
         found.errors.append(f"cannot read {what}{printable(path)}: {exc.strerror}")
         found.unreadable.append(rel)
-        found.unreadable_dirs.append(UnreadableDir(rel, printable(directory), str(exc.strerror)))
+        found.unreadable_dirs.append(UnreadableDir(rel, printable(path), str(exc.strerror)))
 
     def enter(directory: str, rel: str) -> Iterator[os.DirEntry[str]] | None:
         try:
