@@ -45,8 +45,16 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+#: What soundfile / libsndfile raise for a file they cannot read. Anything else
+#: (a bug, a closed stderr) says nothing about the file's content: it is
+#: reported as an internal error, which `melcli.plan` never treats as permanent.
+_DECODER_ERRORS = (RuntimeError, OSError, ValueError, TypeError, EOFError)
+
+
 def _reason(exc: Exception) -> str:
     """One line for what libsndfile (or reading through it) raised."""
+    if not isinstance(exc, _DECODER_ERRORS):
+        return f"internal error: {type(exc).__name__}: {exc}"
     if isinstance(exc, OSError):
         return f"cannot read: {exc.strerror or exc}"
     text = str(exc)
@@ -129,7 +137,8 @@ def quiet_c_stderr(enabled: bool = True) -> Iterator[None]:
                 yield
                 return
             try:
-                sys.stderr.flush()
+                with contextlib.suppress(AttributeError, OSError, ValueError):
+                    sys.stderr.flush()  # None with fd 2 closed; a broken pipe: nothing to keep
                 null = os.open(os.devnull, os.O_WRONLY)
                 try:
                     os.dup2(null, 2)

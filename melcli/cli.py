@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -69,9 +69,50 @@ def _command_line() -> str:
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
-    with contextlib.suppress(OSError):  # stderr gone (a closed terminal): the code says it
-        click.echo(f"melcli: error: {message}", err=True)
+    _say(f"melcli: error: {message}")
     sys.exit(int(code))
+
+
+@contextlib.contextmanager
+def _best_effort(fd: int = 2) -> Iterator[None]:
+    """Report without failing: a closed or broken stderr (or stdout) must not stop a run.
+
+    After a failed write (a pipe whose reader is gone) the descriptor is pointed
+    at /dev/null, so later messages, the C libraries' and the interpreter's own
+    flush at exit are quietly dropped too.
+    """
+    from melcli.audio import STDERR_LOCK  # decoding threads may redirect fd 2
+
+    try:
+        yield
+    except (OSError, ValueError):
+        with STDERR_LOCK:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+
+
+def _say(text: str) -> None:
+    """One line on stderr, best effort (see `_best_effort`)."""
+    with _best_effort():
+        click.echo(text, err=True)
+
+
+def _open_standard_fds() -> None:
+    """Put /dev/null on a closed fd 0, 1 or 2 (``2>&-``).
+
+    Otherwise the next file melcli opens (the output, a chunk) gets that number,
+    and whatever a C library prints to "stderr" would land in it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd
+            if opened != fd:
+                os.close(opened)
 
 
 def _usage(message: str) -> NoReturn:
@@ -153,6 +194,9 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--overwrite", is_flag=True,
                      help="Rebuild the output from scratch even if it exists "
                           "(needed when parameters differ)."),
+        click.option("--prune", is_flag=True,
+                     help="With a list on stdin ('-'): let a rerun remove more than half of "
+                          "the output's entries (inputs no longer listed); refused otherwise."),
         click.option("--checksum", is_flag=True,
                      help="Detect changed inputs by content hash (sha256), "
                           "not size + mtime."),
@@ -311,7 +355,10 @@ class _CliReporter:
 
         self.lock = STDERR_LOCK
         self.quiet, self.verbose = quiet, verbose
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and not quiet
+        stderr = sys.stderr  # None when the process started with fd 2 closed
+        self.progress = (
+            stderr is not None and not quiet and (_isatty(stderr) if progress is None else progress)
+        )
         self.bar: Any = None
         self.started = time.perf_counter()
         self.done_seconds = 0.0
@@ -321,7 +368,7 @@ class _CliReporter:
         self.output_replaced = True
 
     def _line(self, text: str) -> None:
-        with self.lock:
+        with self.lock, _best_effort():
             if self.bar is not None:
                 self.bar.write(text, file=sys.stderr)
             else:
@@ -335,6 +382,9 @@ class _CliReporter:
         """A warning about the output itself: shown even with -q (cron mails it)."""
         self._line(f"melcli: warning: {message}")
 
+    def error(self, message: str) -> None:
+        self._line(f"melcli: error: {message}")
+
     def skipped(self, failure: Any) -> None:
         self._line(f"melcli: skipped {_show(failure.key)}: {failure.reason}")
 
@@ -343,7 +393,8 @@ class _CliReporter:
         if self.progress and files:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=files, unit="file", file=sys.stderr, dynamic_ncols=True)
+            with _best_effort():
+                self.bar = tqdm(total=files, unit="file", file=sys.stderr, dynamic_ncols=True)
 
     def advance(self, result: Any) -> None:
         _raise_dropped_stop()
@@ -361,7 +412,7 @@ class _CliReporter:
             self._tick()
 
     def _tick(self) -> None:
-        with self.lock:
+        with self.lock, _best_effort():
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             self.bar.set_postfix_str(
                 f"{self.done_seconds / 3600 / elapsed:.3g} audio h/s", refresh=False
@@ -375,9 +426,16 @@ class _CliReporter:
     def close(self) -> None:
         """Close the progress bar."""
         if self.bar is not None:
-            with self.lock:
+            with self.lock, _best_effort():
                 self.bar.close()
             self.bar = None
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (OSError, ValueError):
+        return False
 
 
 def _show(key: str) -> str:
@@ -412,9 +470,9 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         _usage(str(exc))
     for warning in found.warnings:
         reporter.warning(warning)
-    for error in found.errors:  # shown even with -q: entries under it are kept, not updated
-        click.echo(f"melcli: error: {error}; its entries are kept as they were", err=True)
     if not found.sources:
+        for error in found.errors:  # otherwise the run says it (and what it keeps)
+            _say(f"melcli: error: {error}")
         _fail(ExitCode.FAILED, f"no audio found in {' '.join(kw['inputs'])}")
     from melcli.pipeline import default_jobs
 
@@ -423,6 +481,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
         dry_run=kw["dry_run"], backend=kw["backend"],
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
+        inputs=kw["inputs"], prune=kw["prune"],
     )  # fmt: skip
     work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"
@@ -432,7 +491,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
     warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
     try:
-        report = runner.execute(found.sources, params, opts, reporter, found.unreadable)
+        report = runner.execute(found.sources, params, opts, reporter, found.unreadable_dirs)
     except UsageOutputError as exc:
         _usage(str(exc))
     except runner.FailFast as exc:
@@ -455,25 +514,30 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
             signal.signal(sig, handler)
         sys.unraisablehook = previous_hook
         reporter.close()
+    if report.repaired:  # shown even with -q: the output was damaged
+        _say(
+            f"melcli: repaired: {report.repaired} entries missing from the output "
+            f"{'would be' if opts.dry_run else 'are'} computed again"
+        )
     if opts.dry_run:
         _print_plan(report, output)
         sys.exit(0)
     if not kw["quiet"]:
         if report.resumed:
-            click.echo(
-                f"melcli: resumed: {report.resumed} entries kept from the interrupted run", err=True
-            )
-        click.echo(f"melcli: {report.summary()}", err=True)
+            _say(f"melcli: resumed: {report.resumed} entries kept from the interrupted run")
+        _say(f"melcli: {report.summary()}")
+        if kw["verbose"]:
+            for key in report.removed:
+                _say(f"melcli: removed {_show(key)}")
     if report.entries == 0:
         _fail(ExitCode.FAILED, f"no input could be processed; nothing written to {output}")
     if not kw["quiet"]:
         what = "wrote" if report.wrote else "up to date:"
         failed = (f"; {len(report.failures)} failed, listed in "
                   f"{report.manifest_file}") if report.failures else ""  # fmt: skip
-        click.echo(
+        _say(
             f"melcli: {what} {report.entries} entries ({report.audio_seconds / 60:.1f} min "
-            f"of audio) in {output} ({time.perf_counter() - started:.1f} s){failed}",
-            err=True,
+            f"of audio) in {output} ({time.perf_counter() - started:.1f} s){failed}"
         )
     _print_result(str(output))
     sys.exit(int(report.exit_code))
@@ -612,6 +676,7 @@ def _print_audio(info: dict[str, Any]) -> None:
 
 def main() -> None:
     """Console-script entry point: Click's errors, stop signals anywhere, exit codes."""
+    _open_standard_fds()
     _install_stop_handlers()  # for the whole process: a signal at any moment is one line
     sys.unraisablehook = _unraisable
     try:
@@ -624,7 +689,8 @@ def main() -> None:
         except HungUp:
             _fail(ExitCode.HANGUP, "hung up (SIGHUP)")
         except click.ClickException as exc:
-            exc.show()
+            with _best_effort():
+                exc.show()
             sys.exit(exc.exit_code)
         except MelcliError as exc:  # a library error that escaped the commands
             _fail(ExitCode.FAILED, str(exc))

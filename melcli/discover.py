@@ -53,12 +53,34 @@ class Discovery:
         root): an incremental run keeps the entries under them as they were.
     errors : list of str
         One message per unreadable directory.
+    unreadable_dirs : list of UnreadableDir
+        The same directories, for the manifest's failures.
     """
 
     sources: list[Source]
     warnings: list[str]
     unreadable: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    unreadable_dirs: list[UnreadableDir] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UnreadableDir:
+    """A directory that could not be listed.
+
+    Attributes
+    ----------
+    prefix : str
+        Key prefix of the entries under it ('' for a whole input directory).
+    path : str
+        The directory (printable).
+    reason : str
+        Why, e.g. ``Permission denied``.
+    """
+
+    prefix: str
+    path: str
+    reason: str
 
 
 def printable(text: str) -> str:
@@ -235,6 +257,7 @@ def _walk(root: str, exts: frozenset[str], found: Discovery) -> Iterator[Source]
     def unreadable(path: str, rel: str, exc: OSError, what: str = "directory ") -> None:
         found.errors.append(f"cannot read {what}{printable(path)}: {exc.strerror}")
         found.unreadable.append(rel)
+        found.unreadable_dirs.append(UnreadableDir(rel, printable(path), str(exc.strerror)))
 
     def enter(directory: str, rel: str) -> Iterator[os.DirEntry[str]] | None:
         try:

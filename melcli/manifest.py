@@ -22,6 +22,7 @@ def build(
     entries: list[dict[str, Any]],
     failures: list[dict[str, Any]],
     frequencies: dict[int, list[float]],
+    inputs: list[dict[str, str]] | None = None,
     created: str | None = None,
 ) -> dict[str, Any]:
     """Assemble the manifest of one output.
@@ -37,6 +38,9 @@ def build(
         One record per written entry / failed input, sorted here by key.
     frequencies : dict
         Sample rate -> row frequencies in Hz at that rate.
+    inputs : list of dict, optional
+        The command-line inputs, ``{"given": ..., "absolute": ...}`` each
+        (`melcli.runner.recorded_inputs`).
     created : str, optional
         UTC ISO 8601 time; now by default.
 
@@ -51,6 +55,7 @@ def build(
         "melcli_version": __version__,
         "manifest_version": MANIFEST_VERSION,
         "command": command,
+        "inputs": inputs or [],
         "created": created or utc_now(),
         "output_format": output_format,
         "params": params,

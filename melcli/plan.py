@@ -10,11 +10,18 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from melcli.discover import NotRegularFile, Source, open_regular, os_reason, printable
+from melcli.discover import (
+    NotRegularFile,
+    Source,
+    UnreadableDir,
+    open_regular,
+    os_reason,
+    printable,
+)
 from melcli.workdir import ChunkRecord
 
 
@@ -110,6 +117,24 @@ CONTENT_FAILURES = (
 )  # fmt: skip
 
 
+#: The reason of a failure recorded for a directory that could not be listed.
+DIRECTORY_FAILURE = "cannot read directory"
+
+
+def directory_failure(directory: UnreadableDir) -> dict[str, Any]:
+    """The manifest failure of a directory that could not be listed (key: its prefix, or '.')."""
+    return {
+        "key": directory.prefix or ".", "source": directory.path,
+        "reason": f"{DIRECTORY_FAILURE}: {directory.reason}", "source_size": None,
+        "source_mtime": None,
+    }  # fmt: skip
+
+
+def is_under(key: str, prefix: str) -> bool:
+    """True when ``key`` is in the directory of key prefix ``prefix`` ('' is a whole input)."""
+    return prefix == "" or key.startswith(prefix + "/")
+
+
 def is_content_failure(reason: str) -> bool:
     """True for a failure that will recur as long as the file is unchanged."""
     return reason.startswith(CONTENT_FAILURES) and "System error" not in reason
@@ -131,6 +156,9 @@ class Plan:
         Failures carried over unchanged (input not modified since it failed).
     removed : list of str
         Keys of the existing output whose source is gone.
+    repaired : list of str
+        Keys the manifest lists but the output does not hold (intact): computed
+        again (or, under an unreadable directory, dropped).
     old_keys : set of str
         Keys present in the existing output (to tell added from updated).
     unverified : list of dict
@@ -144,6 +172,7 @@ class Plan:
     keep_work: dict[str, ChunkRecord] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
     old_keys: set[str] = field(default_factory=set)
     states: dict[str, SourceState] = field(default_factory=dict)
     unverified: list[dict[str, Any]] = field(default_factory=list)
@@ -160,7 +189,8 @@ def make_plan(
     old_manifest: dict[str, Any] | None,
     work_records: Iterable[ChunkRecord],
     checksum: bool,
-    unreadable: Iterable[str] = (),
+    unreadable: Iterable[UnreadableDir] = (),
+    missing: Callable[[list[dict[str, Any]]], set[str]] | None = None,
 ) -> Plan:
     """Compare the inputs with the existing output and the work directory.
 
@@ -175,9 +205,12 @@ def make_plan(
         What an interrupted run with the same parameters already finished.
     checksum : bool
         Compare content hashes instead of size + mtime.
-    unreadable : iterable of str
-        Key prefixes of directories that could not be listed this time: the
-        existing entries under them are kept, not removed.
+    unreadable : iterable of UnreadableDir
+        Directories that could not be listed this time: each is a failure, and
+        the existing entries and failures under them are kept, not removed.
+    missing : callable, optional
+        ``missing(entries)`` -> the keys among the entries to keep that the
+        existing output does not actually hold (see `melcli.writers.missing_entries`).
 
     Returns
     -------
@@ -188,9 +221,9 @@ def make_plan(
     old_failures = {f["key"]: f for f in (old_manifest or {}).get("failures", [])}
     plan.old_keys = set(old_entries)
     work = {rec.record["key"]: rec for rec in work_records}
-    present: set[str] = set()
+    present: dict[str, Source] = {}
     for src in sources:
-        present.add(src.key)
+        present[src.key] = src
         state = source_state(src.path, checksum=checksum)
         plan.states[src.key] = state
         old = old_entries.get(src.key)
@@ -215,11 +248,36 @@ def make_plan(
             plan.failures.append(old_failures[src.key])
         else:
             plan.compute.append(src)
-    hidden = tuple(unreadable)
-    for key in sorted(set(old_entries) - present):
-        if any(p == "" or key.startswith(p + "/") for p in hidden):
+    dirs = list(unreadable)
+    hidden = tuple(d.prefix for d in dirs)
+
+    def under_hidden(key: str) -> bool:
+        return any(is_under(key, p) for p in hidden)
+
+    for key in sorted(set(old_entries) - present.keys()):
+        if under_hidden(key):
             plan.keep_old.append(old_entries[key])
             plan.states[key] = SourceState(None, None)
         else:
             plan.removed.append(key)
+    for key, old_failure in old_failures.items():  # failures under them stay too
+        if (
+            key not in present
+            and under_hidden(key)
+            and not old_failure["reason"].startswith(DIRECTORY_FAILURE)
+        ):
+            plan.failures.append(old_failure)
+    plan.failures.extend(directory_failure(d) for d in dirs)
+    if missing is not None and plan.keep_old:
+        lost = missing(plan.keep_old)
+        if lost:  # an entry deleted from the output by hand: never copy what is not there
+            plan.repaired = sorted(lost)
+            plan.keep_old = [e for e in plan.keep_old if e["key"] not in lost]
+            for key in plan.repaired:
+                if key in present:
+                    plan.compute.append(present[key])
+                else:  # under a directory that cannot be read now: nothing to compute it from
+                    plan.removed.append(key)
+                    del plan.states[key]
+            plan.removed.sort()
     return plan

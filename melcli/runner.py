@@ -23,7 +23,7 @@ import numpy as np
 
 from melcli import manifest as manifest_mod
 from melcli import writers
-from melcli.discover import Source, printable
+from melcli.discover import Source, UnreadableDir, printable
 from melcli.errors import (
     DecodeError,
     EntryError,
@@ -45,7 +45,7 @@ from melcli.pipeline import (
     resolve_backend,
     task_cost,
 )
-from melcli.plan import Plan, make_plan
+from melcli.plan import Plan, is_under, make_plan, source_state
 from melcli.workdir import (
     ChunkFile,
     ChunkRecord,
@@ -80,6 +80,9 @@ class Reporter(Protocol):
     def committed(self) -> None:
         """The new output is in place (an interrupt from here on no longer leaves the old one)."""
 
+    def error(self, message: str) -> None:
+        """A problem the user must see (even when quiet); the run goes on."""
+
 
 class FailFast(MelcliError):
     """Raised at the first failed input with ``fail_fast``; progress is kept."""
@@ -99,6 +102,8 @@ class RunOptions:
     dry_run: bool = False
     backend: str = "auto"
     manifest: Path | None = None  # --manifest: the HDF5 output's JSON sidecar
+    inputs: Sequence[str] = ()
+    prune: bool = False
 
 
 @dataclass
@@ -114,6 +119,7 @@ class RunReport:
     audio_seconds: float = 0.0
     wrote: bool = False
     resumed: int = 0
+    repaired: int = 0
     estimated_bytes: int = 0
     manifest_file: Path | None = None  # where the JSON manifest is
 
@@ -179,7 +185,50 @@ def _not_melcli(output: Path, why: str) -> UsageOutputError:
     )
 
 
-def _old_output(output: Path, fmt: str, params: FeatureParams, overwrite: bool) -> _Existing:
+def recorded_inputs(inputs: Sequence[str]) -> list[dict[str, str]]:
+    """The command-line inputs as the manifest records them: as given, and absolute."""
+    return [{"given": printable(i), "absolute": i if i == "-" else printable(os.path.abspath(i))}
+            for i in inputs]  # fmt: skip
+
+
+def _check_same_inputs(output: Path, man: dict[str, Any], inputs: list[dict[str, str]]) -> None:
+    """Refuse a rerun on other inputs: it would silently remove the entries of the old ones."""
+    old = man.get("inputs")
+    if not isinstance(old, list) or not old:
+        return  # made before inputs were recorded: this run records them
+    was = sorted({str(i.get("absolute")) for i in old if isinstance(i, dict)})
+    now = sorted({i["absolute"] for i in inputs})
+    if was != now:
+        gone = [i for i in was if i not in now]
+        new = [i for i in now if i not in was]
+        raise UsageOutputError(
+            f"output {output} was made from other inputs: "
+            f"{' '.join(gone) or '(none)'} -> {' '.join(new) or '(none)'}; "
+            "use --overwrite to replace it, or another --output"
+        )
+
+
+#: With a list on stdin, a rerun may remove at most this share of the entries
+#: without --prune (a list that lost most of its lines is more likely a mistake).
+PRUNE_SHARE = 0.5
+
+
+def _check_prune(output: Path, plan: Plan, opts: RunOptions) -> None:
+    removed, total = len(plan.removed), len(plan.old_keys)
+    if "-" not in opts.inputs or opts.prune or removed <= total * PRUNE_SHARE:
+        return
+    shown = ", ".join(plan.removed[:3]) + (", ..." if removed > 3 else "")
+    raise UsageOutputError(
+        f"this run would remove {removed} of the {total} entries of {output} (not in the "
+        f"list on stdin: {shown}); a list on stdin may remove at most half of them: "
+        "add --prune to remove them (with --dry-run to list them first)"
+    )
+
+
+def _old_output(
+    output: Path, fmt: str, params: FeatureParams, overwrite: bool,
+    inputs: list[dict[str, str]],
+) -> _Existing:  # fmt: skip
     """Read what is at ``output``; refuse (exit 2) anything melcli did not make."""
     if not os.path.lexists(output):
         return _Existing(None, None)
@@ -217,6 +266,7 @@ def _old_output(output: Path, fmt: str, params: FeatureParams, overwrite: bool) 
             f"output {output} was made with different parameters: {shown}; "
             "use --overwrite to replace it"
         )
+    _check_same_inputs(output, man, inputs)
     return _Existing(man, man, recorded)
 
 
@@ -308,7 +358,7 @@ def execute(
     params: FeatureParams,
     opts: RunOptions,
     reporter: Reporter,
-    unreadable: Sequence[str] = (),
+    unreadable: Sequence[UnreadableDir] = (),
 ) -> RunReport:
     """Run one extraction (or, with ``opts.dry_run``, say what it would do).
 
@@ -392,13 +442,14 @@ def _execute(
     opts: RunOptions,
     reporter: Reporter,
     output: Path,
-    unreadable: Sequence[str] = (),
+    unreadable: Sequence[UnreadableDir] = (),
 ) -> RunReport:
     work = WorkDir(output)
     if not opts.dry_run:
         remove_stale(output, work)
     check_inputs_outside(sources, output)
-    existing = _old_output(output, opts.format, params, opts.overwrite)
+    inputs = recorded_inputs(opts.inputs)
+    existing = _old_output(output, opts.format, params, opts.overwrite, inputs)
     old = existing.plan
     side = sidecar_path(output, opts, existing.sidecar)
     if side is not None:
@@ -420,8 +471,27 @@ def _execute(
         old_manifest=old,
         work_records=work.records() if resume else (),
         checksum=opts.checksum,
+        missing=lambda kept: writers.missing_entries(output, opts.format, kept),
     )
-    report = RunReport(removed=plan.removed, resumed=len(plan.keep_work))
+    for chunk, why in work.damaged:
+        reporter.warning(
+            f"discarded damaged checkpoint {chunk.name} in {work.path.name} ({why}); "
+            "its entries are computed again"
+        )
+        if not opts.dry_run:
+            chunk.unlink(missing_ok=True)
+    if old is not None:
+        _check_prune(output, plan, opts)
+    fault_point("planned")
+    for d in unreadable:
+        kept = sum(1 for e in plan.keep_old if is_under(e["key"], d.prefix))
+        reporter.error(
+            f"cannot read directory {d.path}: {d.reason}; recorded as a failure"
+            + (f"; its {kept} entries in the output are kept as they were" if kept else "")
+        )
+    report = RunReport(
+        removed=plan.removed, resumed=len(plan.keep_work), repaired=len(plan.repaired)
+    )
     report.manifest_file = side or writers.manifest_path(output, opts.format)
     report.unchanged = len(plan.keep_old)
     for rec in plan.unverified:  # shown like a directory that cannot be listed
@@ -439,7 +509,7 @@ def _execute(
         except DecodeError as exc:
             fail = Failure(src.key, printable(src.path), str(exc))
             reporter.skipped(fail)
-            failures.append({**fail.to_dict(), **plan.states[src.key].fields()})
+            failures.append(failure_record(fail, src.path, checksum=opts.checksum))
             if opts.fail_fast and not opts.dry_run:
                 raise FailFast(f"stopped at the first failure (--fail-fast): {src.key}") from None
             continue
@@ -462,7 +532,12 @@ def _execute(
             len(plan.keep_old) + len(plan.keep_work) + len({t.task.source.key for t in todo})
         )
         return report
-    if plan.nothing_to_do and old is not None and not failures_changed(old, failures):
+    if (
+        plan.nothing_to_do
+        and old is not None
+        and not failures_changed(old, failures)
+        and (bool(old.get("inputs")) or not inputs)  # an older output gets its inputs now
+    ):
         work.remove()
         report.failures = failures
         report.entries = len(plan.keep_old)
@@ -532,6 +607,16 @@ def _execute(
         if writer.committed:
             reporter.committed()
         raise
+
+
+def failure_record(failure: Failure, path: str, *, checksum: bool) -> dict[str, Any]:
+    """A failure's manifest record, with the state of its file seen right after it failed.
+
+    Not the state seen at planning time: a file that was something else while
+    it was read (a symlink pointing elsewhere for a moment, a file being
+    replaced) must not have its failure carried over once it is back as it was.
+    """
+    return {**failure.to_dict(), **source_state(path, checksum=checksum).fields()}
 
 
 def failures_changed(old: dict[str, Any], failures: list[dict[str, Any]]) -> bool:
@@ -605,7 +690,7 @@ def _compute(
                     failure = Failure(key, res.meta.source, str(exc))
                     res = dataclasses.replace(res, meta=None, data=None, failure=failure)
             if res.failure is not None:
-                rec = {**res.failure.to_dict(), **state}
+                rec = failure_record(res.failure, res.source.path, checksum=opts.checksum)
                 failures[key] = rec
                 if done.pop(key, 0):
                     writer.discard(key)
@@ -724,6 +809,7 @@ def _assemble(
         man = manifest_mod.build(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
             entries=entries, failures=report.failures, frequencies=freqs,
+            inputs=recorded_inputs(opts.inputs),
         )  # fmt: skip
         writer.commit(man)
         for warning in writer.warnings:

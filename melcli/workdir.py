@@ -45,7 +45,7 @@ def hidden_sibling(output: Path, suffix: str) -> Path:
 
 
 def fault_point(name: str) -> None:
-    """Test-only fault injection: SIGKILL this process at a named point.
+    """Test-only fault injection: SIGKILL (or another signal) this process at a named point.
 
     ``MELCLI_KILL_AT=<name>[:<n>[:<SIGNAL>]]`` sends SIGKILL (or SIGNAL, e.g.
     ``TERM``) to this process the n-th time (default 1) execution reaches
@@ -222,22 +222,51 @@ def write_chunk(fh: BinaryIO, meta: dict[str, Any], arrays: list[np.ndarray]) ->
         fh.write(b"\0" * (_aligned(a.nbytes) - a.nbytes))
 
 
+class DamagedChunk(ValueError):
+    """A chunk file that is not complete and well-formed (truncated, overwritten)."""
+
+
 class ChunkFile:
-    """A chunk opened for reading: ``meta`` (the header) and `read`."""
+    """A chunk opened for reading: ``meta`` (the header) and `read`.
+
+    Opening checks the whole layout against the file's size, so a truncated or
+    damaged chunk raises `DamagedChunk` here, never later halfway through a run.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh = open(path, "rb")  # noqa: SIM115 (closed by close())
         try:
-            head = self._fh.read(len(CHUNK_MAGIC) + 8)
-            if head[: len(CHUNK_MAGIC)] != CHUNK_MAGIC:
-                raise ValueError(f"{path} is not a melcli chunk")
-            size = int.from_bytes(head[len(CHUNK_MAGIC) :], "little")
-            self.meta: dict[str, Any] = json.loads(self._fh.read(size).decode("utf-8"))
-            self._start = _aligned(len(CHUNK_MAGIC) + 8 + size)
+            self.meta, self._start = self._check()
         except BaseException:
             self._fh.close()
             raise
+
+    def _check(self) -> tuple[dict[str, Any], int]:
+        total = os.fstat(self._fh.fileno()).st_size
+        head = self._fh.read(len(CHUNK_MAGIC) + 8)
+        if head[: len(CHUNK_MAGIC)] != CHUNK_MAGIC or len(head) < len(CHUNK_MAGIC) + 8:
+            raise DamagedChunk("not a melcli chunk")
+        size = int.from_bytes(head[len(CHUNK_MAGIC) :], "little")
+        if len(head) + size > total:
+            raise DamagedChunk("truncated header")
+        try:
+            meta = json.loads(self._fh.read(size).decode("utf-8"))
+            members = meta["members"]
+            if not (isinstance(meta["entries"], list) and isinstance(meta["failures"], list)):
+                raise TypeError("entries/failures")
+            if len(members) != len(meta["entries"]):
+                raise ValueError("one array per entry")
+            start = _aligned(len(head) + size)
+            for m in members:
+                nbytes = np.dtype(m["dtype"]).itemsize * int(np.prod(m["shape"]))
+                if start + int(m["offset"]) + nbytes > total:
+                    raise DamagedChunk("truncated")
+        except DamagedChunk:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DamagedChunk(f"unreadable header ({type(exc).__name__})") from None
+        return meta, start
 
     def read(self, index: int) -> np.ndarray:
         """Array number ``index`` of the chunk."""
@@ -246,8 +275,8 @@ class ChunkFile:
         count = int(np.prod(m["shape"]))
         self._fh.seek(self._start + m["offset"])
         data = np.fromfile(self._fh, dtype=dtype, count=count)
-        if data.size != count:
-            raise ValueError(f"{self.path} is truncated")
+        if data.size != count:  # checked when opened: the file shrank since
+            raise DamagedChunk(f"{self.path} is truncated")
         return data.reshape(m["shape"])
 
     def close(self) -> None:
@@ -274,6 +303,8 @@ class WorkDir:
     def __init__(self, output: Path) -> None:
         self.path = hidden_sibling(output, ".melcli-work")
         self.state_path = self.path / "state.json"
+        #: chunks `records` found damaged (path, why); their entries are computed again
+        self.damaged: list[tuple[Path, str]] = []
 
     def check(self) -> None:
         """Refuse a work directory that is a link, not a directory, or someone else's.
@@ -374,12 +405,14 @@ class WorkDir:
         entries: dict[str, dict[str, Any]] = {}
         pieces: dict[str, dict[int, tuple[Path, int, int]]] = {}
         failures: dict[str, dict[str, Any]] = {}
+        self.damaged = []
         for chunk in self.chunks():
             try:
                 with ChunkFile(chunk) as cf:
                     meta = cf.meta
-            except (OSError, ValueError, KeyError):
-                continue  # cannot happen for a renamed chunk, but never trust a disk
+            except (OSError, DamagedChunk) as exc:  # a chunk is renamed complete, but disks lie
+                self.damaged.append((chunk, str(exc)))
+                continue
             # within a chunk, failures were spooled after the parts that preceded them
             for member, rec in enumerate(meta["entries"]):
                 key = rec["key"]

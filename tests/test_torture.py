@@ -940,7 +940,8 @@ def test_output_inside_input_root_rerun(tmp_path: Path) -> None:
 def test_unlistable_directory(tmp_path: Path) -> None:
     """A sub-directory that cannot be listed (chmod 000, enforced in a subprocess
     without root's DAC override): an error line (shown even with -q), the rest is
-    written, exit 0; a rerun while it is unreadable keeps its entries."""
+    written, the directory is a recorded failure (exit 3); a rerun while it is
+    unreadable keeps its entries."""
     root = tmp_path / "in"
     _write(root / "ok.wav", _tone(16000, 2000), 16000)
     _write(root / "closed/hidden_from_us.wav", _tone(16000, 2000), 16000)
@@ -951,10 +952,11 @@ def test_unlistable_directory(tmp_path: Path) -> None:
     finally:
         os.chmod(root / "closed", stat.S_IRWXU)
     assert "Traceback" not in proc.stderr
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert re.search(r"melcli: error: cannot read directory .*closed", proc.stderr), proc.stderr
     man = json.loads((tmp_path / "o/manifest.json").read_text(encoding="utf-8"))
     assert [e["key"] for e in man["entries"]] == ["ok.wav"]
+    assert [f["key"] for f in man["failures"]] == ["closed"]
     # readable again: its file is added; unreadable again: its entry is kept, not removed
     proc = run_subprocess(["mel", root, "-o", tmp_path / "o", "-j", "1"], cwd=tmp_path)
     assert "added 1, updated 0, removed 0, unchanged 1" in proc.stderr, proc.stderr
@@ -964,7 +966,7 @@ def test_unlistable_directory(tmp_path: Path) -> None:
                               drop_dac=True)  # fmt: skip
     finally:
         os.chmod(root / "closed", stat.S_IRWXU)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "cannot read directory" in proc.stderr  # even with -q
     man = json.loads((tmp_path / "o/manifest.json").read_text(encoding="utf-8"))
     assert [e["key"] for e in man["entries"]] == ["closed/hidden_from_us.wav", "ok.wav"]
