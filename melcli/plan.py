@@ -113,7 +113,7 @@ def source_state(path: str, *, checksum: bool) -> SourceState:
 CONTENT_FAILURES = (
     "cannot decode", "truncated", "too short", "no audio samples", "audio contains",
     "sample values", "values up to", "fmax=", "fmin=", "not a regular file", "cannot store",
-    "decoder crashed",
+    "decoder crashed", "cannot resample",
 )  # fmt: skip
 
 

@@ -302,3 +302,7 @@ def test_absurd_resampling_ratio_is_a_recorded_failure(tmp_path: Path) -> None:
     assert "melcli: skipped onehz.wav: cannot resample 1 Hz to 48000 Hz: ratio above 256" in (
         res.stderr
     )
+    # the header's rate is the file's content: not retried until the file changes
+    res = CliRunner().invoke(cli, ["mel", str(data), "-o", str(out), "-j", "1", "--sr", "48000"])
+    assert res.exit_code == 3 and "skipped" not in res.stderr
+    assert "unchanged 1, failed 2" in res.stderr
