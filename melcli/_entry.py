@@ -3,8 +3,11 @@
 Importing the command line (click, melcli's modules) takes a few tenths of a
 second, more on a busy machine; a Ctrl-C, SIGTERM or SIGHUP in that time would
 print an import traceback (SIGINT) or kill the process without a word. Until
-`melcli.cli.main` installs the run's handlers, a stop signal just says so and
-exits with its code: nothing has been written yet.
+an extraction has loaded its modules and installs the run's handlers (which
+raise, to checkpoint and clean up), a stop signal just says so and exits with
+its code: nothing has been written yet. Raising earlier would interrupt the
+import of a C extension (numpy, h5py) half-way, and a later import of it then
+fails with a traceback instead of the one line.
 """
 
 from __future__ import annotations
@@ -28,10 +31,15 @@ def _early(signum: int, frame: Any) -> None:
     os._exit(code)
 
 
-def main() -> None:
-    """Install the early handlers, then run `melcli.cli.main`."""
+def install_early_handlers() -> None:
+    """A stop signal prints one line and exits at once (nothing to clean up yet)."""
     for sig in _EARLY:
         signal.signal(sig, _early)
+
+
+def main() -> None:
+    """Install the early handlers, then run `melcli.cli.main`."""
+    install_early_handlers()
     from melcli.cli import main as cli_main
 
     cli_main()

@@ -340,6 +340,33 @@ def _unraisable(info: Any) -> None:
     sys.__unraisablehook__(info)
 
 
+def _preload(fmt: str, params: FeatureParams, opts: Any) -> None:
+    """Import every module the run may need, before its stop handlers raise.
+
+    A stop signal's exception raised inside the import of a C extension leaves
+    it half-initialised, and importing it again later fails ("cannot load module
+    more than once per process"); until now a signal exits at once (`melcli._entry`).
+    """
+    import concurrent.futures  # noqa: F401
+    import ctypes.util  # noqa: F401
+    import multiprocessing.connection  # noqa: F401
+
+    import h5py  # noqa: F401  (an old output is read with it whatever the format)
+    import numpy  # noqa: F401
+    import threadpoolctl  # noqa: F401
+
+    from melcli import audio, features, manifest, pipeline, plan, workdir, writers  # noqa: F401
+
+    if fmt == "h5":
+        from h5py import h5a, h5d, h5f, h5o, h5p, h5s, h5t  # noqa: F401
+    if params.sr is not None:
+        import soxr  # noqa: F401
+    if opts.backend == "loky":
+        from joblib.externals.loky import process_executor  # noqa: F401
+        from joblib.externals.loky.backend import resource_tracker  # noqa: F401
+    import tqdm  # noqa: F401
+
+
 def _install_stop_handlers() -> dict[int, Any]:
     """Handle SIGINT, SIGTERM and SIGHUP by raising (see `_STOP_SIGNALS`); return the old ones."""
     _STOPS.clear()
@@ -486,6 +513,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"
     started = time.perf_counter()
+    _preload(fmt, params, opts)
     previous = _install_stop_handlers()
     previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
@@ -676,8 +704,12 @@ def _print_audio(info: dict[str, Any]) -> None:
 
 def main() -> None:
     """Console-script entry point: Click's errors, stop signals anywhere, exit codes."""
+    from melcli._entry import install_early_handlers
+
     _open_standard_fds()
-    _install_stop_handlers()  # for the whole process: a signal at any moment is one line
+    # Until a run has loaded its modules (`_preload`), a stop signal is one line and an
+    # exit at once: nothing is written before, and raising inside an import breaks it.
+    install_early_handlers()
     sys.unraisablehook = _unraisable
     try:
         try:
