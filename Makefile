@@ -10,10 +10,11 @@ RUNSTAMP = $(VENV)/.melcli-runtime
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# make run needs the runtime dependencies only; make test adds the test and lint tools
+# make run needs melcli and its runtime dependencies only (a plain install: an editable one
+# makes setuptools warn); make test adds the test and lint tools and installs it editable
 $(RUNSTAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet .
 	touch $(RUNSTAMP)
 
 $(STAMP): $(RUNSTAMP)
