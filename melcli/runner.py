@@ -322,14 +322,25 @@ def _unlisted(output: Path, man: dict[str, Any]) -> list[str]:
             listed.add(f"{key}.npy")
             folders.update(str(p) for p in Path(key).parents if str(p) != ".")
     extras: list[str] = []
-    for root, dirs, files in os.walk(output):
-        rel = os.path.relpath(root, output)
-        rel = "" if rel == "." else rel + "/"
-        for d in list(dirs):
-            if rel + d not in folders or os.path.islink(os.path.join(root, d)):
-                extras.append(rel + d + "/")
-                dirs.remove(d)
-        extras.extend(rel + f for f in files if rel + f not in listed)
+    stack = [(os.fspath(output), "")]  # no recursion: os.walk recurses (any depth here)
+    while stack:
+        top, rel = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                children = list(it)
+        except OSError:
+            continue
+        for entry in children:
+            name = rel + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if name in folders:
+                    stack.append((entry.path, name + "/"))
+                else:
+                    extras.append(name + "/")
+            elif entry.is_symlink() and name in folders:
+                extras.append(name + "/")  # a linked folder is not one melcli made
+            elif name not in listed:
+                extras.append(name)
     return sorted(extras)
 
 

@@ -372,6 +372,11 @@ def test_very_deep_tree(audio: AudioFactory, melcli: RunMelcli, tmp_path: Path) 
         assert np.array_equal(f[f"features/{deep_key}"][()], data)
     proc = melcli("inspect", "t", timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
+    # an incremental rerun checks the npy tree for files melcli did not write: any depth
+    audio.tone("m.wav", freq=770)
+    proc = melcli("mel", audio.root, "-o", "t", timeout=TIMEOUT)
+    assert_no_traceback(proc.stderr)
+    assert proc.returncode == 0 and "updated 1" in proc.stderr, proc.stderr
 
 
 def test_walk_order_is_unchanged(audio: AudioFactory) -> None:
