@@ -153,11 +153,53 @@ def _magnitude(spec: np.ndarray, power: float) -> np.ndarray:
     return mag if power == 1.0 else mag**power
 
 
-def pad_center(y: np.ndarray, params: FeatureParams, left: int, right: int) -> np.ndarray:
-    """Pad ``y`` (channels, n) by ``left`` / ``right`` samples with ``params.pad_mode``."""
+def pad_center(
+    y: np.ndarray,
+    params: FeatureParams,
+    left: int,
+    right: int,
+    *,
+    start: int = 0,
+    n_samples: int | None = None,
+) -> np.ndarray:
+    """Pad ``y`` (channels, n) by ``left`` / ``right`` samples with ``params.pad_mode``.
+
+    ``y`` is ``signal[:, start:start + y.shape[-1]]`` of a signal of ``n_samples``
+    samples (default: ``y`` is the whole signal); the right padding needs both to
+    reproduce librosa's (see `_librosa_tail`).
+    """
     if not (left or right):
         return y
-    return np.pad(y, [(0, 0), (left, right)], mode=params.pad_mode)  # type: ignore[call-overload]
+    n = start + y.shape[-1] if n_samples is None else n_samples
+    tail = _librosa_tail(params, n) if right else None
+    if tail is None:
+        return np.pad(y, [(0, 0), (left, right)], mode=params.pad_mode)  # type: ignore[call-overload]
+    # librosa pads only the tail y[s:] (fewer than n_fft // 2 + 1 samples here), so
+    # numpy reflects that short piece repeatedly instead of the whole signal once.
+    piece = np.pad(y[:, tail - start :], [(0, 0), (0, params.n_fft // 2)], mode="reflect")
+    head = np.pad(y, [(0, 0), (left, 0)], mode="reflect") if left else y
+    return np.concatenate([head, piece[:, n - tail : n - tail + right]], axis=-1)
+
+
+def _librosa_tail(params: FeatureParams, n: int) -> int | None:
+    """Where librosa.stft's separately padded tail starts, if that changes the numbers.
+
+    librosa (0.10+) pads the head and the tail of a centred signal separately; the
+    tail ``y[s:]`` starts at the first frame that needs right padding. With
+    ``pad_mode="reflect"`` and a tail shorter than ``n_fft // 2 + 1`` samples (hop
+    longer than about half the window) numpy reflects it more than once, which is
+    not the whole signal's reflection. None when the ordinary padding is the same.
+    """
+    half = params.n_fft // 2
+    if params.pad_mode != "reflect" or not params.center:
+        return None
+    hop = params.hop_length
+    start_k = -(-half // hop)
+    tail_k = (n + half - params.n_fft) // hop + 1
+    s = tail_k * hop - half
+    if tail_k <= start_k or not 0 < n - s < half + 1:
+        return None
+    return s
 
 
 def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
@@ -335,7 +377,9 @@ def compute_segment(
     check_file_params(params, sr, n_samples)
     check_samples(segment)
     a, b = segment_bounds(params, frame_start, frame_stop)
-    x = pad_center(segment, params, max(0, -a), max(0, b - n_samples))
+    x = pad_center(
+        segment, params, max(0, -a), max(0, b - n_samples), start=max(a, 0), n_samples=n_samples
+    )
     return _finish(frames_spectrogram(x, sr, params, frame_stop - frame_start), params)
 
 
@@ -420,7 +464,14 @@ def compute_stream(
         out.add(scale_values(spectrogram(buf, sr, params), params))
     elif total > done:
         a, b = segment_bounds(params, done, total)
-        x = pad_center(buf[:, max(a, 0) - buf_start :], params, max(0, -a), max(0, b - n))
+        x = pad_center(
+            buf[:, max(a, 0) - buf_start :],
+            params,
+            max(0, -a),
+            max(0, b - n),
+            start=max(a, 0),
+            n_samples=n,
+        )
         out.add(scale_values(frames_spectrogram(x, sr, params, total - done), params))
     return _cast(clip_top_db(out.array(), params), params)
 

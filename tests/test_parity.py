@@ -571,3 +571,44 @@ def test_random_parameters_match_librosa(
         ref, _ = librosa_reference(path, p)
     assert_parity(got, ref, p)
     assert got.shape[-1] == p.n_frames(n)
+
+
+# ---------------------------------------------------------------------------
+# librosa pads a centred signal's tail on its own
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("n", "n_fft", "hop", "window"),
+    [(1024, 100, 64, "rectangular"), (1025, 8, 5, "hann"), (16000, 512, 400, "hamming"),
+     (1024, 32, 32, "rectangular"), (4016, 64, 48, "rectangular")],
+)  # fmt: skip
+def test_reflect_padded_tail_matches_librosa(
+    tmp_path: Path, n: int, n_fft: int, hop: int, window: str
+) -> None:
+    """With a hop over about half the window, librosa reflects a tail shorter than
+    n_fft // 2 + 1 samples on its own (numpy then reflects it more than once): the
+    last frame is not the whole signal's reflection. melcli gives librosa's numbers."""
+    rng = np.random.default_rng(n)
+    path = tmp_path / "t.wav"
+    sf.write(path, (0.5 * rng.uniform(-1, 1, n)).astype(np.float32), 16000, subtype="FLOAT")
+    for kind in ("stft", "mel") if n_fft >= 100 else ("stft",):
+        check(path, kind=kind, n_fft=n_fft, hop_length=hop, window=window, pad_mode="reflect",
+              power=1.0, n_mels=8)  # fmt: skip
+
+
+def test_cli_reflect_padded_tail_matches_librosa(tmp_path: Path, melcli: Any) -> None:
+    """The same through the real executable (parts of long files: test_streaming)."""
+    rng = np.random.default_rng(7)
+    n = 1024
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "t.wav", (0.5 * rng.uniform(-1, 1, n)).astype(np.float32), 16000,
+             subtype="FLOAT")  # fmt: skip
+    args = ["--n-fft", "100", "--hop-length", "64", "--window", "rectangular", "--pad-mode",
+            "reflect", "-j1"]  # fmt: skip
+    r = melcli("stft", tmp_path / "in", "-o", tmp_path / "o.h5", *args)
+    assert r.returncode == 0, r.stderr
+    p = FeatureParams(kind="stft", n_fft=100, hop_length=64, window="rectangular",
+                      pad_mode="reflect")  # fmt: skip
+    with h5py.File(tmp_path / "o.h5") as f:
+        got = f["features/t.wav"][()]
+    ref, _ = librosa_reference(tmp_path / "in" / "t.wav", p)
+    assert_parity(got, ref, p)

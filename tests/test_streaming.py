@@ -45,6 +45,14 @@ def _whole(path: Path, params: FeatureParams) -> np.ndarray:
         {"kind": "mel", "center": False, "n_fft": 512, "win_length": 400, "hop_length": 160},
         {"kind": "stft", "complex": True, "mono": False, "pad_mode": "edge", "n_fft": 511},
         {"kind": "mel", "mono": False, "scale": "log", "window": "kaiser:8"},
+        # librosa's separately reflected tail (hop > n_fft / 2): features._librosa_tail
+        {
+            "kind": "stft",
+            "pad_mode": "reflect",
+            "n_fft": 256,
+            "hop_length": 200,
+            "window": "rectangular",
+        },
     ],
 )
 def test_parts_equal_the_whole_file(
