@@ -2,7 +2,8 @@
 
     python bench/scale.py DIR N [N ...]        # e.g. bench/scale.py /tmp/scale 20000 100000
     python bench/scale.py DIR --synthetic 1000000 make       # the output's manifest only
-    python bench/scale.py DIR --synthetic 1000000 noop after # time a no-op rerun of it
+    python bench/scale.py DIR --synthetic 1000000 noop   # time a no-op rerun of it
+    python bench/scale.py DIR --synthetic 1000000 add10  # add 10 files, rerun, remove them
 
 For each N: N tiny WAVs (20 ms, 16 kHz; hard links of 16 distinct files, so
 stat costs what real files cost) in directories of 1000, a first run, a no-op
@@ -81,7 +82,7 @@ def main() -> None:
         if sys.argv[4] == "make":
             synthetic(root, n)
         else:
-            synthetic_noop(root, n, sys.argv[5])
+            synthetic_rerun(root, n, sys.argv[4])
         return
     for n in map(int, sys.argv[2:]):
         make_corpus(root, n)
@@ -95,11 +96,7 @@ def main() -> None:
             out.with_suffix(".json").unlink(missing_ok=True)
         for label in labels:
             if label == "add 10 files":
-                extra = data / "zz-added"
-                extra.mkdir(exist_ok=True)
-                for i in range(10):
-                    sf.write(extra / f"new{i}.wav", np.full(320, 0.01 * (i + 1), np.float32),
-                             16000)  # fmt: skip
+                add10(data)
             wall, rss, rc = run(common)
             size = out.with_suffix(".json").stat().st_size / 1e6
             print(
@@ -107,9 +104,20 @@ def main() -> None:
                 f"json {size:.0f} MB  h5 {out.stat().st_size / 1e6:.0f} MB",
                 flush=True,
             )
-        for i in range(10):
-            (data / "zz-added" / f"new{i}.wav").unlink()
-        (data / "zz-added").rmdir()
+        remove10(data)
+
+
+def add10(data: Path) -> None:
+    extra = data / "zz-added"
+    extra.mkdir(exist_ok=True)
+    for i in range(10):
+        sf.write(extra / f"new{i}.wav", np.full(320, 0.01 * (i + 1), np.float32), 16000)
+
+
+def remove10(data: Path) -> None:
+    for i in range(10):
+        (data / "zz-added" / f"new{i}.wav").unlink()
+    (data / "zz-added").rmdir()
 
 
 def synthetic(root: Path, n: int) -> None:
@@ -125,16 +133,17 @@ def synthetic(root: Path, n: int) -> None:
     seed_out.unlink(missing_ok=True)
     subprocess.run([*MELCLI, "mel", str(root / "seeds"), "-o", str(seed_out), "-q",
                     "--n-mels", "40", "--n-fft", "256"], check=True)  # fmt: skip
-    seeds = manifest.read_indexed(seed_out.with_suffix(".json"))
+    seeds = manifest.read_entries(seed_out.with_suffix(".json"), "seeds")
     tmpl = seeds["entries"].record(0)  # every seed has the same size, mtime and shape
     entries = []
     for i in range(n):
         key = f"d{i // 1000:04d}/f{i:07d}.wav"
         entries.append({**tmpl, "key": key, "source": str(data / key)})
-    head = {k: v for k, v in seeds.items() if k != "entries"}
+    command = f"melcli mel {data} -o {out} -q --n-mels 40 --n-fft 256"
     man = manifest.build(
-        params=head["params"], command=head["command"], output_format="h5", entries=entries,
-        failures=[], frequencies={16000: head["frequencies"]["16000"]},
+        params=seeds["params"], command=command, output_format="h5", entries=entries,
+        failures=[], frequencies={16000: seeds["frequencies"]["16000"]},
+        inputs=[{"given": str(data), "absolute": str(data)}],
     )  # fmt: skip
     del entries
     text = manifest.dumps(man)
@@ -144,17 +153,28 @@ def synthetic(root: Path, n: int) -> None:
         f.attrs["command"] = man["command"]
         f.attrs["created"] = man["created"]
         f.attrs["params"] = json.dumps(man["params"], sort_keys=True)
-        f.attrs["manifest_digest"] = manifest.digest(text)
         f.create_dataset("manifest", data=text, dtype=h5py.string_dtype())
-    out.with_suffix(".json").write_text(text, encoding="utf-8")
+    out.with_suffix(".json").write_bytes(text)
     print(f"synthetic output {out}: {n} entries, manifest {len(text) / 1e6:.0f} MB", flush=True)
 
 
-def synthetic_noop(root: Path, n: int, label: str) -> None:
-    out = root / f"syn{n}.h5"
-    wall, rss, rc = run(["mel", str(root / f"data{n}"), "-o", str(out), "-q",
+def synthetic_rerun(root: Path, n: int, what: str) -> None:
+    """A no-op rerun (``noop``) or one that adds 10 files (``add10``; the next
+    ``add10`` run removes them again: a rerun that changes 20 entries)."""
+    data, out = root / f"data{n}", root / f"syn{n}.h5"
+    extra = data / "zz-added"
+    label = what
+    if what == "add10":
+        if extra.exists():
+            remove10(data)
+            label = "remove 10"
+        else:
+            add10(data)
+            label = "add 10"
+    wall, rss, rc = run(["mel", str(data), "-o", str(out), "-q",
                          "--n-mels", "40", "--n-fft", "256"])  # fmt: skip
-    print(f"{n:>8} {label:<14} {wall:7.2f} s  peak RSS {rss:6.0f} MB  exit {rc}", flush=True)
+    print(f"{n:>8} {label:<14} {wall:7.2f} s  peak RSS {rss:6.0f} MB  exit {rc}  "
+          f"h5 {out.stat().st_size / 1e6:.0f} MB", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

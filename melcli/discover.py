@@ -23,7 +23,7 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Source:
     """One input file and the key its features are stored under.
 

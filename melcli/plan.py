@@ -6,13 +6,16 @@ rerun with nothing to do costs one ``stat`` per input.
 
 from __future__ import annotations
 
+import array
 import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from melcli.discover import (
     NotRegularFile,
@@ -22,10 +25,11 @@ from melcli.discover import (
     os_reason,
     printable,
 )
+from melcli.manifest import EntryTable
 from melcli.workdir import ChunkRecord
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceState:
     """What identifies a source's content: size and mtime, or a content hash.
 
@@ -148,8 +152,11 @@ class Plan:
     ----------
     compute : list of Source
         Inputs to decode and extract now.
-    keep_old : list of dict
-        Entries of the existing output kept as they are (copied byte for byte).
+    old : EntryTable
+        The entries of the existing output (empty when there is none).
+    keep_old : array of int
+        Rows of ``old`` kept as they are (copied byte for byte), ascending
+        (`kept` as a numpy array).
     keep_work : dict
         Key -> entry finished by an interrupted earlier run (in the work dir).
     failures : list of dict
@@ -159,8 +166,8 @@ class Plan:
     repaired : list of str
         Keys the manifest lists but the output does not hold (intact): computed
         again (or, under an unreadable directory, dropped).
-    old_keys : set of str
-        Keys present in the existing output (to tell added from updated).
+    states : dict
+        Key -> `SourceState` of each input to compute (and of resumed work).
     unverified : list of dict
         ``key``, ``source``, ``reason`` of inputs that are there but could not
         be read this time (permission denied, ...): their entries are in
@@ -168,12 +175,12 @@ class Plan:
     """
 
     compute: list[Source] = field(default_factory=list)
-    keep_old: list[dict[str, Any]] = field(default_factory=list)
+    old: EntryTable = field(default_factory=lambda: EntryTable.from_records([]))
+    keep_old: array.array[int] = field(default_factory=lambda: array.array("q"))
     keep_work: dict[str, ChunkRecord] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
-    old_keys: set[str] = field(default_factory=set)
     states: dict[str, SourceState] = field(default_factory=dict)
     unverified: list[dict[str, Any]] = field(default_factory=list)
 
@@ -182,21 +189,35 @@ class Plan:
         """True when the existing output is already up to date."""
         return not (self.compute or self.keep_work or self.removed)
 
+    def was_there(self, key: str) -> bool:
+        """True when the existing output has an entry ``key`` (added vs updated)."""
+        return self.old.row(key) is not None
+
+    def kept_keys(self) -> Iterator[str]:
+        """Keys of the kept entries."""
+        keys = self.old.keys
+        return (keys[r] for r in self.keep_old)
+
+    @property
+    def kept(self) -> np.ndarray:
+        """``keep_old`` as a numpy array (to index the table's columns)."""
+        return np.frombuffer(self.keep_old, np.int64)
+
 
 def make_plan(
-    sources: Iterable[Source],
+    sources: Sequence[Source],
     *,
     old_manifest: dict[str, Any] | None,
     work_records: Iterable[ChunkRecord],
     checksum: bool,
     unreadable: Iterable[UnreadableDir] = (),
-    missing: Callable[[list[dict[str, Any]]], set[str]] | None = None,
+    missing: Callable[[EntryTable, array.array[int]], set[str]] | None = None,
 ) -> Plan:
     """Compare the inputs with the existing output and the work directory.
 
     Parameters
     ----------
-    sources : iterable of Source
+    sources : sequence of Source
         Everything discovered now.
     old_manifest : dict or None
         Manifest of the existing output to update incrementally (None: build
@@ -209,7 +230,7 @@ def make_plan(
         Directories that could not be listed this time: each is a failure, and
         the existing entries and failures under them are kept, not removed.
     missing : callable, optional
-        ``missing(entries)`` -> the keys among the entries to keep that the
+        ``missing(table, rows)`` -> the keys among the rows to keep that the
         existing output does not actually hold (see `melcli.writers.missing_entries`).
 
     Returns
@@ -217,35 +238,41 @@ def make_plan(
     Plan
     """
     plan = Plan()
-    old_entries = {e["key"]: e for e in (old_manifest or {}).get("entries", [])}
+    table = (old_manifest or {}).get("entries")
+    if isinstance(table, EntryTable):
+        plan.old = table
+    table = plan.old
     old_failures = {f["key"]: f for f in (old_manifest or {}).get("failures", [])}
-    plan.old_keys = set(old_entries)
     work = {rec.record["key"]: rec for rec in work_records}
-    present: dict[str, Source] = {}
+    seen = np.zeros(len(table), bool)  # rows whose key was found again
     for src in sources:
-        present[src.key] = src
+        key = src.key
         state = source_state(src.path, checksum=checksum)
-        plan.states[src.key] = state
-        old = old_entries.get(src.key)
-        done = work.get(src.key)
-        if old is not None and state.matches(old):  # the output already has it
-            plan.keep_old.append(old)
-        elif old is not None and state.unreadable is not None:  # there, unreadable for now
-            plan.keep_old.append(old)
-            plan.unverified.append(
-                {"key": src.key, "source": printable(src.path), "reason": state.unreadable}
-            )
-        elif done is not None and state.matches(done.record):
+        row = table.row(key)
+        done = work.get(key)
+        if row is not None:
+            seen[row] = True
+            if state.matches(table.stat(row)):  # the output already has it
+                plan.keep_old.append(row)
+                continue
+            if state.unreadable is not None:  # there, unreadable for now: kept as it was
+                plan.keep_old.append(row)
+                plan.unverified.append(
+                    {"key": key, "source": printable(src.path), "reason": state.unreadable}
+                )
+                continue
+        plan.states[key] = state
+        if done is not None and state.matches(done.record):
             if done.kind == "entry":
-                plan.keep_work[src.key] = done
+                plan.keep_work[key] = done
             else:
                 plan.failures.append(done.record)
         elif (
-            src.key in old_failures
-            and state.matches(old_failures[src.key])
-            and is_content_failure(old_failures[src.key]["reason"])
+            key in old_failures
+            and state.matches(old_failures[key])
+            and is_content_failure(old_failures[key]["reason"])
         ):
-            plan.failures.append(old_failures[src.key])
+            plan.failures.append(old_failures[key])
         else:
             plan.compute.append(src)
     dirs = list(unreadable)
@@ -254,30 +281,35 @@ def make_plan(
     def under_hidden(key: str) -> bool:
         return any(is_under(key, p) for p in hidden)
 
-    for key in sorted(set(old_entries) - present.keys()):
+    for row in np.flatnonzero(~seen).tolist():
+        key = table.keys[row]
         if under_hidden(key):
-            plan.keep_old.append(old_entries[key])
-            plan.states[key] = SourceState(None, None)
+            plan.keep_old.append(row)
         else:
             plan.removed.append(key)
+    plan.keep_old = array.array("q", sorted(plan.keep_old))
     for key, old_failure in old_failures.items():  # failures under them stay too
         if (
-            key not in present
+            table.row(key) is None
+            and key not in plan.states
             and under_hidden(key)
             and not old_failure["reason"].startswith(DIRECTORY_FAILURE)
         ):
             plan.failures.append(old_failure)
     plan.failures.extend(directory_failure(d) for d in dirs)
     if missing is not None and plan.keep_old:
-        lost = missing(plan.keep_old)
+        lost = missing(table, plan.keep_old)
         if lost:  # an entry deleted from the output by hand: never copy what is not there
             plan.repaired = sorted(lost)
-            plan.keep_old = [e for e in plan.keep_old if e["key"] not in lost]
+            plan.keep_old = array.array(
+                "q", (r for r in plan.keep_old if table.keys[r] not in lost)
+            )
+            found = {src.key: src for src in sources if src.key in lost}
             for key in plan.repaired:
-                if key in present:
-                    plan.compute.append(present[key])
+                if key in found:
+                    plan.compute.append(found[key])
+                    plan.states[key] = source_state(found[key].path, checksum=checksum)
                 else:  # under a directory that cannot be read now: nothing to compute it from
                     plan.removed.append(key)
-                    del plan.states[key]
             plan.removed.sort()
     return plan

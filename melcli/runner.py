@@ -145,18 +145,37 @@ def repair_sidecar(side: Path, man: dict[str, Any]) -> str | None:
     whole, so a sidecar that cannot be written (a directory in its place, a
     read-only directory) only costs the copy.
     """
-    text = manifest_mod.dumps(man)
-    try:
-        current = side.read_text(encoding="utf-8")
-    except OSError:
-        current = None
-    if current == text:
+    text = manifest_text(man)
+    if same_bytes(side, text):
         return None
     try:
         manifest_mod.write_atomic(side, text)
     except OutputError as exc:
         return f"{exc}; the manifest inside the HDF5 file is complete"
     return None
+
+
+def manifest_text(man: dict[str, Any]) -> bytes:
+    """The text of a manifest as read (`manifest.loads`), or serialised anew."""
+    origin = getattr(man.get("entries"), "origin", None)
+    return origin if origin is not None else manifest_mod.dumps(man)
+
+
+def same_bytes(path: Path, text: bytes) -> bool:
+    """True when the file at ``path`` holds exactly ``text`` (read in pieces: a
+    million entries' manifest is 300 MB)."""
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size != len(text):
+                return False
+            view, pos, step = memoryview(text), 0, 1 << 22
+            while pos < len(text):
+                if fh.read(step) != view[pos : pos + step]:
+                    return False
+                pos += step
+            return fh.read(1) == b""
+    except OSError:
+        return False
 
 
 def resolve_output(path: Path) -> Path:
@@ -214,7 +233,7 @@ PRUNE_SHARE = 0.5
 
 
 def _check_prune(output: Path, plan: Plan, opts: RunOptions) -> None:
-    removed, total = len(plan.removed), len(plan.old_keys)
+    removed, total = len(plan.removed), len(plan.old)
     if "-" not in opts.inputs or opts.prune or removed <= total * PRUNE_SHARE:
         return
     shown = ", ".join(plan.removed[:3]) + (", ..." if removed > 3 else "")
@@ -292,15 +311,14 @@ def check_sidecar(side: Path, output: Path, opts: RunOptions, own: dict[str, Any
     if not os.path.lexists(side) or side.is_dir():
         return  # a directory in its way is a warning at the commit, not a refusal
     hint = "put this output's manifest elsewhere with --manifest PATH"
+    if own is not None and same_bytes(side, manifest_text(own)):
+        return
     try:
-        text = side.read_text(encoding="utf-8")
         theirs = manifest_mod.read(side)
-    except (OSError, UnicodeDecodeError, OutputError):
+    except OutputError:
         raise UsageOutputError(
             f"{side} exists and is not a melcli manifest; refusing to replace it: {hint}"
         ) from None
-    if own is not None and text == manifest_mod.dumps(own):
-        return
     claimed = theirs.get("output")
     others = [output.with_suffix(s) for s in writers.H5_SUFFIXES if output.with_suffix(s) != output]
     for other in [side.parent / claimed] if isinstance(claimed, str) else others:
@@ -316,11 +334,10 @@ def _unlisted(output: Path, man: dict[str, Any]) -> list[str]:
     """What an npy output directory holds that its manifest does not list."""
     listed = {"manifest.json"}
     folders: set[str] = set()
-    for entry in man.get("entries", []):
-        key = entry.get("key") if isinstance(entry, dict) else None
-        if isinstance(key, str):
-            listed.add(f"{key}.npy")
-            folders.update(str(p) for p in Path(key).parents if str(p) != ".")
+    entries = man.get("entries")
+    for key in entries.keys if isinstance(entries, manifest_mod.EntryTable) else ():
+        listed.add(f"{key}.npy")
+        folders.update(str(p) for p in Path(key).parents if str(p) != ".")
     extras: list[str] = []
     stack = [(os.fspath(output), "")]  # no recursion: os.walk recurses (any depth here)
     while stack:
@@ -482,7 +499,9 @@ def _execute(
         old_manifest=old,
         work_records=work.records() if resume else (),
         checksum=opts.checksum,
-        missing=lambda kept: writers.missing_entries(output, opts.format, kept),
+        missing=None
+        if old is not None and old["entries"].untouched
+        else lambda table, rows: writers.missing_entries(output, opts.format, table, rows),
     )
     for chunk, why in work.damaged:
         reporter.warning(
@@ -495,7 +514,7 @@ def _execute(
         _check_prune(output, plan, opts)
     fault_point("planned")
     for d in unreadable:
-        kept = sum(1 for e in plan.keep_old if is_under(e["key"], d.prefix))
+        kept = sum(1 for k in plan.kept_keys() if is_under(k, d.prefix))
         reporter.error(
             f"cannot read directory {d.path}: {d.reason}; recorded as a failure"
             + (f"; its {kept} entries in the output are kept as they were" if kept else "")
@@ -531,13 +550,14 @@ def _execute(
         report.estimated_bytes += _estimate_bytes(
             params, info.frames, info.channels, info.sample_rate
         )
-    report.estimated_bytes += sum(writers.entry_nbytes(e) for e in plan.keep_old)
+    kept_bytes = int(plan.old.nbytes[plan.kept].sum())
+    report.estimated_bytes += kept_bytes
     report.estimated_bytes += sum(writers.entry_nbytes(r.record) for r in plan.keep_work.values())
 
     if opts.dry_run:  # what the run would do: inputs whose header failed are failures, not adds
         probed = {t.task.source.key for t in todo}
-        report.added = sorted(k for k in probed if k not in plan.old_keys)
-        report.updated = sorted(k for k in probed if k in plan.old_keys)
+        report.added = sorted(k for k in probed if not plan.was_there(k))
+        report.updated = sorted(k for k in probed if plan.was_there(k))
         report.failures = failures
         report.entries = (
             len(plan.keep_old) + len(plan.keep_work) + len({t.task.source.key for t in todo})
@@ -552,7 +572,7 @@ def _execute(
         work.remove()
         report.failures = failures
         report.entries = len(plan.keep_old)
-        report.audio_seconds = sum(e["duration"] for e in plan.keep_old)
+        report.audio_seconds = float(plan.old.duration[plan.kept].sum())
         return report
 
     if params.kind == "mel":
@@ -567,9 +587,7 @@ def _execute(
     if opts.format == "npy":
         check_unlisted(output, existing.manifest)
     # Hard links carry an npy output's kept entries over: they need no new space.
-    needed = report.estimated_bytes - (
-        sum(writers.entry_nbytes(e) for e in plan.keep_old) if opts.format == "npy" else 0
-    )
+    needed = report.estimated_bytes - (kept_bytes if opts.format == "npy" else 0)
     if needed > free_bytes(output):  # fail now, not after computing what cannot be stored
         raise disk_error("writing", output, OSError(errno.ENOSPC, "no space"), needed=needed)
     inflight = work.path / INFLIGHT_LOG
@@ -594,7 +612,9 @@ def _execute(
     # the work directory); the spool checkpoints them for a resume. Kept and
     # resumed entries are added at the end (`_assemble`).
     try:
-        writer = writers.open_writer(output, opts.format, work, side)
+        writer = writers.open_writer(
+            output, opts.format, work, side, _reuse(output, opts, plan, old)
+        )
     except WriteFailed as exc:
         pool.close(ok=False)
         raise disk_error("writing", output, exc, needed=needed) from None
@@ -659,6 +679,22 @@ def _pool(
         [t.task for t in ordered], [t.cost for t in ordered], params,
         jobs=opts.jobs, backend=backend, log=log,
     )  # fmt: skip
+
+
+def _reuse(
+    output: Path, opts: RunOptions, plan: Plan, old: dict[str, Any] | None
+) -> writers.Reuse | None:
+    """Start an HDF5 rerun from a copy of the old file (`melcli.writers.reuse_h5`)?"""
+    if opts.format != "h5" or old is None or not plan.keep_old:
+        return None
+    table = plan.old
+    dropped = np.ones(len(table), bool)
+    dropped[plan.kept] = False
+    rows = np.flatnonzero(dropped)
+    text = table.origin if table.origin is not None else b""
+    return writers.reuse_h5(
+        output, [table.keys[r] for r in rows], int(table.nbytes[rows].sum()), len(text)
+    )
 
 
 def _compute(
@@ -783,37 +819,34 @@ def _assemble(
     """Complete the new output (resumed and kept entries, frequencies, manifest), commit."""
     from melcli import features
 
-    present = set(plan.states)
-    new = {k: rec for k, rec in written.items() if k in present}
-    resumed = {k: r for k, r in plan.keep_work.items() if k in present and k not in new}
-    kept = {e["key"]: e for e in plan.keep_old if e["key"] not in new and e["key"] not in resumed}
+    old = plan.old
+    new = {k: rec for k, rec in written.items() if k in plan.states}
+    resumed = {k: r for k, r in plan.keep_work.items() if k in plan.states and k not in new}
+    kept = [r for r in plan.keep_old if old.keys[r] not in new and old.keys[r] not in resumed]
     fresh = new.keys() | resumed.keys()
-    report.added = sorted(k for k in fresh if k not in plan.old_keys)
-    report.updated = sorted(k for k in fresh if k in plan.old_keys)
+    report.added = sorted(k for k in fresh if not plan.was_there(k))
+    report.updated = sorted(k for k in fresh if plan.was_there(k))
     report.unchanged = len(kept)
     report.failures = sorted((f for f in failures if f["key"] not in fresh), key=lambda f: f["key"])
-    keys = sorted(fresh | kept.keys())
-    report.entries = len(keys)
-    if not keys:
+    report.entries = len(fresh) + len(kept)
+    if not report.entries:
         writer.abort()
         work.remove()
         return report
-    entries: list[dict[str, Any]] = []
     reader = _ChunkReader()
     try:
-        for key in keys:
-            if key in new:
-                entries.append(new[key])
-            elif key in resumed:
-                for frame, data in reader.pieces(resumed[key]):
-                    writer.write_piece(resumed[key].record, frame, data)
-                fault_point("assemble")
-                entries.append(resumed[key].record)
-            else:
-                writer.copy_entry(kept[key], writer.path)
-                entries.append(kept[key])
+        for key in sorted(resumed):
+            for frame, data in reader.pieces(resumed[key]):
+                writer.write_piece(resumed[key].record, frame, data)
+            fault_point("assemble")
+        for r in kept:
+            writer.copy_entry(old.record(r), writer.path)
+        made = manifest_mod.EntryTable.from_records(
+            [*new.values(), *(r.record for r in resumed.values())]
+        )
+        entries = old.merged(kept, made)
         freqs: dict[int, list[float]] = {}
-        for sr in sorted({e["sample_rate"] for e in entries}):
+        for sr in np.unique(entries.sample_rate).tolist():
             row = features.row_frequencies(params, sr)
             writer.add_frequencies(sr, row)
             freqs[sr] = [float(x) for x in row]
@@ -828,6 +861,6 @@ def _assemble(
     finally:
         reader.close()
     report.wrote = True
-    report.audio_seconds = sum(e["duration"] for e in entries)
+    report.audio_seconds = float(entries.duration.sum())
     work.remove()
     return report
