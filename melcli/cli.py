@@ -520,7 +520,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
     try:
         report = runner.execute(found.sources, params, opts, reporter, found.unreadable_dirs)
-    except UsageOutputError as exc:
+    except (UsageOutputError, ParameterError) as exc:
         _usage(str(exc))
     except runner.FailFast as exc:
         _fail(ExitCode.FAILED, f"{exc}; nothing written to {output}")
@@ -671,6 +671,8 @@ def _print_output(info: dict[str, Any]) -> None:
         lo, hi = tuple(info["shape_min"]), tuple(info["shape_max"])
         echo(f"shapes:     {lo} .. {hi}  dtype {', '.join(info['dtype'])}")
         echo(f"rates:      {', '.join(str(r) for r in info['sample_rates'])} Hz")
+    for warning in info.get("warnings", []):
+        echo(f"warning:    {warning}")
     echo(f"failures:   {len(info['failures'])}")
     for f in info["failures"]:
         echo(f"  {_show(f['key'])}: {f['reason']}")

@@ -67,6 +67,7 @@ def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
         "params": man["params"],
         "entries": len(man["entries"]),
         "failures": man["failures"],
+        "warnings": [w for w in man.get("warnings", []) if isinstance(w, str)],
         "duration": man["totals"]["duration"],
         "frames": [min(frames), max(frames)] if frames else None,
         "shape_min": [min(s) for s in zip(*shapes, strict=False)] if shapes else None,

@@ -34,6 +34,7 @@ def build(
     frequencies: dict[int, list[float]],
     inputs: list[dict[str, str]] | None = None,
     created: str | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Assemble the manifest of one output.
 
@@ -55,6 +56,8 @@ def build(
         (`melcli.runner.recorded_inputs`).
     created : str, optional
         UTC ISO 8601 time; now by default.
+    warnings : list of str, optional
+        What the parameters make of this data (`melcli.advice.data_warnings`).
 
     Returns
     -------
@@ -74,6 +77,7 @@ def build(
         "frequencies": {str(sr): freqs for sr, freqs in sorted(frequencies.items())},
         "entries": table,
         "failures": failures,
+        "warnings": warnings or [],
         "totals": {
             "inputs": len(table) + len(failures),
             "entries": len(table),

@@ -21,8 +21,8 @@ from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
+from melcli import advice, writers
 from melcli import manifest as manifest_mod
-from melcli import writers
 from melcli.discover import Source, UnreadableDir, printable
 from melcli.errors import (
     DecodeError,
@@ -30,6 +30,7 @@ from melcli.errors import (
     ExitCode,
     MelcliError,
     OutputError,
+    ParameterError,
     UsageOutputError,
     WorkerError,
 )
@@ -64,6 +65,9 @@ class Reporter(Protocol):
 
     def warning(self, message: str) -> None:
         """A non-fatal problem, before or during the run."""
+
+    def problem(self, message: str) -> None:
+        """A warning about the data in the output (shown even with ``-q``)."""
 
     def skipped(self, failure: Failure) -> None:
         """An input failed; the batch goes on."""
@@ -528,11 +532,13 @@ def _execute(
         reporter.skipped(Failure(rec["key"], rec["source"], f"{rec['reason']}; its entry is kept"))
 
     # Headers first: cheap, and they give sizes, rates and early failures.
-    from melcli import audio, features
+    from melcli import audio
 
     failures: list[dict[str, Any]] = list(plan.failures)
     todo: list[Todo] = []
-    rates: set[int] = set()
+    in_rates: list[int] = []  # per probed input: the rate of its features, its samples there
+    in_samples: list[int] = []
+    in_keys: list[str] = []
     for src in plan.compute:
         try:
             info = audio.probe(src.path)
@@ -546,7 +552,10 @@ def _execute(
         tasks = make_tasks(src, info, params)
         samples = info.frames * info.channels // len(tasks)
         todo.extend(Todo(samples, task_cost(t, info, params), t) for t in tasks)
-        rates.add(params.sr or info.sample_rate)
+        rate = params.sr or info.sample_rate
+        in_rates.append(rate)
+        in_samples.append(-(-info.frames * rate // info.sample_rate))
+        in_keys.append(src.key)
         report.estimated_bytes += _estimate_bytes(
             params, info.frames, info.channels, info.sample_rate
         )
@@ -554,6 +563,10 @@ def _execute(
     report.estimated_bytes += kept_bytes
     report.estimated_bytes += sum(writers.entry_nbytes(r.record) for r in plan.keep_work.values())
 
+    if not len(plan.keep_old) and not plan.keep_work:  # one line instead of N equal failures
+        everywhere = advice.fails_everywhere(params, in_rates)
+        if everywhere:
+            raise ParameterError(everywhere)
     if opts.dry_run:  # what the run would do: inputs whose header failed are failures, not adds
         probed = {t.task.source.key for t in todo}
         report.added = sorted(k for k in probed if not plan.was_there(k))
@@ -575,15 +588,14 @@ def _execute(
         report.audio_seconds = float(plan.old.duration[plan.kept].sum())
         return report
 
-    if params.kind == "mel":
-        empty = sorted(sr for sr in rates if (params.fmax is None or params.fmax <= sr / 2)
-                       and features.has_empty_filters(params, sr))  # fmt: skip
-        if empty:
-            reporter.warning(
-                f"the mel filterbank has empty filters at {', '.join(f'{sr} Hz' for sr in empty)}: "
-                f"n_mels={params.n_mels} is too high for n_fft={params.n_fft}; "
-                "some bands will be all zeros"
-            )
+    kept_rows = plan.kept
+    for warning in advice.data_warnings(
+        params,
+        np.concatenate([plan.old.sample_rate[kept_rows], np.asarray(in_rates, np.int64)]),
+        np.concatenate([plan.old.n_samples[kept_rows], np.asarray(in_samples, np.int64)]),
+        [*plan.kept_keys(), *in_keys],
+    ):
+        reporter.problem(warning)
     if opts.format == "npy":
         check_unlisted(output, existing.manifest)
     # Hard links carry an npy output's kept entries over: they need no new space.
@@ -854,6 +866,9 @@ def _assemble(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
             entries=entries, failures=report.failures, frequencies=freqs,
             inputs=recorded_inputs(opts.inputs),
+            warnings=advice.data_warnings(
+                params, entries.sample_rate, entries.n_samples, entries.keys
+            ),
         )  # fmt: skip
         writer.commit(man)
         for warning in writer.warnings:

@@ -582,7 +582,12 @@ def test_quiet_run_prints_only_the_path(
     r = invoke("mel", corpus.root, "-o", out, "-j1", "-q", "--n-mels", "256", "--n-fft", "256")
     assert r.exit_code == 0
     assert r.stdout == f"{out}\n"
-    assert r.stderr == ""
+    # -q hides progress and summaries, not problems with the data (issue 14.3)
+    lines = r.stderr.splitlines()
+    assert lines and all(line.startswith("melcli: warning: ") for line in lines)
+    assert any("empty filters" in line for line in lines) and "wrote" not in r.stderr
+    r = invoke("mel", corpus.root, "-o", tmp_path / "q2.h5", "-j1", "-q", "--sr", "16000")
+    assert r.exit_code == 0 and r.stderr == ""
     # without -q (and not a terminal): no bar, a summary, nothing on stdout but the path
     r = invoke("mel", corpus.root, "-o", tmp_path / "nq.h5", "-j1")
     assert r.exit_code == 0
