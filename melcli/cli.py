@@ -135,6 +135,76 @@ def cli() -> None:
     """
 
 
+#: --help sections of mel and stft, in order after the kind's own options: every
+#: option is in exactly one (tested), positional arguments in "Input".
+OPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "Input": ("inputs", "null", "exts", "sr", "mono"),
+    "Framing": ("n_fft", "win_length", "hop_length", "window", "center", "pad_mode"),
+    "Spectrum": ("power",),
+    "Scaling": ("scale", "top_db", "amin", "dtype"),
+    "Output": ("output", "fmt", "manifest", "overwrite", "prune", "checksum"),
+    "Run": ("jobs", "backend", "dry_run", "fail_fast", "progress", "quiet", "verbose", "help"),
+}
+#: Each kind's own options, shown first.
+KIND_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mel": ("Mel options", ("n_mels", "fmin", "fmax", "mel_scale", "norm")),
+    "stft": ("STFT options", ("complex_",)),
+}
+_INPUTS_HELP = (
+    "Directories (walked recursively, sorted, hidden entries skipped), audio files, "
+    "and '-' (paths on stdin, one per line; -0 for NUL-separated)."
+)
+
+
+class ExtractCommand(click.Command):
+    """``mel`` / ``stft``: options in sections by stage (`OPTION_GROUPS`), the
+    kind's own first, and unknown options answered with the ones they begin
+    (``--hop`` -> ``--hop-length``)."""
+
+    def __init__(self, *args: Any, kind: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def sections(self, ctx: click.Context) -> list[tuple[str, list[click.Parameter]]]:
+        """(title, parameters) of each --help section, in order; ungrouped ones last."""
+        by_name = {p.name: p for p in self.get_params(ctx)}
+        help_option = self.get_help_option(ctx)
+        if help_option is not None:  # click names it after a private constant
+            by_name["help"] = by_name.pop(str(help_option.name), help_option)
+        title, own = KIND_GROUPS[self.kind]
+        out = [(title, [by_name[n] for n in own if n in by_name])]
+        out += [(t, [by_name[n] for n in names if n in by_name])
+                for t, names in OPTION_GROUPS.items()]  # fmt: skip
+        grouped = {p.name for _, params in out for p in params}
+        rest = [p for p in by_name.values() if p.name not in grouped]
+        return out + ([("Other options", rest)] if rest else [])
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        for title, params in self.sections(ctx):
+            rows = []
+            for p in params:
+                if isinstance(p, click.Argument):
+                    rows.append((f"{p.make_metavar(ctx)}", _INPUTS_HELP))
+                else:
+                    record = p.get_help_record(ctx)
+                    if record is not None:
+                        rows.append(record)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            names = sorted({o for p in self.get_params(ctx) for o in (*p.opts, *p.secondary_opts)
+                            if o.startswith("--")})  # fmt: skip
+            found = [n for n in names if n.startswith(exc.option_name)]
+            if found:  # click keeps only difflib's close matches: --hop is not one
+                setattr(exc, "possibilities", found)  # noqa: B010
+            raise
+
+
 def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("inputs", nargs=-1, required=True),
@@ -208,7 +278,9 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--progress/--no-progress", default=None,
                      help="Progress bar on stderr.  [default: on when stderr is a terminal]"),
         click.option("-q", "--quiet", is_flag=True,
-                     help="Only errors and skipped files on stderr."),
+                     help="Hide the progress bar and the summary lines; skipped files, errors "
+                          "and warnings about the data (empty mel bands, mixed sample rates, "
+                          "inputs shorter than n_fft) are still printed."),
         click.option("-v", "--verbose", is_flag=True, help="One line per written entry on stderr."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -226,7 +298,7 @@ audio files, and '-' (paths on stdin, one per line; -0 for NUL-separated).
 Examples:
   melcli mel data/ -o feats.h5
   find data -name '*.flac' | melcli mel - -o feats.h5 --sr 16000 --n-mels 80
-  melcli mel data/ -o feats/ --scale log --n-fft 400 --hop-length 160
+  melcli mel data/ -o feats/ --sr 16000 --n-mels 80 --scale log --n-fft 400 --hop-length 160
 """
 
 STFT_DOC = """Compute STFT magnitudes |librosa.stft|**power of every input.
@@ -242,12 +314,20 @@ Examples:
 """
 
 
-@cli.command("mel", help=MEL_DOC)
+@cli.command(
+    "mel", cls=ExtractCommand, kind="mel", help=MEL_DOC,
+    short_help="Compute mel spectrograms (librosa.feature.melspectrogram) of every input.",
+)  # fmt: skip
 @_shared_options
 @click.option("--n-mels", type=int, default=128, show_default=True, help="Mel bands.")
 @click.option("--fmin", type=float, default=0.0, show_default=True, help="Lowest frequency (Hz).")
 @click.option(
-    "--fmax", type=float, default=None, help="Highest frequency (Hz).  [default: sr/2 of each file]"
+    "--fmax",
+    type=float,
+    default=None,
+    help="Highest frequency (Hz). A file whose Nyquist frequency (sr/2) is below it fails "
+    "with that reason (exit 3); when every input would, the run stops before any work "
+    "(exit 2). Use --sr to resample.  [default: sr/2 of each file]",
 )
 @click.option(
     "--mel-scale",
@@ -267,7 +347,10 @@ def mel_command(**kw: Any) -> None:
     _extract("mel", kw)
 
 
-@cli.command("stft", help=STFT_DOC)
+@cli.command(
+    "stft", cls=ExtractCommand, kind="stft", help=STFT_DOC,
+    short_help="Compute STFT magnitudes |librosa.stft|**power of every input.",
+)  # fmt: skip
 @_shared_options
 @click.option(
     "--complex",
