@@ -23,7 +23,7 @@ $(STAMP): $(RUNSTAMP)
 
 ## run: install, extract sample_audio/ into feats.h5 (+ feats.json), then inspect it
 run: $(RUNSTAMP)
-	$(BIN)/melcli mel sample_audio/ -o feats.h5 --overwrite
+	$(BIN)/melcli mel sample_audio/ -o feats.h5 --overwrite --sr 22050
 	$(BIN)/melcli inspect feats.h5
 
 ## test: install, then run the whole test suite

@@ -362,18 +362,24 @@ def stft_command(**kw: Any) -> None:
     _extract("stft", kw)
 
 
-def _build_params(kind: str, kw: dict[str, Any]) -> FeatureParams:
-    fields: dict[str, Any] = {
-        "kind": kind, "sr": kw["sr"], "mono": kw["mono"], "n_fft": kw["n_fft"],
-        "win_length": kw["win_length"], "hop_length": kw["hop_length"], "window": kw["window"],
-        "center": kw["center"], "pad_mode": kw["pad_mode"], "power": kw["power"],
-        "scale": kw["scale"], "top_db": kw["top_db"], "amin": kw["amin"], "dtype": kw["dtype"],
-    }  # fmt: skip
-    if kind == "mel":
-        for name in ("n_mels", "fmin", "fmax", "mel_scale", "norm"):
-            fields[name] = kw[name]
+def _build_params(kind: str, kw: dict[str, Any], *, preview: bool = False) -> FeatureParams:
+    """The run's parameters; with ``preview``, only those given (inspect), defaults else."""
+    if preview:
+        if kind != "mel" and "n_mels" in kw:
+            _usage("--n-mels applies to --kind mel")
+        fields: dict[str, Any] = {"kind": kind, **kw}
     else:
-        fields["complex"] = kw["complex_"]
+        fields = {
+            "kind": kind, "sr": kw["sr"], "mono": kw["mono"], "n_fft": kw["n_fft"],
+            "win_length": kw["win_length"], "hop_length": kw["hop_length"], "window": kw["window"],
+            "center": kw["center"], "pad_mode": kw["pad_mode"], "power": kw["power"],
+            "scale": kw["scale"], "top_db": kw["top_db"], "amin": kw["amin"], "dtype": kw["dtype"],
+        }  # fmt: skip
+        if kind == "mel":
+            for name in ("n_mels", "fmin", "fmax", "mel_scale", "norm"):
+                fields[name] = kw[name]
+        else:
+            fields["complex"] = kw["complex_"]
     try:
         return FeatureParams(**fields)
     except ParameterError as exc:
@@ -687,44 +693,88 @@ def _print_plan(report: Any, output: Path) -> None:
     "--key", default=None, help="Also show one entry: shape, min/max/mean, non-finite count."
 )
 @click.option(
+    "--keys",
+    "list_keys",
+    is_flag=True,
+    help="Print only the entry keys, one per line (for an input: the keys a run would write).",
+)
+@click.option(
     "--ext",
     "exts",
     default=DEFAULT_EXTS,
     show_default=True,
     help="Suffixes counted as audio when PATH is an input directory.",
 )
-def inspect_command(path: str, as_json: bool, key: str | None, exts: str) -> None:
+@click.option(
+    "--kind",
+    type=_choice(["mel", "stft"]),
+    default=None,
+    help="Input preview: the shapes `melcli KIND` would write.  [default: mel]",
+)
+@click.option(
+    "--sr",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Input preview: resample to this rate, as `--sr` of a run.",
+)
+@click.option("--n-fft", type=int, default=None, help="Input preview: FFT length.  [default: 2048]")
+@click.option("--win-length", type=int, default=None, help="Input preview: window length.")
+@click.option("--hop-length", type=int, default=None, help="Input preview: hop length.")
+@click.option("--center/--no-center", default=None, help="Input preview: centred frames.")
+@click.option("--n-mels", type=int, default=None, help="Input preview: mel bands.  [default: 128]")
+@click.option("--mono/--keep-channels", default=None,
+              help="Input preview: average channels or keep them.")  # fmt: skip
+def inspect_command(
+    path: str, as_json: bool, key: str | None, list_keys: bool, exts: str, **preview: Any
+) -> None:
     """Show what is in an output, or what an input would give.
 
     \b
     PATH is an HDF5 output, an npy output directory, a manifest (.json), or
     audio (a file or a directory). For outputs: parameters, entry count, total
-    duration, shape range, dtype, size on disk, failures. For audio: per file
-    container, subtype, rate, channels, frames, duration, and the shape the
-    default `melcli mel` would produce.
+    duration, shape range, dtype, size on disk, warnings, failures (--json: each
+    entry's key, shape, duration, rate, channels). For audio: per file
+    container, subtype, rate, channels, frames, duration, and the shape
+    `melcli mel` would produce (with the preview options: the shape a run with
+    those options would produce).
 
     \b
     Examples:
       melcli inspect feats.h5
+      melcli inspect feats.h5 --keys | head
       melcli inspect feats.h5 --key speech/hello.wav
+      melcli inspect data/ --sr 16000 --n-fft 400 --hop-length 160 --n-mels 80
       melcli inspect data/ --json | jq '.total_duration'
     """
     from melcli import inspect as insp
     from melcli.discover import parse_extensions
 
     p = Path(path)
+    given = {name: value for name, value in preview.items() if value is not None}
     try:
         kind = insp.kind_of(p)
         if kind == "audio":
             if key is not None:
                 _usage("--key applies to melcli outputs, not to audio inputs")
-            info = insp.inspect_audio([path], parse_extensions(exts))
+            params = _build_params(given.pop("kind", "mel").lower(), given, preview=True)
+            info = insp.inspect_audio([path], parse_extensions(exts), params)
         else:
+            if given:
+                shown = ", ".join("--" + n.replace("_", "-") for n in given)
+                _usage(f"{shown} preview{'s' if len(given) == 1 else ''} what a run would give "
+                       f"for audio inputs; {path} is a melcli output (its parameters are "
+                       "recorded: melcli inspect shows them)")  # fmt: skip
             info = insp.inspect_output(p, key)
     except (OutputError, InputError) as exc:
         _fail(ExitCode.FAILED, str(exc))
     except OSError as exc:
         _fail(ExitCode.FAILED, f"cannot read {path}: {exc.strerror or exc}")
+    if list_keys:
+        keys = [e["key"] for e in info["files" if kind == "audio" else "entries"]]
+        with _best_effort(1):
+            for k in keys:
+                click.echo(k)
+        return
     if as_json:
         click.echo(json.dumps(info, indent=1, ensure_ascii=False))
     elif kind == "audio":
@@ -745,7 +795,7 @@ def _print_output(info: dict[str, Any]) -> None:
     p = info["params"]
     echo = click.echo
     echo(f"{info['path']}: melcli {p['kind']} output ({info['format']}), "
-         f"{info['entries']} entries, {info['duration']:.2f} s of audio, "
+         f"{info['total_entries']} entries, {info['total_duration']:.2f} s of audio, "
          f"{_fmt_bytes(info['size_bytes'])} on disk")  # fmt: skip
     echo(f"created:    {info['created']} by melcli {info['melcli_version']}")
     echo(f"command:    {info['command']}")
@@ -771,11 +821,16 @@ def _print_output(info: dict[str, Any]) -> None:
 
 
 def _print_audio(info: dict[str, Any]) -> None:
-    rows = [("key", "format", "subtype", "rate", "ch", "frames", "duration", "mel shape")]
+    rows = [
+        ("key", "format", "subtype", "rate", "ch", "frames", "duration", f"{info['kind']} shape")
+    ]
     for f in info["files"]:
-        rows.append((_show(f["key"]), f["format"], f["subtype"], str(f["sample_rate"]),
+        rate = str(f["native_sample_rate"])
+        if f["sample_rate"] != f["native_sample_rate"]:
+            rate += f"->{f['sample_rate']}"
+        rows.append((_show(f["key"]), f["format"], f["subtype"], rate,
                      str(f["channels"]), str(f["frames"]), f"{f['duration']:.3f} s",
-                     "x".join(str(n) for n in f["mel_shape"])))  # fmt: skip
+                     "x".join(str(n) for n in f["shape"])))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -56,24 +56,32 @@ def kind_of(path: Path) -> str:
 
 
 def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
-    shapes = [e["shape"] for e in man["entries"]]
+    entries = [
+        {"key": e["key"], "shape": e["shape"], "duration": e["duration"],
+         "sample_rate": e["sample_rate"], "channels": e["channels"], "dtype": e["dtype"]}
+        for e in man["entries"]
+    ]  # fmt: skip
+    shapes = [e["shape"] for e in entries]
     frames = [s[-1] for s in shapes]
     return {
         "path": str(path),
+        "kind": man["params"]["kind"],
         "format": man["output_format"],
         "melcli_version": man["melcli_version"],
         "command": man["command"],
         "created": man["created"],
         "params": man["params"],
-        "entries": len(man["entries"]),
+        "total_entries": len(entries),
+        "total_failures": len(man["failures"]),
+        "total_duration": man["totals"]["duration"],
+        "entries": entries,
         "failures": man["failures"],
         "warnings": [w for w in man.get("warnings", []) if isinstance(w, str)],
-        "duration": man["totals"]["duration"],
         "frames": [min(frames), max(frames)] if frames else None,
         "shape_min": [min(s) for s in zip(*shapes, strict=False)] if shapes else None,
         "shape_max": [max(s) for s in zip(*shapes, strict=False)] if shapes else None,
-        "dtype": sorted({e["dtype"] for e in man["entries"]}),
-        "sample_rates": sorted({e["sample_rate"] for e in man["entries"]}),
+        "dtype": sorted({e["dtype"] for e in entries}),
+        "sample_rates": sorted({e["sample_rate"] for e in entries}),
         "size_bytes": size,
     }
 
@@ -126,7 +134,11 @@ def _record(man: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
             f"{key!r} in {path} is a folder of {len(inside)} entries, not an entry "
             f"(e.g. {inside[0]!r})"
         )
-    raise OutputError(f"no entry {key!r} in {path}")
+    import difflib
+
+    near = difflib.get_close_matches(key, [e["key"] for e in man["entries"]], n=3, cutoff=0.5)
+    hint = f"; did you mean: {', '.join(near)}?" if near else ""
+    raise OutputError(f"no entry {key!r} in {path}{hint} (melcli inspect {path} --keys lists them)")
 
 
 def _check_stored(
@@ -248,22 +260,32 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
     raise InputError(f"{path} is not a melcli output")
 
 
-def inspect_audio(inputs: list[str], extensions: tuple[str, ...]) -> dict[str, Any]:
-    """Describe what ``melcli mel INPUTS`` would process, with default parameters.
+def inspect_audio(
+    inputs: list[str], extensions: tuple[str, ...], params: FeatureParams | None = None
+) -> dict[str, Any]:
+    """Describe what ``melcli mel INPUTS`` (or ``stft``) would process.
+
+    Parameters
+    ----------
+    inputs : list of str
+    extensions : tuple of str
+    params : FeatureParams, optional
+        The parameters of the run to preview (default: ``melcli mel``'s).
 
     Returns
     -------
     dict
-        ``files``: per file key, path, container, subtype, rate, channels,
-        frames, duration and the default mel shape; ``errors``: unreadable
-        files with reasons; totals.
+        ``files``: per file key, path, container, subtype, native rate,
+        channels, frames, duration, and the ``shape`` of its entry with these
+        parameters (at ``sample_rate``, the rate it would be computed at);
+        ``errors``: unreadable files with reasons; totals.
     """
     from melcli import audio
     from melcli.discover import discover
     from melcli.errors import DecodeError
 
     found = discover(inputs, extensions=extensions)
-    default = FeatureParams(kind="mel")
+    default = params or FeatureParams(kind="mel")
     files: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     for src in found.sources:
@@ -272,22 +294,30 @@ def inspect_audio(inputs: list[str], extensions: tuple[str, ...]) -> dict[str, A
         except DecodeError as exc:
             errors.append({"key": src.key, "source": src.path, "reason": str(exc)})
             continue
+        rate = default.sr or info.sample_rate
+        n = -(-info.frames * rate // info.sample_rate)  # samples after resampling (soxr)
+        shape = [default.n_bins, default.n_frames(n)]
+        if not default.mono:  # a channel axis for every entry, as the run writes
+            shape.insert(0, info.channels)
         files.append(
             {
                 "key": src.key,
                 "source": src.path,
                 "format": info.format,
                 "subtype": info.subtype,
-                "sample_rate": info.sample_rate,
+                "native_sample_rate": info.sample_rate,
+                "sample_rate": rate,
                 "channels": info.channels,
                 "frames": info.frames,
                 "duration": round(info.duration, 6),
-                "mel_shape": [default.n_mels, default.n_frames(info.frames)],
+                "shape": shape,
                 "size_bytes": os.path.getsize(src.path),
             }
         )
     return {
         "inputs": inputs,
+        "kind": default.kind,
+        "params": default.to_dict(),
         "files": files,
         "errors": errors,
         "warnings": found.warnings,

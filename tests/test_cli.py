@@ -695,8 +695,12 @@ def test_inspect_output_json(outputs: dict[str, Path], invoke: Invoke, which: st
     man_path = path / "manifest.json" if which == "npy" else outputs["h5"].with_suffix(".json")
     man = load_manifest(man_path)
     assert info["params"] == man["params"]
-    assert info["entries"] == 5
-    assert info["duration"] == pytest.approx(man["totals"]["duration"])
+    assert info["total_entries"] == 5 and info["kind"] == man["params"]["kind"]
+    assert info["total_duration"] == pytest.approx(man["totals"]["duration"])
+    assert info["entries"] == [
+        {k: e[k] for k in ("key", "shape", "duration", "sample_rate", "channels", "dtype")}
+        for e in man["entries"]
+    ]
     assert info["dtype"] == ["float32"]
     assert info["sample_rates"] == [16000, 22050, 44100, 48000]
     assert [f["key"] for f in info["failures"]] == ["zz.wav"]
@@ -769,7 +773,7 @@ def test_inspect_audio_directory(corpus: AudioFactory, invoke: Invoke) -> None:
         assert (f["sample_rate"], f["channels"], f["frames"]) == (
             sfi.samplerate, sfi.channels, sfi.frames)  # fmt: skip
         assert f["duration"] == pytest.approx(sfi.frames / sfi.samplerate, abs=1e-6)
-        assert f["mel_shape"] == [128, default.n_frames(sfi.frames)]
+        assert f["shape"] == [128, default.n_frames(sfi.frames)]
     assert [e["key"] for e in info["errors"]] == ["speech/zz.wav"]
     assert info["errors"][0]["reason"]
     assert info["total_files"] == 5
@@ -791,7 +795,7 @@ def test_inspect_subprocess_sample_audio(melcli: RunMelcli) -> None:
     [f] = info["files"]
     assert (f["key"], f["format"], f["sample_rate"], f["channels"]) == (
         "chords.flac", "FLAC", 44100, 2)  # fmt: skip
-    assert f["mel_shape"] == [128, 1 + f["frames"] // 512]
+    assert f["shape"] == [128, 1 + f["frames"] // 512]
 
 
 def test_inspect_key_on_audio_is_a_usage_error(corpus: AudioFactory, invoke: Invoke) -> None:
