@@ -31,7 +31,16 @@ from melcli.errors import (
     UsageOutputError,
     WorkerError,
 )
-from melcli.params import DTYPES, NORMS, PAD_MODES, SCALES, WINDOW_PARAM, WINDOWS, FeatureParams
+from melcli.params import (
+    COMPRESSIONS,
+    DTYPES,
+    NORMS,
+    PAD_MODES,
+    SCALES,
+    WINDOW_PARAM,
+    WINDOWS,
+    FeatureParams,
+)
 
 DEFAULT_EXTS = ",".join(AUDIO_EXTENSIONS)
 #: melcli.pipeline.BACKENDS, spelled out so that --help need not import numpy (tested)
@@ -142,7 +151,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "Framing": ("n_fft", "win_length", "hop_length", "window", "center", "pad_mode"),
     "Spectrum": ("power",),
     "Scaling": ("scale", "top_db", "amin", "dtype"),
-    "Output": ("output", "fmt", "manifest", "overwrite", "prune", "checksum"),
+    "Output": ("output", "fmt", "compression", "manifest", "overwrite", "prune", "checksum"),
     "Run": ("jobs", "backend", "dry_run", "fail_fast", "progress", "quiet", "verbose", "help"),
 }
 #: Each kind's own options, shown first.
@@ -258,6 +267,12 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                      help="Suffixes counted as audio in a directory walk "
                           "(files named explicitly are always tried)."),
+        click.option("--compression", type=_choice(COMPRESSIONS), default="none",
+                     show_default=True,
+                     help="HDF5 output: store entries compressed (h5py's filters), in chunks "
+                          "of about 64 KB along time so reading a span of frames stays cheap. "
+                          "gzip: smallest, slowest; lzf: fast, less compression. "
+                          "An npy output is never compressed."),
         click.option("--manifest", "manifest", type=click.Path(dir_okay=False), default=None,
                      help="HDF5 output: write its JSON manifest here instead of <stem>.json "
                           "(recorded in the output; later runs keep it there)."),
@@ -570,6 +585,10 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     fmt = kw["fmt"] or writers.guess_format(output)
     if kw["manifest"] and fmt != "h5":
         _usage("--manifest applies to HDF5 outputs (an npy output keeps manifest.json inside)")
+    compression = kw["compression"].lower()
+    if compression != "none" and fmt != "h5":
+        _usage(f"--compression {compression} applies to HDF5 outputs; {output} is a directory "
+               "of .npy files, which are not compressed: use an .h5 output")  # fmt: skip
     reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
     if not kw["fmt"] and fmt == "npy" and output.suffix and not output.is_dir():
         reporter.problem(
@@ -597,7 +616,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
         dry_run=kw["dry_run"], backend=kw["backend"],
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
-        inputs=kw["inputs"], prune=kw["prune"],
+        inputs=kw["inputs"], prune=kw["prune"], compression=compression,
     )  # fmt: skip
     work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"
@@ -794,7 +813,8 @@ def _fmt_bytes(n: float) -> str:
 def _print_output(info: dict[str, Any]) -> None:
     p = info["params"]
     echo = click.echo
-    echo(f"{info['path']}: melcli {p['kind']} output ({info['format']}), "
+    stored = f", {info['compression']}" if info.get("compression", "none") != "none" else ""
+    echo(f"{info['path']}: melcli {p['kind']} output ({info['format']}{stored}), "
          f"{info['total_entries']} entries, {info['total_duration']:.2f} s of audio, "
          f"{_fmt_bytes(info['size_bytes'])} on disk")  # fmt: skip
     echo(f"created:    {info['created']} by melcli {info['melcli_version']}")

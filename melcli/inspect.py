@@ -67,6 +67,7 @@ def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
         "path": str(path),
         "kind": man["params"]["kind"],
         "format": man["output_format"],
+        "compression": man.get("compression", "none"),
         "melcli_version": man["melcli_version"],
         "command": man["command"],
         "created": man["created"],

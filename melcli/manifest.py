@@ -35,6 +35,7 @@ def build(
     inputs: list[dict[str, str]] | None = None,
     created: str | None = None,
     warnings: list[str] | None = None,
+    compression: str = "none",
 ) -> dict[str, Any]:
     """Assemble the manifest of one output.
 
@@ -58,6 +59,8 @@ def build(
         UTC ISO 8601 time; now by default.
     warnings : list of str, optional
         What the parameters make of this data (`melcli.advice.data_warnings`).
+    compression : str
+        How an HDF5 output stores its entries (``--compression``).
 
     Returns
     -------
@@ -73,6 +76,7 @@ def build(
         "inputs": inputs or [],
         "created": created or utc_now(),
         "output_format": output_format,
+        "compression": compression,
         "params": params,
         "frequencies": {str(sr): freqs for sr, freqs in sorted(frequencies.items())},
         "entries": table,

@@ -35,6 +35,8 @@ SCALES = ("linear", "db", "log")
 DTYPES = ("float32", "float16", "float64")
 MEL_SCALES = ("slaney", "htk")
 NORMS = ("slaney", "none")
+#: HDF5 storage of the entries (``--compression``): h5py's filters, chunked along time.
+COMPRESSIONS = ("none", "gzip", "lzf")
 
 STFT_FIELDS = (
     "kind", "sr", "mono", "n_fft", "win_length", "hop_length", "window", "center",

@@ -108,6 +108,7 @@ class RunOptions:
     manifest: Path | None = None  # --manifest: the HDF5 output's JSON sidecar
     inputs: Sequence[str] = ()
     prune: bool = False
+    compression: str = "none"  # HDF5 only (`melcli.params.COMPRESSIONS`)
 
 
 @dataclass
@@ -249,10 +250,10 @@ def _check_prune(output: Path, plan: Plan, opts: RunOptions) -> None:
 
 
 def _old_output(
-    output: Path, fmt: str, params: FeatureParams, overwrite: bool,
-    inputs: list[dict[str, str]],
-) -> _Existing:  # fmt: skip
+    output: Path, opts: RunOptions, params: FeatureParams, inputs: list[dict[str, str]]
+) -> _Existing:
     """Read what is at ``output``; refuse (exit 2) anything melcli did not make."""
+    fmt, overwrite = opts.format, opts.overwrite
     if not os.path.lexists(output):
         return _Existing(None, None)
     if fmt == "npy":
@@ -282,6 +283,11 @@ def _old_output(
     diffs = params.differences(old_params)
     if man.get("output_format") != fmt:
         diffs.append("format")
+    elif fmt == "h5" and man.get("compression", "none") != opts.compression:
+        raise UsageOutputError(
+            f"output {output} is stored with --compression {man.get('compression', 'none')}, "
+            f"not {opts.compression}: use --overwrite to rewrite it, or the same --compression"
+        )
     if diffs:
         shown = ", ".join(f"{d} ({man['params'].get(d)!r} -> {params.to_dict().get(d)!r})"
                           if d != "format" else "format" for d in diffs)  # fmt: skip
@@ -481,7 +487,7 @@ def _execute(
         remove_stale(output, work)
     check_inputs_outside(sources, output)
     inputs = recorded_inputs(opts.inputs)
-    existing = _old_output(output, opts.format, params, opts.overwrite, inputs)
+    existing = _old_output(output, opts, params, inputs)
     old = existing.plan
     side = sidecar_path(output, opts, existing.sidecar)
     if side is not None:
@@ -624,9 +630,8 @@ def _execute(
     # the work directory); the spool checkpoints them for a resume. Kept and
     # resumed entries are added at the end (`_assemble`).
     try:
-        writer = writers.open_writer(
-            output, opts.format, work, side, _reuse(output, opts, plan, old)
-        )
+        base = _reuse(output, opts, plan, old)
+        writer = writers.open_writer(output, opts.format, work, side, base, opts.compression)
     except WriteFailed as exc:
         pool.close(ok=False)
         raise disk_error("writing", output, exc, needed=needed) from None
@@ -865,7 +870,7 @@ def _assemble(
         man = manifest_mod.build(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
             entries=entries, failures=report.failures, frequencies=freqs,
-            inputs=recorded_inputs(opts.inputs),
+            inputs=recorded_inputs(opts.inputs), compression=opts.compression,
             warnings=advice.data_warnings(
                 params, entries.sample_rate, entries.n_samples, entries.keys
             ),

@@ -346,8 +346,9 @@ class H5Writer:
     format = "h5"
 
     def __init__(
-        self, path: Path, tmp: Path, sidecar: Path | None = None, base: Reuse | None = None
-    ) -> None:
+        self, path: Path, tmp: Path, sidecar: Path | None = None, base: Reuse | None = None,
+        compression: str = "none",
+    ) -> None:  # fmt: skip
         import h5py
 
         self.path = path
@@ -367,7 +368,8 @@ class H5Writer:
                 _copy_file(path, self.tmp)
                 self._file = h5py.File(_open_h5(self.tmp))
             self._writeback = Writeback(self.tmp)
-            self._maker = _EntryMaker()
+            self._maker = _EntryMaker(compression)
+            self.compression = compression
         except OSError as exc:
             with contextlib.suppress(OSError):
                 self.tmp.unlink()
@@ -467,6 +469,7 @@ class H5Writer:
             f.attrs["params"] = json.dumps(manifest["params"], sort_keys=True)
             f.attrs[DIGEST_ATTR] = hashlib.sha256(text).hexdigest()
             f.attrs[DEAD_ATTR] = 0 if self.base is None else self.base.dead
+            f.attrs["compression"] = self.compression
             for rate in set(f.get("frequencies", {})) - self._rates:  # no entry at it now
                 del f[f"frequencies/{rate}"]
             f.create_dataset("manifest", data=text, dtype=h5py.string_dtype())
@@ -831,13 +834,15 @@ def _copy_file(src: Path, dst: Path) -> None:
 
 
 def open_writer(
-    output: Path, fmt: str, work: WorkDir, sidecar: Path | None = None, base: Reuse | None = None
-) -> Writer:
+    output: Path, fmt: str, work: WorkDir, sidecar: Path | None = None,
+    base: Reuse | None = None, compression: str = "none",
+) -> Writer:  # fmt: skip
     """Create the writer for ``output`` in format ``fmt`` ('h5' or 'npy').
 
     Its temporaries live in the work directory ``work`` (created beforehand);
     ``sidecar`` is where an HDF5 output's JSON manifest goes (default ``<stem>.json``);
-    ``base`` starts an HDF5 output from a copy of the existing one (`reuse_h5`).
+    ``base`` starts an HDF5 output from a copy of the existing one (`reuse_h5`);
+    ``compression`` is how HDF5 entries are stored (`melcli.params.COMPRESSIONS`).
     """
     path = output.absolute()
     if not path.parent.is_dir():
@@ -845,12 +850,16 @@ def open_writer(
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"cannot write {output}: directory {path.parent} is not writable")
     if fmt == "h5":
-        return H5Writer(path, work.temp("new").with_suffix(".h5"), sidecar, base)
+        return H5Writer(path, work.temp("new").with_suffix(".h5"), sidecar, base, compression)
     return NpyWriter(path, work.temp("new"), work.temp("old"), work.temp("trash"))
 
 
 _NUMERIC_ATTRS = (("sample_rate", "<i8"), ("n_samples", "<i8"), ("duration", "<f8"),
                   ("channels", "<i8"))  # fmt: skip
+
+
+#: gzip level of ``--compression gzip`` (h5py's default).
+GZIP_LEVEL = 4
 
 
 class _EntryMaker:
@@ -865,10 +874,11 @@ class _EntryMaker:
     string attributes); `tests/test_cli.py` checks this.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, compression: str = "none") -> None:
         import h5py
         from h5py import h5p, h5s, h5t
 
+        self.compression = compression
         self.links = {}
         for cset in (h5t.CSET_ASCII, h5t.CSET_UTF8):
             link = h5p.create(h5p.LINK_CREATE)
@@ -883,6 +893,22 @@ class _EntryMaker:
         self.numeric = [(name, h5t.STD_I64LE if kind == "<i8" else h5t.IEEE_F64LE, kind)
                         for name, kind in _NUMERIC_ATTRS]  # fmt: skip
         self.types: dict[str, Any] = {}
+
+    def _dcpl(self, record: dict[str, Any], dtype: np.dtype[Any]) -> Any:
+        """Contiguous (no compression, or an empty entry), else chunked and filtered."""
+        shape = tuple(record["shape"])
+        if self.compression == "none" or 0 in shape:
+            return self.dcpl
+        from h5py import h5z
+
+        dcpl = self.dcpl.copy()
+        dcpl.set_chunk(chunk_shape(shape, dtype.itemsize))
+        dcpl.set_shuffle()  # bytes of equal significance together: floats compress
+        if self.compression == "gzip":
+            dcpl.set_deflate(GZIP_LEVEL)
+        else:
+            dcpl.set_filter(h5z.FILTER_LZF, h5z.FLAG_OPTIONAL)
+        return dcpl
 
     def create(self, f: Any, record: dict[str, Any], data: np.ndarray | None) -> Any:
         """Create the entry of ``record`` in file ``f``; write ``data`` if given."""
@@ -899,7 +925,7 @@ class _EntryMaker:
         if tid is None:
             tid = self.types[dtype.str] = h5t.py_create(dtype, logical=True)
         space = h5s.create_simple(tuple(record["shape"]))
-        dsid = h5d.create(f.id, bname, tid, space, dcpl=self.dcpl, lcpl=link)
+        dsid = h5d.create(f.id, bname, tid, space, dcpl=self._dcpl(record, dtype), lcpl=link)
         if data is not None:
             dsid.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(data, dtype=dtype))
         for attr, atype, kind in self.numeric:
@@ -910,6 +936,18 @@ class _EntryMaker:
             string = np.array(text, dtype=self.str_dtype)
             h5a.create(dsid, label, self.text, self.scalar).write(string)
         return h5py.Dataset(dsid)
+
+
+#: Target size of one compressed chunk (uncompressed bytes).
+CHUNK_BYTES = 1 << 16
+
+
+def chunk_shape(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """HDF5 chunks of an entry: every row (and channel), as many frames as fit in
+    `CHUNK_BYTES`, so reading a span of frames decompresses little more than it."""
+    rows = int(np.prod(shape[:-1]))
+    frames = max(1, min(shape[-1], CHUNK_BYTES // max(1, rows * itemsize)))
+    return (*shape[:-1], frames)
 
 
 def _create_h5(path: Path) -> Any:
