@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
 
 MELCLI = [sys.executable, "-m", "melcli"]
+QUIET: dict[str, object] = {"check": True, "stdout": subprocess.DEVNULL}
 PARAMS = {
     ("speech", "mel"): ["--sr", "16000", "--n-fft", "512", "--win-length", "400",
                         "--hop-length", "160", "--n-mels", "80"],
@@ -46,8 +47,12 @@ def _median(fn: object, runs: int = 3) -> float:
 
 
 def _read_all(path: Path) -> None:
+    def read(_: str, obj: object) -> None:  # returns None: visititems stops at a value
+        if isinstance(obj, h5py.Dataset):
+            obj[()]
+
     with h5py.File(path, "r") as f:
-        f["features"].visititems(lambda _, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
+        f["features"].visititems(read)
 
 
 def _read_crops(path: Path) -> None:
@@ -76,8 +81,7 @@ def main() -> None:
                 out = Path(tmp) / f"{subset}-{kind}-{method}.h5"
                 cmd = [*MELCLI, kind, str(root / subset), "-o", str(out), "--overwrite", "-q",
                        "--compression", method, *extra]  # fmt: skip
-                wall = _median(lambda cmd=cmd: subprocess.run(cmd, check=True,
-                                                              stdout=subprocess.DEVNULL))  # fmt: skip
+                wall = _median(lambda cmd=cmd: subprocess.run(cmd, **QUIET))
                 size = out.stat().st_size / 1e6
                 base = base or size
                 read = _median(lambda out=out: _read_all(out))
