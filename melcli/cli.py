@@ -188,6 +188,11 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                      help="Suffixes counted as audio in a directory walk "
                           "(files named explicitly are always tried)."),
+        click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Key every input by its path relative to this directory (files, "
+                          "directories and lists on stdin alike; an input outside it is an "
+                          "error). Recorded in the manifest.  [default: keys relative to each "
+                          "directory input; a file's name]"),
         click.option("--manifest", "manifest", type=click.Path(dir_okay=False), default=None,
                      help="HDF5 output: write its JSON manifest here instead of <stem>.json "
                           "(recorded in the output; later runs keep it there)."),
@@ -491,7 +496,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     try:
         found = discover(
             kw["inputs"], extensions=parse_extensions(kw["exts"]),
-            stdin=sys.stdin, null=kw["null"],
+            stdin=sys.stdin, null=kw["null"], root=kw["root"],
         )  # fmt: skip
     except InputError as exc:
         _usage(str(exc))
@@ -508,7 +513,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
         dry_run=kw["dry_run"], backend=kw["backend"],
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
-        inputs=kw["inputs"], prune=kw["prune"],
+        inputs=kw["inputs"], prune=kw["prune"], root=kw["root"],
     )  # fmt: skip
     work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"

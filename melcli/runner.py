@@ -104,6 +104,7 @@ class RunOptions:
     manifest: Path | None = None  # --manifest: the HDF5 output's JSON sidecar
     inputs: Sequence[str] = ()
     prune: bool = False
+    root: str | None = None  # --root: keys are paths relative to it
 
 
 @dataclass
@@ -191,6 +192,30 @@ def recorded_inputs(inputs: Sequence[str]) -> list[dict[str, str]]:
             for i in inputs]  # fmt: skip
 
 
+def recorded_root(root: str | None) -> str | None:
+    """``--root`` as the manifest records it: absolute (None without one)."""
+    return None if root is None else printable(os.path.abspath(root))
+
+
+def _check_same_root(
+    output: Path, man: dict[str, Any], root: str | None, inputs: list[dict[str, str]]
+) -> None:
+    """Refuse a rerun whose keys would be relative to another ``--root`` (or to none).
+
+    A list on stdin may change from run to run, and so may its root (a moved
+    dataset listed at its new place keeps its keys): `_check_prune` guards it.
+    """
+    was = man.get("root") if isinstance(man.get("root"), str) else None
+    if was == root or all(i["absolute"] == "-" for i in inputs):
+        return
+    raise UsageOutputError(
+        f"output {output} was made with keys relative to "
+        f"{f'--root {was}' if was else 'its inputs (no --root)'}, this run's are relative to "
+        f"{f'--root {root}' if root else 'its inputs (no --root)'}; "
+        "use --overwrite to replace it, or another --output"
+    )
+
+
 def _check_same_inputs(output: Path, man: dict[str, Any], inputs: list[dict[str, str]]) -> None:
     """Refuse a rerun on other inputs: it would silently remove the entries of the old ones."""
     old = man.get("inputs")
@@ -213,21 +238,28 @@ def _check_same_inputs(output: Path, man: dict[str, Any], inputs: list[dict[str,
 PRUNE_SHARE = 0.5
 
 
-def _check_prune(output: Path, plan: Plan, opts: RunOptions) -> None:
+def _check_prune(output: Path, plan: Plan, opts: RunOptions, old: dict[str, Any]) -> None:
     removed, total = len(plan.removed), len(plan.old_keys)
     if "-" not in opts.inputs or opts.prune or removed <= total * PRUNE_SHARE:
         return
     shown = ", ".join(plan.removed[:3]) + (", ..." if removed > 3 else "")
+    was, now = old.get("root"), recorded_root(opts.root)
+    why = (
+        f"; its keys were relative to {f'--root {was}' if was else 'no --root'}, this run's to "
+        f"{f'--root {now}' if now else 'no --root'}"
+        if was != now
+        else ""
+    )
     raise UsageOutputError(
         f"this run would remove {removed} of the {total} entries of {output} (not in the "
-        f"list on stdin: {shown}); a list on stdin may remove at most half of them: "
+        f"list on stdin: {shown}{why}); a list on stdin may remove at most half of them: "
         "add --prune to remove them (with --dry-run to list them first)"
     )
 
 
 def _old_output(
     output: Path, fmt: str, params: FeatureParams, overwrite: bool,
-    inputs: list[dict[str, str]],
+    inputs: list[dict[str, str]], root: str | None = None,
 ) -> _Existing:  # fmt: skip
     """Read what is at ``output``; refuse (exit 2) anything melcli did not make."""
     if not os.path.lexists(output):
@@ -267,6 +299,7 @@ def _old_output(
             "use --overwrite to replace it"
         )
     _check_same_inputs(output, man, inputs)
+    _check_same_root(output, man, root, inputs)
     return _Existing(man, man, recorded)
 
 
@@ -460,7 +493,8 @@ def _execute(
         remove_stale(output, work)
     check_inputs_outside(sources, output)
     inputs = recorded_inputs(opts.inputs)
-    existing = _old_output(output, opts.format, params, opts.overwrite, inputs)
+    root = recorded_root(opts.root)
+    existing = _old_output(output, opts.format, params, opts.overwrite, inputs, root)
     old = existing.plan
     side = sidecar_path(output, opts, existing.sidecar)
     if side is not None:
@@ -492,7 +526,7 @@ def _execute(
         if not opts.dry_run:
             chunk.unlink(missing_ok=True)
     if old is not None:
-        _check_prune(output, plan, opts)
+        _check_prune(output, plan, opts, old)
     fault_point("planned")
     for d in unreadable:
         kept = sum(1 for e in plan.keep_old if is_under(e["key"], d.prefix))
@@ -548,6 +582,7 @@ def _execute(
         and old is not None
         and not failures_changed(old, failures)
         and (bool(old.get("inputs")) or not inputs)  # an older output gets its inputs now
+        and old.get("root") == root
     ):
         work.remove()
         report.failures = failures
@@ -820,7 +855,7 @@ def _assemble(
         man = manifest_mod.build(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
             entries=entries, failures=report.failures, frequencies=freqs,
-            inputs=recorded_inputs(opts.inputs),
+            inputs=recorded_inputs(opts.inputs), root=recorded_root(opts.root),
         )  # fmt: skip
         writer.commit(man)
         for warning in writer.warnings:

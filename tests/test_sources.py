@@ -1,0 +1,175 @@
+"""Issue 14 items 8, 9 and 15: what an entry's key and source are, and what a rerun keeps.
+
+* item 8: ``--root DIR`` keys every input by its path relative to DIR (stdin
+  lists, files, directories), records it, and refuses a rerun under another root;
+* item 9: the source path is part of an entry's identity (a key that now comes
+  from another file is computed again, or with ``--checksum`` and the same
+  bytes only re-pointed);
+* item 15: turning ``--checksum`` on keeps what size + mtime vouch for, and an
+  interrupted run's work dropped for other parameters is said so.
+
+Real `melcli` processes on copies of sample_audio/; outputs read back with h5py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+from conftest import SAMPLE_AUDIO, RunMelcli, assert_no_traceback
+
+from melcli.discover import discover, root_relative
+
+
+def collection(root: Path) -> list[Path]:
+    """``root/a/001.wav`` and ``root/b/001.wav`` (different audio, one file name),
+    ``root/speech/numbers.flac``."""
+    files = [root / "a" / "001.wav", root / "b" / "001.wav", root / "speech" / "numbers.flac"]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLE_AUDIO / "speech" / "hello.wav", files[0])
+    shutil.copy(SAMPLE_AUDIO / "music" / "pad_24bit.wav", files[1])
+    shutil.copy(SAMPLE_AUDIO / "speech" / "numbers.flac", files[2])
+    return files
+
+
+def manifest(output: Path) -> dict:
+    side = output.with_suffix(".json") if output.suffix == ".h5" else output / "manifest.json"
+    return json.loads(side.read_text(encoding="utf-8"))
+
+
+def h5_entries(output: Path) -> dict[str, tuple[np.ndarray, str]]:
+    """Key -> (features, the ``source`` attribute) of every entry of an HDF5 output."""
+    out: dict[str, tuple[np.ndarray, str]] = {}
+    with h5py.File(output, "r") as f:
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (obj[()], obj.attrs["source"])
+
+        f["features"].visititems(visit)
+    return out
+
+
+def listing(*paths: Path) -> str:
+    return "".join(f"{p}\n" for p in paths)
+
+
+# ---------------------------------------------------------------------------
+# item 8: --root
+# ---------------------------------------------------------------------------
+def test_absolute_paths_on_stdin_keep_their_folders_with_root(
+    melcli: RunMelcli, tmp_path: Path
+) -> None:
+    coll = tmp_path / "coll"
+    files = collection(coll)
+    res = melcli("mel", "-", "-o", "x.h5", input=listing(*files))
+    assert res.returncode == 2, res.stderr
+    assert "same key '001.wav'" in res.stderr
+    assert f"give --root DIR so keys keep their folders (e.g. --root {coll})" in res.stderr
+    assert "common parent directory" not in res.stderr
+    assert not (tmp_path / "x.h5").exists()
+    res = melcli("mel", "-", "-o", "x.h5", "--root", coll, input=listing(*files))
+    assert res.returncode == 0, res.stderr
+    got = h5_entries(tmp_path / "x.h5")
+    assert sorted(got) == ["a/001.wav", "b/001.wav", "speech/numbers.flac"]
+    assert {k: s for k, (_, s) in got.items()} == {
+        "a/001.wav": str(files[0]), "b/001.wav": str(files[1]),
+        "speech/numbers.flac": str(files[2]),
+    }  # fmt: skip
+    assert manifest(tmp_path / "x.h5")["root"] == str(coll)
+
+
+def test_root_gives_the_same_keys_to_a_list_a_directory_and_files(
+    melcli: RunMelcli, tmp_path: Path
+) -> None:
+    files = collection(tmp_path / "data")
+    relative = [p.relative_to(tmp_path) for p in files]
+    walked = melcli("mel", "data/", "-o", "walked.h5", "-q")
+    # `find data | melcli mel -` kept `data/` in its keys; --root data does not
+    plain = melcli("mel", "-", "-o", "plain.h5", "-q", input=listing(*relative))
+    rooted = melcli("mel", "-", "-o", "rooted.h5", "-q", "--root", "data", input=listing(*relative))
+    named = melcli("mel", *relative, "-o", "named.h5", "-q", "--root", "data")
+    mixed = melcli(
+        "mel", "data/a", files[1], "-", "-o", "mixed.h5", "-q", "--root", tmp_path / "data",
+        input=listing(relative[2]),
+    )  # fmt: skip
+    for res in (walked, plain, rooted, named, mixed):
+        assert res.returncode == 0, res.stderr
+    expect = ["a/001.wav", "b/001.wav", "speech/numbers.flac"]
+    assert sorted(h5_entries(tmp_path / "walked.h5")) == expect
+    assert sorted(h5_entries(tmp_path / "plain.h5")) == [f"data/{k}" for k in expect]
+    for name in ("rooted.h5", "named.h5", "mixed.h5"):
+        got = h5_entries(tmp_path / name)
+        assert sorted(got) == expect, name
+        for key, (data, _) in h5_entries(tmp_path / "walked.h5").items():
+            np.testing.assert_array_equal(got[key][0], data)
+    # a directory under the root keeps its path from the root
+    res = melcli("mel", "data/speech", "-o", "sub.h5", "-q", "--root", ".")
+    assert res.returncode == 0, res.stderr
+    assert sorted(h5_entries(tmp_path / "sub.h5")) == ["data/speech/numbers.flac"]
+
+
+def test_inputs_outside_the_root_are_refused_by_name(melcli: RunMelcli, tmp_path: Path) -> None:
+    files = collection(tmp_path / "coll")
+    other = tmp_path / "other" / "x.wav"
+    other.parent.mkdir()
+    shutil.copy(files[0], other)
+    for args, stdin in (
+        (["coll/a", "other"], None),
+        ([files[0], other], None),
+        (["-"], listing(files[0], other)),
+    ):
+        res = melcli("mel", *args, "-o", "x.h5", "--root", "coll/a", input=stdin)
+        assert res.returncode == 2, (args, res.stderr)
+        assert f"1 input is outside --root {tmp_path / 'coll' / 'a'}: " in res.stderr
+        assert "other" in res.stderr.split("outside --root")[1]
+        assert_no_traceback(res.stderr)
+        assert not (tmp_path / "x.h5").exists()
+    res = melcli("mel", "coll", "-o", "x.h5", "--root", "nope")
+    assert res.returncode == 2 and "nope" in res.stderr
+    res = melcli("mel", "coll", "-o", "x.h5", "--root", files[0])
+    assert res.returncode == 2 and "is a file" in res.stderr
+
+
+def test_root_through_a_symlink_matches_the_real_paths(tmp_path: Path) -> None:
+    files = collection(tmp_path / "coll")
+    (tmp_path / "link").symlink_to(tmp_path / "coll")
+    (tmp_path / "via").symlink_to(tmp_path)  # $PWD reached through a link
+    for root in (tmp_path / "link", tmp_path / "via" / "coll"):
+        assert root_relative(str(files[0]), str(root)) == "a/001.wav"
+        listed = "".join(f"{p}\n" for p in files)
+
+        found = discover(["-"], stdin=io.BytesIO(listed.encode()), root=str(root))
+        assert [s.key for s in found.sources] == ["a/001.wav", "b/001.wav", "speech/numbers.flac"]
+        assert [s.path for s in found.sources] == [str(p) for p in files]  # not resolved
+    assert root_relative(str(tmp_path / "coll2" / "x.wav"), str(tmp_path / "coll")) is None
+    assert root_relative(str(tmp_path / "coll"), str(tmp_path / "coll")) == ""
+
+
+def test_a_rerun_under_another_root_is_refused(melcli: RunMelcli, tmp_path: Path) -> None:
+    collection(tmp_path / "data")
+    out = tmp_path / "x.h5"
+    assert melcli("mel", "data", "-o", out, "--root", "data", "-q").returncode == 0
+    before = out.read_bytes()
+    for extra in (["--root", "."], [], ["--root", ".", "--dry-run"]):
+        res = melcli("mel", "data", "-o", out, *extra)
+        assert res.returncode == 2, (extra, res.stderr)
+        assert f"keys relative to --root {tmp_path / 'data'}" in res.stderr
+        assert "--overwrite" in res.stderr
+        assert out.read_bytes() == before
+    res = melcli("mel", f"{tmp_path}/data/", "-o", out, "--root", f"{tmp_path}/data/")
+    assert res.returncode == 0 and "up to date" in res.stderr, res.stderr
+    res = melcli("mel", "data", "-o", out, "--root", ".", "--overwrite", "-q")
+    assert res.returncode == 0, res.stderr
+    assert manifest(out)["root"] == str(tmp_path)
+    assert sorted(h5_entries(out))[0] == "data/a/001.wav"
+    # and an output made without --root refuses one
+    res = melcli("mel", "data", "-o", "plain.h5", "-q")
+    assert res.returncode == 0 and manifest(tmp_path / "plain.h5")["root"] is None
+    res = melcli("mel", "data", "-o", "plain.h5", "--root", "data")
+    assert res.returncode == 2 and "no --root" in res.stderr, res.stderr
