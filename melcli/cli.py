@@ -558,6 +558,11 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     if not kw["quiet"]:
         if report.resumed:
             _say(f"melcli: resumed: {report.resumed} entries kept from the interrupted run")
+        if report.repointed:
+            _say(
+                f"melcli: repointed: {report.repointed} entries now come from another path "
+                "with the same bytes (--checksum); only their source is updated"
+            )
         _say(f"melcli: {report.summary()}")
         if kw["verbose"]:
             for key in report.removed:

@@ -60,8 +60,12 @@ class SourceState:
         if self.special is not None:
             return record.get("reason") == self.special and self._same_stat(record)
         if self.hash is not None:
-            return bool(record.get("source_hash") == self.hash)
+            return self.same_bytes(record)
         return self._same_stat(record)
+
+    def same_bytes(self, record: dict[str, Any]) -> bool:
+        """True when ``record`` has this content hash (only with ``--checksum``)."""
+        return self.hash is not None and record.get("source_hash") == self.hash
 
     def _same_stat(self, record: dict[str, Any]) -> bool:
         return record.get("source_size") == self.size and record.get("source_mtime") == self.mtime
@@ -161,6 +165,12 @@ class Plan:
         again (or, under an unreadable directory, dropped).
     old_keys : set of str
         Keys present in the existing output (to tell added from updated).
+    restamped : list of str
+        Keys among ``keep_old`` whose record is updated, not their features:
+        the new ``source`` of a key that now comes from another path with the
+        same bytes.
+    repointed : set of str
+        Those of ``restamped`` whose ``source`` changed.
     unverified : list of dict
         ``key``, ``source``, ``reason`` of inputs that are there but could not
         be read this time (permission denied, ...): their entries are in
@@ -176,11 +186,13 @@ class Plan:
     old_keys: set[str] = field(default_factory=set)
     states: dict[str, SourceState] = field(default_factory=dict)
     unverified: list[dict[str, Any]] = field(default_factory=list)
+    restamped: list[str] = field(default_factory=list)
+    repointed: set[str] = field(default_factory=set)
 
     @property
     def nothing_to_do(self) -> bool:
         """True when the existing output is already up to date."""
-        return not (self.compute or self.keep_work or self.removed)
+        return not (self.compute or self.keep_work or self.removed or self.restamped)
 
 
 def make_plan(
@@ -228,20 +240,30 @@ def make_plan(
         plan.states[src.key] = state
         old = old_entries.get(src.key)
         done = work.get(src.key)
-        if old is not None and state.matches(old):  # the output already has it
-            plan.keep_old.append(old)
-        elif old is not None and state.unreadable is not None:  # there, unreadable for now
-            plan.keep_old.append(old)
-            plan.unverified.append(
-                {"key": src.key, "source": printable(src.path), "reason": state.unreadable}
-            )
-        elif done is not None and state.matches(done.record):
+        # The source path is part of a record's identity: a key that now comes from
+        # another file is computed again, unless its bytes are the same (--checksum).
+        source = printable(src.path)
+        moved = old is not None and old.get("source") != source
+        if old is not None and state.matches(old) and (not moved or state.same_bytes(old)):
+            if moved:
+                old = {**old, "source": source, **state.fields()}
+                plan.restamped.append(src.key)
+                if moved:
+                    plan.repointed.add(src.key)
+            plan.keep_old.append(old)  # the output already has it
+        elif old is not None and not moved and state.unreadable is not None:
+            plan.keep_old.append(old)  # there, unreadable for now
+            plan.unverified.append({"key": src.key, "source": source, "reason": state.unreadable})
+        elif (
+            done is not None and done.record.get("source") == source and state.matches(done.record)
+        ):
             if done.kind == "entry":
                 plan.keep_work[src.key] = done
             else:
                 plan.failures.append(done.record)
         elif (
             src.key in old_failures
+            and old_failures[src.key].get("source") == source
             and state.matches(old_failures[src.key])
             and is_content_failure(old_failures[src.key]["reason"])
         ):
@@ -273,6 +295,8 @@ def make_plan(
         if lost:  # an entry deleted from the output by hand: never copy what is not there
             plan.repaired = sorted(lost)
             plan.keep_old = [e for e in plan.keep_old if e["key"] not in lost]
+            plan.restamped = [k for k in plan.restamped if k not in lost]
+            plan.repointed -= lost
             for key in plan.repaired:
                 if key in present:
                     plan.compute.append(present[key])

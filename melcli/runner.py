@@ -121,6 +121,7 @@ class RunReport:
     wrote: bool = False
     resumed: int = 0
     repaired: int = 0
+    repointed: int = 0  # kept entries whose source moved (same bytes): only `source` updated
     estimated_bytes: int = 0
     manifest_file: Path | None = None  # where the JSON manifest is
 
@@ -826,6 +827,7 @@ def _assemble(
     report.added = sorted(k for k in fresh if k not in plan.old_keys)
     report.updated = sorted(k for k in fresh if k in plan.old_keys)
     report.unchanged = len(kept)
+    report.repointed = len(plan.repointed & kept.keys())
     report.failures = sorted((f for f in failures if f["key"] not in fresh), key=lambda f: f["key"])
     keys = sorted(fresh | kept.keys())
     report.entries = len(keys)
@@ -845,7 +847,7 @@ def _assemble(
                 fault_point("assemble")
                 entries.append(resumed[key].record)
             else:
-                writer.copy_entry(kept[key], writer.path)
+                writer.copy_entry(kept[key], writer.path, repointed=key in plan.repointed)
                 entries.append(kept[key])
         freqs: dict[int, list[float]] = {}
         for sr in sorted({e["sample_rate"] for e in entries}):

@@ -280,8 +280,14 @@ class Writer(Protocol):
     def discard(self, key: str) -> None:
         """Drop a partly written entry (another part of its file failed)."""
 
-    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:
-        """Copy an unchanged entry byte for byte from the previous output."""
+    def copy_entry(
+        self, record: dict[str, Any], old_output: Path, *, repointed: bool = False
+    ) -> None:
+        """Copy an unchanged entry byte for byte from the previous output.
+
+        ``repointed``: its source moved (same bytes): the stored ``source``
+        becomes ``record['source']``.
+        """
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:
         """Store the row frequencies (Hz) of entries at ``sample_rate``."""
@@ -373,7 +379,9 @@ class H5Writer:
                 del self._file[group]
                 group = posixpath.dirname(group)
 
-    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
+    def copy_entry(  # noqa: D102
+        self, record: dict[str, Any], old_output: Path, *, repointed: bool = False
+    ) -> None:
         import h5py
 
         with self._guard():
@@ -382,6 +390,8 @@ class H5Writer:
             name = f"features/{record['key']}"
             parent = self._file.require_group(posixpath.dirname(name))
             self._old.copy(self._old[name], parent, name=posixpath.basename(name))
+            if repointed:
+                parent[posixpath.basename(name)].attrs["source"] = record["source"]
             self._writeback.wrote(entry_nbytes(record))
         fault_point("assemble")
 
@@ -534,7 +544,9 @@ class NpyWriter:
                 break
             parent.rmdir()
 
-    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
+    def copy_entry(  # noqa: D102
+        self, record: dict[str, Any], old_output: Path, *, repointed: bool = False
+    ) -> None:  # the source is in the manifest only
         src = old_output / f"{record['key']}.npy"
         try:
             target = self._target(record["key"])

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from conftest import SAMPLE_AUDIO, RunMelcli, assert_no_traceback
 
 from melcli.discover import discover, root_relative
@@ -173,3 +175,107 @@ def test_a_rerun_under_another_root_is_refused(melcli: RunMelcli, tmp_path: Path
     assert res.returncode == 0 and manifest(tmp_path / "plain.h5")["root"] is None
     res = melcli("mel", "data", "-o", "plain.h5", "--root", "data")
     assert res.returncode == 2 and "no --root" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------------------
+# item 9: the source path is part of an entry's identity
+# ---------------------------------------------------------------------------
+def same_size_other_audio(src: Path, dst: Path) -> None:
+    """``dst``: audio of ``src``'s size but other content, with ``src``'s mtime (touch -r)."""
+    import soundfile as sf
+
+    y, sr = sf.read(src, dtype="int16")
+    sf.write(dst, (y // 2).astype(np.int16), sr, subtype="PCM_16")
+    assert dst.stat().st_size == src.stat().st_size
+    st = src.stat()
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("checksum", [[], ["--checksum"]])
+def test_a_key_from_another_file_of_the_same_size_and_mtime_is_recomputed(
+    melcli: RunMelcli, tmp_path: Path, checksum: list[str]
+) -> None:
+    (tmp_path / "dA").mkdir()
+    (tmp_path / "dB").mkdir()
+    a, b = tmp_path / "dA" / "x.wav", tmp_path / "dB" / "x.wav"
+    shutil.copy(SAMPLE_AUDIO / "speech" / "hello.wav", a)
+    same_size_other_audio(a, b)
+    out = tmp_path / "o.h5"
+    assert melcli("mel", "-", "-o", out, "-q", *checksum, input=f"{a}\n").returncode == 0
+    res = melcli("mel", "-", "-o", out, *checksum, input=f"{b}\n")
+    assert res.returncode == 0, res.stderr
+    assert "added 0, updated 1, removed 0, unchanged 0, failed 0" in res.stderr
+    assert "up to date" not in res.stderr
+    ((data, source),) = h5_entries(out).values()
+    assert source == str(b)
+    assert manifest(out)["entries"][0]["source"] == str(b)
+    ref = tmp_path / "ref.h5"
+    assert melcli("mel", b, "-o", ref, "-q").returncode == 0
+    np.testing.assert_array_equal(data, h5_entries(ref)["x.wav"][0])
+    # and back to dA
+    res = melcli("mel", "-", "-o", out, *checksum, input=f"{a}\n")
+    assert "updated 1" in res.stderr and h5_entries(out)["x.wav"][1] == str(a), res.stderr
+
+
+def test_a_key_moving_between_input_directories_is_recomputed(
+    melcli: RunMelcli, tmp_path: Path
+) -> None:
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    first = tmp_path / "d1" / "x.wav"
+    shutil.copy(SAMPLE_AUDIO / "speech" / "hello.wav", first)
+    out = tmp_path / "o"
+    assert melcli("mel", "d1", "d2", "-o", out, "-q").returncode == 0
+    same_size_other_audio(first, tmp_path / "d2" / "x.wav")
+    first.unlink()
+    res = melcli("mel", "d1", "d2", "-o", out)
+    assert res.returncode == 0 and "updated 1" in res.stderr, res.stderr
+    (entry,) = manifest(out)["entries"]
+    assert entry["source"] == str(tmp_path / "d2" / "x.wav")
+
+
+def test_a_moved_dataset_is_repointed_with_checksum_and_recomputed_without(
+    melcli: RunMelcli, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    files = collection(old / "coll")
+    listed = listing(*(p.relative_to(old) for p in files))
+    out = tmp_path / "feats.h5"
+    npy = tmp_path / "feats"
+    for o in (out, npy):
+        res = melcli("mel", "-", "-o", o, "-q", "--checksum", input=listed, cwd=old)
+        assert res.returncode == 0, res.stderr
+    before = h5_entries(out)
+    new = tmp_path / "new"
+    shutil.copytree(old, new)  # copies mtimes too
+    shutil.rmtree(old)
+    for o in (out, npy):
+        res = melcli("mel", "-", "-o", o, "--checksum", input=listed, cwd=new)
+        assert res.returncode == 0, res.stderr
+        assert "added 0, updated 0, removed 0, unchanged 3, failed 0" in res.stderr
+        assert "repointed: 3 entries" in res.stderr
+        assert {e["key"]: e["source"] for e in manifest(o)["entries"]} == {
+            str(p.relative_to(old)): str(new / p.relative_to(old)) for p in files
+        }
+    after = h5_entries(out)
+    for key, (data, source) in after.items():
+        np.testing.assert_array_equal(data, before[key][0])
+        assert source == str(new / key)
+    res = melcli("mel", "-", "-o", out, "--checksum", input=listed, cwd=new)
+    assert "up to date" in res.stderr and "repointed" not in res.stderr, res.stderr
+    # absolute paths under --root: the root moves with the data
+    res = melcli("mel", "-", "-o", "abs.h5", "-q", "--checksum", "--root", new / "coll",
+                 input=listing(*(new / p.relative_to(old) for p in files)))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    shutil.move(new / "coll", tmp_path / "coll2")
+    moved = [tmp_path / "coll2" / p.relative_to(old / "coll") for p in files]
+    res = melcli("mel", "-", "-o", "abs.h5", "--checksum", "--root", tmp_path / "coll2",
+                 input=listing(*moved))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "unchanged 3" in res.stderr and "repointed: 3" in res.stderr
+    assert manifest(tmp_path / "abs.h5")["root"] == str(tmp_path / "coll2")
+    # without --checksum a moved file cannot be shown to be the same: computed again
+    shutil.move(tmp_path / "coll2", tmp_path / "coll3")
+    again = listing(*(tmp_path / "coll3" / p.relative_to(old / "coll") for p in files))
+    res = melcli("mel", "-", "-o", "abs.h5", "--root", tmp_path / "coll3", input=again)
+    assert res.returncode == 0 and "updated 3" in res.stderr, res.stderr
