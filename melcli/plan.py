@@ -52,14 +52,16 @@ class SourceState:
     def matches(self, record: dict[str, Any]) -> bool:
         """True when ``record`` (an entry or failure) was made from this content.
 
-        With a hash (``--checksum``) only the hash counts: a record made
-        without one does not match, so the input is recomputed once.
+        With a hash (``--checksum``) only the hash counts, when the record has
+        one; a record made without one (``--checksum`` turned on for an existing
+        output) is trusted on size + mtime as the runs that made it were, and
+        gets the hash (`Plan.restamped`).
         """
         if self.size is None:
             return False
         if self.special is not None:
             return record.get("reason") == self.special and self._same_stat(record)
-        if self.hash is not None:
+        if self.hash is not None and "source_hash" in record:
             return self.same_bytes(record)
         return self._same_stat(record)
 
@@ -167,8 +169,8 @@ class Plan:
         Keys present in the existing output (to tell added from updated).
     restamped : list of str
         Keys among ``keep_old`` whose record is updated, not their features:
-        the new ``source`` of a key that now comes from another path with the
-        same bytes.
+        the hash recorded where the old record had none, or the new ``source``
+        of a key that now comes from another path with the same bytes.
     repointed : set of str
         Those of ``restamped`` whose ``source`` changed.
     unverified : list of dict
@@ -245,7 +247,7 @@ def make_plan(
         source = printable(src.path)
         moved = old is not None and old.get("source") != source
         if old is not None and state.matches(old) and (not moved or state.same_bytes(old)):
-            if moved:
+            if moved or (state.hash is not None and "source_hash" not in old):
                 old = {**old, "source": source, **state.fields()}
                 plan.restamped.append(src.key)
                 if moved:

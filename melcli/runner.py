@@ -511,6 +511,7 @@ def _execute(
         and prior.get("params") == state["params"]
         and prior.get("format") == opts.format
     )
+    dropped = _dropped_work(work, prior, state) if prior is not None and not resume else ""
     plan = make_plan(
         sources,
         unreadable=unreadable,
@@ -529,6 +530,10 @@ def _execute(
     if old is not None:
         _check_prune(output, plan, opts, old)
     fault_point("planned")
+    if dropped:
+        reporter.warning(
+            dropped if not opts.dry_run else dropped.replace("are dropped", "would be dropped")
+        )
     for d in unreadable:
         kept = sum(1 for e in plan.keep_old if is_under(e["key"], d.prefix))
         reporter.error(
@@ -654,6 +659,30 @@ def _execute(
         if writer.committed:
             reporter.committed()
         raise
+
+
+def _dropped_work(work: WorkDir, prior: dict[str, Any], state: dict[str, Any]) -> str:
+    """The line that says an interrupted run's finished work is dropped ('' if it has none).
+
+    Its work is resumed only with the same parameters and format: with others
+    its entries are of no use to this run, and the work directory is started afresh.
+    """
+    finished = sum(1 for rec in work.records() if rec.kind == "entry")
+    work.damaged = []  # dropped anyway: no warning about a chunk nobody reads
+    if not finished:
+        return ""
+    was, now = prior.get("params"), state["params"]
+    if isinstance(was, dict):
+        names = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+        changed = [f"{k} ({was.get(k)!r} -> {now.get(k)!r})" for k in names]
+    else:
+        changed = ["(unreadable)"]
+    if prior.get("format") != state["format"]:
+        changed.append(f"format ({prior.get('format')!r} -> {state['format']!r})")
+    return (
+        f"the interrupted run in {work.path.name} used other parameters "
+        f"({', '.join(changed)}): its {finished} finished entries are dropped"
+    )
 
 
 def failure_record(failure: Failure, path: str, *, checksum: bool) -> dict[str, Any]:

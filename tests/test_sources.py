@@ -279,3 +279,89 @@ def test_a_moved_dataset_is_repointed_with_checksum_and_recomputed_without(
     again = listing(*(tmp_path / "coll3" / p.relative_to(old / "coll") for p in files))
     res = melcli("mel", "-", "-o", "abs.h5", "--root", tmp_path / "coll3", input=again)
     assert res.returncode == 0 and "updated 3" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------------------
+# item 15: turning --checksum on; an interrupted run's work dropped for other parameters
+# ---------------------------------------------------------------------------
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy"])
+def test_turning_checksum_on_hashes_and_keeps_what_size_and_mtime_vouch_for(
+    melcli: RunMelcli, tmp_path: Path, fmt: str
+) -> None:
+    files = collection(tmp_path / "data")
+    out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
+    assert melcli("mel", "data", "-o", out, "-q").returncode == 0
+    assert not any("source_hash" in e for e in manifest(out)["entries"])
+    before = h5_entries(out) if fmt == "h5" else None
+    shutil.copy(SAMPLE_AUDIO / "speech" / "hello.wav", files[1])  # really changed (size, mtime)
+    res = melcli("mel", "data", "-o", out, "--checksum")
+    assert res.returncode == 0, res.stderr
+    assert "added 0, updated 1, removed 0, unchanged 2, failed 0" in res.stderr
+    entries = {e["key"]: e for e in manifest(out)["entries"]}
+    assert {k: e["source_hash"] for k, e in entries.items()} == {
+        str(p.relative_to(tmp_path / "data")): sha256(p) for p in files
+    }
+    if before is not None:
+        after = h5_entries(out)
+        for key in ("a/001.wav", "speech/numbers.flac"):
+            np.testing.assert_array_equal(after[key][0], before[key][0])
+    res = melcli("mel", "data", "-o", out, "--checksum")
+    assert "unchanged 3" in res.stderr and "up to date" in res.stderr, res.stderr
+    # from now on the hashes count: same size, same mtime, other bytes is seen
+    same_size_other_audio(files[0], files[0].with_name("tmp.wav"))
+    os.replace(files[0].with_name("tmp.wav"), files[0])
+    res = melcli("mel", "data", "-o", out, "--checksum")
+    assert "updated 1" in res.stderr, res.stderr
+
+
+EVERY_RESULT = {"MELCLI_CHECKPOINT_SECONDS": "0"}
+
+
+def test_an_interrupted_runs_work_dropped_for_other_parameters_is_said(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import subprocess
+
+    from conftest import melcli_command
+
+    collection(tmp_path / "data")
+    out = tmp_path / "feats.h5"
+
+    def run(*args: str, kill: bool = False) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **EVERY_RESULT, **({"MELCLI_KILL_AT": "rename"} if kill else {})}
+        return subprocess.run(
+            [*melcli_command(), "mel", "data", "-o", str(out), "-j1", *args], cwd=tmp_path,
+            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+        )  # fmt: skip
+
+    assert run("--n-mels", "64", kill=True).returncode == -signal.SIGKILL
+    line = (
+        "melcli: warning: the interrupted run in .feats.h5.melcli-work used other parameters "
+        "(n_mels (64 -> 128)): its 3 finished entries are dropped"
+    )
+    dry = run("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert line.replace("are dropped", "would be dropped") in dry.stderr.splitlines()
+    res = run()
+    assert res.returncode == 0, res.stderr
+    assert line in res.stderr.splitlines() and "resumed" not in res.stderr
+    assert "added 3" in res.stderr
+    assert manifest(out)["params"]["n_mels"] == 128
+    # the same parameters resume, without the line
+    assert run("--n-fft", "1024", "--overwrite", kill=True).returncode == -signal.SIGKILL
+    res = run("--n-fft", "1024", "--overwrite")
+    assert "resumed: 3 entries" in res.stderr and "dropped" not in res.stderr, res.stderr
+    # every parameter that differs is named, derived ones too
+    assert run("--n-fft", "512", "--overwrite", kill=True).returncode == -signal.SIGKILL
+    res = run("--overwrite", "--dtype", "float64")
+    assert (
+        "used other parameters (dtype ('float32' -> 'float64'), hop_length (128 -> 512), "
+        "n_fft (512 -> 2048), win_length (512 -> 2048)): its 3 finished entries are dropped"
+    ) in res.stderr, res.stderr
