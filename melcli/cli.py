@@ -147,7 +147,7 @@ def cli() -> None:
 #: --help sections of mel and stft, in order after the kind's own options: every
 #: option is in exactly one (tested), positional arguments in "Input".
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
-    "Input": ("inputs", "null", "exts", "sr", "mono"),
+    "Input": ("inputs", "null", "exts", "root", "sr", "mono"),
     "Framing": ("n_fft", "win_length", "hop_length", "window", "center", "pad_mode"),
     "Spectrum": ("power",),
     "Scaling": ("scale", "top_db", "amin", "dtype"),
@@ -273,6 +273,11 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "of about 64 KB along time so reading a span of frames stays cheap. "
                           "gzip: smallest, slowest; lzf: fast, less compression. "
                           "An npy output is never compressed."),
+        click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Key every input by its path relative to this directory (files, "
+                          "directories and lists on stdin alike; an input outside it is an "
+                          "error). Recorded in the manifest.  [default: keys relative to each "
+                          "directory input; a file's name]"),
         click.option("--manifest", "manifest", type=click.Path(dir_okay=False), default=None,
                      help="HDF5 output: write its JSON manifest here instead of <stem>.json "
                           "(recorded in the output; later runs keep it there)."),
@@ -599,7 +604,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     try:
         found = discover(
             kw["inputs"], extensions=parse_extensions(kw["exts"]),
-            stdin=sys.stdin, null=kw["null"],
+            stdin=sys.stdin, null=kw["null"], root=kw["root"],
         )  # fmt: skip
     except InputError as exc:
         _usage(str(exc))
@@ -616,7 +621,7 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
         dry_run=kw["dry_run"], backend=kw["backend"],
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
-        inputs=kw["inputs"], prune=kw["prune"], compression=compression,
+        inputs=kw["inputs"], prune=kw["prune"], compression=compression, root=kw["root"],
     )  # fmt: skip
     work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"
@@ -661,6 +666,11 @@ def _extract(kind: str, kw: dict[str, Any]) -> None:
     if not kw["quiet"]:
         if report.resumed:
             _say(f"melcli: resumed: {report.resumed} entries kept from the interrupted run")
+        if report.repointed:
+            _say(
+                f"melcli: repointed: {report.repointed} entries now come from another path "
+                "with the same bytes (--checksum); only their source is updated"
+            )
         _say(f"melcli: {report.summary()}")
         if kw["verbose"]:
             for key in report.removed:

@@ -243,9 +243,29 @@ def _safe_key(path: str) -> str:
     return printable(norm)
 
 
-def _walk(root: str, exts: frozenset[str], found: Discovery) -> Iterator[Source]:
+def root_relative(path: str, root: str) -> str | None:
+    """``path`` relative to the directory ``root`` ('' for the root itself), None if outside.
+
+    Both are made absolute (`os.path.abspath`, from the current directory) and
+    compared as written; failing that, with the symlinks of the root and of the
+    file's own directory resolved (not of the file itself), so ``--root coll``
+    matches ``$PWD/coll/x.wav`` when ``$PWD`` is reached through a link.
+    """
+    absolute, base = os.path.abspath(path), os.path.abspath(root)
+    real = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+    for p, b in ((absolute, base), (real, os.path.realpath(base))):
+        if p == b:
+            return ""
+        prefix = b.rstrip(os.sep) + os.sep
+        if p.startswith(prefix):
+            return p[len(prefix) :].replace(os.sep, "/")
+    return None
+
+
+def _walk(root: str, exts: frozenset[str], found: Discovery, base: str = "") -> Iterator[Source]:
     """Files under ``root`` with an audio suffix, sorted, hidden names skipped.
 
+    Keys are paths relative to ``root``, under ``base`` if given (``--root``).
     Depth first, each directory's entries in name order, without recursion (a
     tree thousands of levels deep is fine). Symlinked files and directories are
     followed; a directory reached twice (a symlink loop) is walked once and
@@ -279,8 +299,8 @@ def _walk(root: str, exts: frozenset[str], found: Discovery) -> Iterator[Source]
             unreadable(directory, rel, exc)
             return None
 
-    top = enter(os.path.abspath(root), "")
-    stack = [(top, "")] if top is not None else []
+    top = enter(os.path.abspath(root), base)
+    stack = [(top, base)] if top is not None else []
     while stack:
         entries, rel = stack[-1]
         entry = next(entries, None)
@@ -312,6 +332,7 @@ def discover(
     extensions: Iterable[str] = AUDIO_EXTENSIONS,
     stdin: IO[str] | IO[bytes] | None = None,
     null: bool = False,
+    root: str | None = None,
 ) -> Discovery:
     """Expand inputs to the sorted, de-duplicated list of sources.
 
@@ -327,6 +348,9 @@ def discover(
         Where ``-`` reads from.
     null : bool
         The stdin list is NUL-separated (``find -print0``).
+    root : str, optional
+        ``--root``: every key is the input's path relative to this directory
+        (`root_relative`), whatever the input came from.
 
     Returns
     -------
@@ -335,37 +359,77 @@ def discover(
     Raises
     ------
     InputError
-        A command-line input that does not exist, or two different files that
-        map to the same key.
+        A command-line input that does not exist, an input outside ``root``,
+        or two different files that map to the same key.
     """
     exts = frozenset(extensions)
     result = Discovery([], [])
     found: list[Source] = []
+    listed: set[Source] = set()  # named on stdin: the same-key advice differs
+    outside: list[str] = []
+
+    def walk(path: str) -> Iterator[Source]:  # a directory: keys under its path from the root
+        rel = "" if root is None else root_relative(path, root)
+        if rel is None:
+            outside.append(printable(path))
+            return iter(())
+        return _walk(path, exts, result, rel)
+
+    def named(path: str, key: str) -> Source | None:  # a file named on the command line or stdin
+        if root is not None:
+            rel = root_relative(path, root)
+            if not rel:  # outside, or the root itself (not a file)
+                outside.append(printable(path))
+                return None
+            key = printable(rel)
+        return Source(key, os.path.abspath(path))
+
     for item in inputs:
         if item == "-":
             if stdin is None:
                 raise InputError("'-' given but no standard input is available")
             for path in read_path_list(stdin, null=null):
                 if os.path.isdir(path):
-                    found.extend(_walk(path, exts, result))
+                    found.extend(walk(path))
                 else:  # missing files are kept and fail (recorded) when decoded
-                    found.append(Source(_safe_key(path), os.path.abspath(path)))
+                    src = named(path, _safe_key(path))
+                    if src is not None:
+                        found.append(src)
+                        listed.add(src)
         elif os.path.isdir(item):
-            found.extend(_walk(item, exts, result))
+            found.extend(walk(item))
         elif os.path.lexists(item):
-            name = posixpath.basename(item.replace(os.sep, "/"))
-            found.append(Source(printable(name), os.path.abspath(item)))
+            src = named(item, printable(posixpath.basename(item.replace(os.sep, "/"))))
+            if src is not None:
+                found.append(src)
         else:
             raise InputError(f"input not found: {item}")
+    if outside:
+        shown = ", ".join(outside[:3]) + (
+            f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+        )
+        where = printable(os.path.abspath(root or "."))
+        raise InputError(
+            f"{len(outside)} input{'s are' if len(outside) > 1 else ' is'} outside --root "
+            f"{where}: {shown}; keys are paths relative to --root: give one that holds them all"
+        )
     by_key: dict[str, Source] = {}
     for src in found:
         other = by_key.get(src.key)
         if other is None:
             by_key[src.key] = src
         elif os.path.realpath(other.path) != os.path.realpath(src.path):
+            if other in listed or src in listed:
+                common = os.path.commonpath(
+                    [os.path.dirname(other.path), os.path.dirname(src.path)]
+                )
+                advice = (
+                    f"give --root DIR so keys keep their folders (e.g. --root {printable(common)})"
+                )
+            else:
+                advice = "give their common parent directory instead"
             raise InputError(
-                f"two inputs map to the same key {src.key!r}: {other.path} and {src.path}; "
-                "give their common parent directory instead"
+                f"two inputs map to the same key {src.key!r}: {other.path} and {src.path}; {advice}"
             )
     _check_nesting(by_key)
     result.sources = sorted(by_key.values())

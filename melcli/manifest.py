@@ -33,6 +33,7 @@ def build(
     failures: list[dict[str, Any]],
     frequencies: dict[int, list[float]],
     inputs: list[dict[str, str]] | None = None,
+    root: str | None = None,
     created: str | None = None,
     warnings: list[str] | None = None,
     compression: str = "none",
@@ -55,6 +56,8 @@ def build(
     inputs : list of dict, optional
         The command-line inputs, ``{"given": ..., "absolute": ...}`` each
         (`melcli.runner.recorded_inputs`).
+    root : str, optional
+        ``--root``, absolute: every key is a path relative to it.
     created : str, optional
         UTC ISO 8601 time; now by default.
     warnings : list of str, optional
@@ -74,6 +77,7 @@ def build(
         "manifest_version": MANIFEST_VERSION,
         "command": command,
         "inputs": inputs or [],
+        "root": root,
         "created": created or utc_now(),
         "output_format": output_format,
         "compression": compression,

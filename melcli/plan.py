@@ -56,16 +56,22 @@ class SourceState:
     def matches(self, record: dict[str, Any]) -> bool:
         """True when ``record`` (an entry or failure) was made from this content.
 
-        With a hash (``--checksum``) only the hash counts: a record made
-        without one does not match, so the input is recomputed once.
+        With a hash (``--checksum``) only the hash counts, when the record has
+        one; a record made without one (``--checksum`` turned on for an existing
+        output) is trusted on size + mtime as the runs that made it were, and
+        gets the hash (`Plan.restamped`).
         """
         if self.size is None:
             return False
         if self.special is not None:
             return record.get("reason") == self.special and self._same_stat(record)
-        if self.hash is not None:
-            return bool(record.get("source_hash") == self.hash)
+        if self.hash is not None and "source_hash" in record:
+            return self.same_bytes(record)
         return self._same_stat(record)
+
+    def same_bytes(self, record: dict[str, Any]) -> bool:
+        """True when ``record`` has this content hash (only with ``--checksum``)."""
+        return self.hash is not None and record.get("source_hash") == self.hash
 
     def _same_stat(self, record: dict[str, Any]) -> bool:
         return record.get("source_size") == self.size and record.get("source_mtime") == self.mtime
@@ -168,6 +174,12 @@ class Plan:
         again (or, under an unreadable directory, dropped).
     states : dict
         Key -> `SourceState` of each input to compute (and of resumed work).
+    restamped : dict
+        Row of ``keep_old`` -> the fields of its record that change, not its
+        features: the hash recorded where the old record had none, or the new
+        ``source`` of a key that now comes from another path with the same bytes.
+    repointed : set of str
+        Keys of those whose ``source`` changed.
     unverified : list of dict
         ``key``, ``source``, ``reason`` of inputs that are there but could not
         be read this time (permission denied, ...): their entries are in
@@ -183,11 +195,13 @@ class Plan:
     repaired: list[str] = field(default_factory=list)
     states: dict[str, SourceState] = field(default_factory=dict)
     unverified: list[dict[str, Any]] = field(default_factory=list)
+    restamped: dict[int, dict[str, Any]] = field(default_factory=dict)
+    repointed: set[str] = field(default_factory=set)
 
     @property
     def nothing_to_do(self) -> bool:
         """True when the existing output is already up to date."""
-        return not (self.compute or self.keep_work or self.removed)
+        return not (self.compute or self.keep_work or self.removed or self.restamped)
 
     def was_there(self, key: str) -> bool:
         """True when the existing output has an entry ``key`` (added vs updated)."""
@@ -250,25 +264,33 @@ def make_plan(
         state = source_state(src.path, checksum=checksum)
         row = table.row(key)
         done = work.get(key)
+        # The source path is part of a record's identity: a key that now comes from
+        # another file is computed again, unless its bytes are the same (--checksum).
+        source = printable(src.path)
         if row is not None:
             seen[row] = True
-            if state.matches(table.stat(row)):  # the output already has it
-                plan.keep_old.append(row)
+            old = table.stat(row)
+            moved = table.source(row) != source
+            if state.matches(old) and (not moved or state.same_bytes(old)):
+                if moved or (state.hash is not None and "source_hash" not in old):
+                    plan.restamped[row] = {"source": source, **state.fields()}
+                    if moved:
+                        plan.repointed.add(key)
+                plan.keep_old.append(row)  # the output already has it
                 continue
-            if state.unreadable is not None:  # there, unreadable for now: kept as it was
+            if not moved and state.unreadable is not None:  # there, unreadable for now
                 plan.keep_old.append(row)
-                plan.unverified.append(
-                    {"key": key, "source": printable(src.path), "reason": state.unreadable}
-                )
+                plan.unverified.append({"key": key, "source": source, "reason": state.unreadable})
                 continue
         plan.states[key] = state
-        if done is not None and state.matches(done.record):
+        if done is not None and done.record.get("source") == source and state.matches(done.record):
             if done.kind == "entry":
                 plan.keep_work[key] = done
             else:
                 plan.failures.append(done.record)
         elif (
             key in old_failures
+            and old_failures[key].get("source") == source
             and state.matches(old_failures[key])
             and is_content_failure(old_failures[key]["reason"])
         ):
@@ -304,6 +326,8 @@ def make_plan(
             plan.keep_old = array.array(
                 "q", (r for r in plan.keep_old if table.keys[r] not in lost)
             )
+            plan.restamped = {r: f for r, f in plan.restamped.items() if table.keys[r] not in lost}
+            plan.repointed -= lost
             found = {src.key: src for src in sources if src.key in lost}
             for key in plan.repaired:
                 if key in found:

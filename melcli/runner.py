@@ -109,6 +109,7 @@ class RunOptions:
     inputs: Sequence[str] = ()
     prune: bool = False
     compression: str = "none"  # HDF5 only (`melcli.params.COMPRESSIONS`)
+    root: str | None = None  # --root: keys are paths relative to it
 
 
 @dataclass
@@ -125,6 +126,7 @@ class RunReport:
     wrote: bool = False
     resumed: int = 0
     repaired: int = 0
+    repointed: int = 0  # kept entries whose source moved (same bytes): only `source` updated
     estimated_bytes: int = 0
     manifest_file: Path | None = None  # where the JSON manifest is
 
@@ -215,6 +217,30 @@ def recorded_inputs(inputs: Sequence[str]) -> list[dict[str, str]]:
             for i in inputs]  # fmt: skip
 
 
+def recorded_root(root: str | None) -> str | None:
+    """``--root`` as the manifest records it: absolute (None without one)."""
+    return None if root is None else printable(os.path.abspath(root))
+
+
+def _check_same_root(
+    output: Path, man: dict[str, Any], root: str | None, inputs: list[dict[str, str]]
+) -> None:
+    """Refuse a rerun whose keys would be relative to another ``--root`` (or to none).
+
+    A list on stdin may change from run to run, and so may its root (a moved
+    dataset listed at its new place keeps its keys): `_check_prune` guards it.
+    """
+    was = man.get("root") if isinstance(man.get("root"), str) else None
+    if was == root or all(i["absolute"] == "-" for i in inputs):
+        return
+    raise UsageOutputError(
+        f"output {output} was made with keys relative to "
+        f"{f'--root {was}' if was else 'its inputs (no --root)'}, this run's are relative to "
+        f"{f'--root {root}' if root else 'its inputs (no --root)'}; "
+        "use --overwrite to replace it, or another --output"
+    )
+
+
 def _check_same_inputs(output: Path, man: dict[str, Any], inputs: list[dict[str, str]]) -> None:
     """Refuse a rerun on other inputs: it would silently remove the entries of the old ones."""
     old = man.get("inputs")
@@ -237,21 +263,29 @@ def _check_same_inputs(output: Path, man: dict[str, Any], inputs: list[dict[str,
 PRUNE_SHARE = 0.5
 
 
-def _check_prune(output: Path, plan: Plan, opts: RunOptions) -> None:
+def _check_prune(output: Path, plan: Plan, opts: RunOptions, old: dict[str, Any]) -> None:
     removed, total = len(plan.removed), len(plan.old)
     if "-" not in opts.inputs or opts.prune or removed <= total * PRUNE_SHARE:
         return
     shown = ", ".join(plan.removed[:3]) + (", ..." if removed > 3 else "")
+    was, now = old.get("root"), recorded_root(opts.root)
+    why = (
+        f"; its keys were relative to {f'--root {was}' if was else 'no --root'}, this run's to "
+        f"{f'--root {now}' if now else 'no --root'}"
+        if was != now
+        else ""
+    )
     raise UsageOutputError(
         f"this run would remove {removed} of the {total} entries of {output} (not in the "
-        f"list on stdin: {shown}); a list on stdin may remove at most half of them: "
+        f"list on stdin: {shown}{why}); a list on stdin may remove at most half of them: "
         "add --prune to remove them (with --dry-run to list them first)"
     )
 
 
 def _old_output(
-    output: Path, opts: RunOptions, params: FeatureParams, inputs: list[dict[str, str]]
-) -> _Existing:
+    output: Path, opts: RunOptions, params: FeatureParams, inputs: list[dict[str, str]],
+    root: str | None = None,
+) -> _Existing:  # fmt: skip
     """Read what is at ``output``; refuse (exit 2) anything melcli did not make."""
     fmt, overwrite = opts.format, opts.overwrite
     if not os.path.lexists(output):
@@ -296,6 +330,7 @@ def _old_output(
             "use --overwrite to replace it"
         )
     _check_same_inputs(output, man, inputs)
+    _check_same_root(output, man, root, inputs)
     return _Existing(man, man, recorded)
 
 
@@ -487,7 +522,8 @@ def _execute(
         remove_stale(output, work)
     check_inputs_outside(sources, output)
     inputs = recorded_inputs(opts.inputs)
-    existing = _old_output(output, opts, params, inputs)
+    root = recorded_root(opts.root)
+    existing = _old_output(output, opts, params, inputs, root)
     old = existing.plan
     side = sidecar_path(output, opts, existing.sidecar)
     if side is not None:
@@ -503,6 +539,7 @@ def _execute(
         and prior.get("params") == state["params"]
         and prior.get("format") == opts.format
     )
+    dropped = _dropped_work(work, prior, state) if prior is not None and not resume else ""
     plan = make_plan(
         sources,
         unreadable=unreadable,
@@ -521,8 +558,12 @@ def _execute(
         if not opts.dry_run:
             chunk.unlink(missing_ok=True)
     if old is not None:
-        _check_prune(output, plan, opts)
+        _check_prune(output, plan, opts, old)
     fault_point("planned")
+    if dropped:
+        reporter.warning(
+            dropped if not opts.dry_run else dropped.replace("are dropped", "would be dropped")
+        )
     for d in unreadable:
         kept = sum(1 for k in plan.kept_keys() if is_under(k, d.prefix))
         reporter.error(
@@ -587,6 +628,7 @@ def _execute(
         and old is not None
         and not failures_changed(old, failures)
         and (bool(old.get("inputs")) or not inputs)  # an older output gets its inputs now
+        and old.get("root") == root
     ):
         work.remove()
         report.failures = failures
@@ -655,6 +697,30 @@ def _execute(
         if writer.committed:
             reporter.committed()
         raise
+
+
+def _dropped_work(work: WorkDir, prior: dict[str, Any], state: dict[str, Any]) -> str:
+    """The line that says an interrupted run's finished work is dropped ('' if it has none).
+
+    Its work is resumed only with the same parameters and format: with others
+    its entries are of no use to this run, and the work directory is started afresh.
+    """
+    finished = sum(1 for rec in work.records() if rec.kind == "entry")
+    work.damaged = []  # dropped anyway: no warning about a chunk nobody reads
+    if not finished:
+        return ""
+    was, now = prior.get("params"), state["params"]
+    if isinstance(was, dict):
+        names = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+        changed = [f"{k} ({was.get(k)!r} -> {now.get(k)!r})" for k in names]
+    else:
+        changed = ["(unreadable)"]
+    if prior.get("format") != state["format"]:
+        changed.append(f"format ({prior.get('format')!r} -> {state['format']!r})")
+    return (
+        f"the interrupted run in {work.path.name} used other parameters "
+        f"({', '.join(changed)}): its {finished} finished entries are dropped"
+    )
 
 
 def failure_record(failure: Failure, path: str, *, checksum: bool) -> dict[str, Any]:
@@ -844,6 +910,7 @@ def _assemble(
     report.added = sorted(k for k in fresh if not plan.was_there(k))
     report.updated = sorted(k for k in fresh if plan.was_there(k))
     report.unchanged = len(kept)
+    report.repointed = sum(1 for r in kept if old.keys[r] in plan.repointed)
     report.failures = sorted((f for f in failures if f["key"] not in fresh), key=lambda f: f["key"])
     report.entries = len(fresh) + len(kept)
     if not report.entries:
@@ -856,12 +923,20 @@ def _assemble(
             for frame, data in reader.pieces(resumed[key]):
                 writer.write_piece(resumed[key].record, frame, data)
             fault_point("assemble")
+        copies = writer.base is None  # else the kept entries are in the copy it started from
+        fixed: list[dict[str, Any]] = []  # kept features, updated records (`Plan.restamped`)
         for r in kept:
-            writer.copy_entry(old.record(r), writer.path)
+            fix = plan.restamped.get(r)
+            if copies or fix is not None:
+                rec = old.record(r) if fix is None else {**old.record(r), **fix}
+                writer.copy_entry(rec, writer.path, repointed=old.keys[r] in plan.repointed)
+                if fix is not None:
+                    fixed.append(rec)
+            fault_point("assemble")
         made = manifest_mod.EntryTable.from_records(
-            [*new.values(), *(r.record for r in resumed.values())]
+            [*new.values(), *(r.record for r in resumed.values()), *fixed]
         )
-        entries = old.merged(kept, made)
+        entries = old.merged([r for r in kept if r not in plan.restamped], made)
         freqs: dict[int, list[float]] = {}
         for sr in np.unique(entries.sample_rate).tolist():
             row = features.row_frequencies(params, sr)
@@ -870,7 +945,8 @@ def _assemble(
         man = manifest_mod.build(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
             entries=entries, failures=report.failures, frequencies=freqs,
-            inputs=recorded_inputs(opts.inputs), compression=opts.compression,
+            inputs=recorded_inputs(opts.inputs), root=recorded_root(opts.root),
+            compression=opts.compression,
             warnings=advice.data_warnings(
                 params, entries.sample_rate, entries.n_samples, entries.keys
             ),

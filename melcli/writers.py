@@ -305,6 +305,7 @@ class Writer(Protocol):
     format: str
     warnings: list[str]
     committed: bool  # the new output is in place (set by `commit`, right after its rename)
+    base: Reuse | None  # started from a copy of the old output: kept entries are in it
 
     def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:
         """Store frames ``frame...`` of the entry ``record`` (shape ``record['shape']``).
@@ -319,8 +320,14 @@ class Writer(Protocol):
     def discard(self, key: str) -> None:
         """Drop a partly written entry (another part of its file failed)."""
 
-    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:
-        """Copy an unchanged entry byte for byte from the previous output."""
+    def copy_entry(
+        self, record: dict[str, Any], old_output: Path, *, repointed: bool = False
+    ) -> None:
+        """Copy an unchanged entry byte for byte from the previous output.
+
+        ``repointed``: its source moved (same bytes): the stored ``source``
+        becomes ``record['source']``.
+        """
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:
         """Store the row frequencies (Hz) of entries at ``sample_rate``."""
@@ -429,20 +436,25 @@ class H5Writer:
                 del self._file[group]
                 group = posixpath.dirname(group)
 
-    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
+    def copy_entry(  # noqa: D102
+        self, record: dict[str, Any], old_output: Path, *, repointed: bool = False
+    ) -> None:
         import h5py
 
-        if self.base is not None:  # already in the copy
-            fault_point("assemble")
+        name = f"features/{record['key']}"
+        if self.base is not None:  # already in the copy it started from
+            if repointed:
+                with self._guard():
+                    self._file[name].attrs["source"] = record["source"]
             return
         with self._guard():
             if self._old is None:
                 self._old = h5py.File(old_output, "r")
-            name = f"features/{record['key']}"
             parent = self._file.require_group(posixpath.dirname(name))
             self._old.copy(self._old[name], parent, name=posixpath.basename(name))
+            if repointed:
+                parent[posixpath.basename(name)].attrs["source"] = record["source"]
             self._writeback.wrote(entry_nbytes(record))
-        fault_point("assemble")
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:  # noqa: D102
         name = f"frequencies/{sample_rate}"
@@ -547,6 +559,7 @@ class NpyWriter:
     """A directory tree: ``<key>.npy`` per entry, ``manifest.json`` beside them."""
 
     format = "npy"
+    base: Reuse | None = None
 
     def __init__(self, path: Path, tmp: Path, old: Path, trash: Path) -> None:
         self.path = path
@@ -604,7 +617,9 @@ class NpyWriter:
                 break
             parent.rmdir()
 
-    def copy_entry(self, record: dict[str, Any], old_output: Path) -> None:  # noqa: D102
+    def copy_entry(  # noqa: D102
+        self, record: dict[str, Any], old_output: Path, *, repointed: bool = False
+    ) -> None:  # the source is in the manifest only
         src = old_output / f"{record['key']}.npy"
         try:
             target = self._target(record["key"])
@@ -614,7 +629,6 @@ class NpyWriter:
                 shutil.copy2(src, target)
         except OSError as exc:
             raise WriteFailed(self.tmp, exc) from None
-        fault_point("assemble")
 
     def add_frequencies(self, sample_rate: int, freqs: np.ndarray) -> None:  # noqa: D102
         pass  # the manifest's "frequencies" holds them for this format
