@@ -199,6 +199,21 @@ def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
     return run
 
 
+def feature_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every /features dataset of an HDF5 output, read back: key -> array."""
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+
+    def visit(name: str, obj: object) -> None:  # None: visititems goes on
+        if isinstance(obj, h5py.Dataset):
+            out[name] = obj[()]
+
+    with h5py.File(path, "r") as f:
+        f["features"].visititems(visit)
+    return out
+
+
 def stderr_lines(text: str, prefix: str) -> list[str]:
     """Lines of ``text`` starting with ``prefix``."""
     return [line for line in text.splitlines() if line.startswith(prefix)]

@@ -12,18 +12,7 @@ import numpy as np
 import pytest
 
 from melcli import pipeline, writers
-from tests.conftest import AudioFactory, Invoke, RunMelcli, assert_no_traceback
-
-
-def _arrays(path: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        f["features"].visititems(
-            lambda name, obj: (
-                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
-            )
-        )
-    return out
+from tests.conftest import AudioFactory, Invoke, RunMelcli, assert_no_traceback, feature_arrays
 
 
 @pytest.fixture
@@ -43,7 +32,7 @@ def test_compressed_output_equals_the_uncompressed_one(
         assert melcli(kind, "in", "-o", plain, *extra).returncode == 0
         proc = melcli(kind, "in", "-o", packed, "--compression", method.upper(), *extra)
         assert proc.returncode == 0, proc.stderr
-        want, got = _arrays(plain), _arrays(packed)
+        want, got = feature_arrays(plain), feature_arrays(packed)
         assert got.keys() == want.keys()
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
@@ -113,7 +102,7 @@ def test_long_file_written_in_parts_into_compressed_chunks(
     assert res.exit_code == 0, res.stderr
     man = json.loads((tmp_path / "packed.json").read_text())
     assert man["entries"][0]["shape"][-1] > 100
-    want, got = _arrays(tmp_path / "plain.h5"), _arrays(tmp_path / "packed.h5")
+    want, got = feature_arrays(tmp_path / "plain.h5"), feature_arrays(tmp_path / "packed.h5")
     np.testing.assert_array_equal(got["long.wav"], want["long.wav"])
     with h5py.File(tmp_path / "packed.h5") as f:
         assert f["features/long.wav"].compression == "gzip"

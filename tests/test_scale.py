@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from melcli import manifest, writers
-from tests.conftest import AudioFactory, Invoke, RunMelcli, assert_no_traceback
+from tests.conftest import AudioFactory, Invoke, RunMelcli, assert_no_traceback, feature_arrays
 
 FAST = ("--n-mels", "20", "--n-fft", "256", "-j", "1")
 
@@ -29,17 +29,6 @@ def _corpus(audio: AudioFactory, n: int, folder: str = "") -> None:
 
 def _lines(path: Path) -> list[str]:
     return [line.rstrip(",") for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _features(path: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        f["features"].visititems(
-            lambda name, obj: (
-                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
-            )
-        )
-    return out
 
 
 def test_rerun_copies_kept_manifest_lines_and_inserts_new_ones(
@@ -69,7 +58,7 @@ def test_rerun_copies_kept_manifest_lines_and_inserts_new_ones(
     assert [{k: v for k, v in e.items()} for e in fresh["entries"]] == man["entries"]
     with h5py.File(tmp_path / "a.h5") as f:
         assert json.loads(f["manifest"][()]) == man  # the sidecar is /manifest's copy
-    got, want = _features(tmp_path / "a.h5"), _features(tmp_path / "fresh.h5")
+    got, want = feature_arrays(tmp_path / "a.h5"), feature_arrays(tmp_path / "fresh.h5")
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
@@ -102,14 +91,14 @@ def test_hand_edited_hdf5_is_read_from_its_own_manifest(
     an entry deleted by hand (same sidecar, same digest) is noticed and recomputed."""
     _corpus(audio, 6)
     assert melcli("mel", "in", "-o", "a.h5", *FAST).returncode == 0
-    want = _features(tmp_path / "a.h5")
+    want = feature_arrays(tmp_path / "a.h5")
     with h5py.File(tmp_path / "a.h5", "r+") as f:
         del f["features/d1/f001.wav"]
     proc = melcli("mel", "in", "-o", "a.h5", *FAST)
     assert proc.returncode == 0, proc.stderr
     assert "repaired: 1 entries missing from the output" in proc.stderr
     assert "updated 1, removed 0, unchanged 5" in proc.stderr
-    got = _features(tmp_path / "a.h5")
+    got = feature_arrays(tmp_path / "a.h5")
     assert got.keys() == want.keys()
     np.testing.assert_array_equal(got["d1/f001.wav"], want["d1/f001.wav"])
 
@@ -158,7 +147,7 @@ def test_hdf5_rerun_starts_from_a_copy_and_compacts_dead_space(
         assert len(json.loads(f["manifest"][()])["entries"]) == 11
     assert out.stat().st_size < size / 2
     assert melcli("mel", "in", "-o", "fresh.h5", *FAST).returncode == 0
-    got, want = _features(out), _features(tmp_path / "fresh.h5")
+    got, want = feature_arrays(out), feature_arrays(tmp_path / "fresh.h5")
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
@@ -186,7 +175,7 @@ def test_copy_based_rerun_removes_entries_groups_and_rates(
         assert "other" not in f["features"]
         assert set(f["frequencies"]) == {"16000"}
     assert melcli("mel", "in", "-o", "fresh.h5", *FAST).returncode == 0
-    got, want = _features(out), _features(tmp_path / "fresh.h5")
+    got, want = feature_arrays(out), feature_arrays(tmp_path / "fresh.h5")
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
