@@ -147,7 +147,7 @@ def cli() -> None:
 #: --help sections of mel and stft, in order after the kind's own options: every
 #: option is in exactly one (tested), positional arguments in "Input".
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
-    "Input": ("inputs", "null", "exts", "root", "sr", "mono"),
+    "Input": ("inputs", "null", "exts", "root", "like", "sr", "mono"),
     "Framing": ("n_fft", "win_length", "hop_length", "window", "center", "pad_mode"),
     "Spectrum": ("power",),
     "Scaling": ("scale", "top_db", "amin", "dtype"),
@@ -273,6 +273,10 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "of about 64 KB along time so reading a span of frames stays cheap. "
                           "gzip: smallest, slowest; lzf: fast, less compression. "
                           "An npy output is never compressed."),
+        click.option("--like", type=click.Path(exists=True), default=None,
+                     help="Take every feature parameter (--sr, --n-fft, ..., --n-mels) from "
+                          "this melcli output (an HDF5 file, npy directory or manifest); "
+                          "options given here override it, each said on stderr."),
         click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
                      help="Key every input by its path relative to this directory (files, "
                           "directories and lists on stdin alike; an input outside it is an "
@@ -579,7 +583,45 @@ def _show(key: str) -> str:
     return key if key.isprintable() else key.encode("unicode_escape").decode("ascii")
 
 
+#: Options that are feature parameters (what --like takes from an output): option
+#: name -> parameter name.
+_FEATURE_OPTIONS = {
+    **{n: n for n in ("sr", "mono", "n_fft", "win_length", "hop_length", "window", "center",
+                      "pad_mode", "power", "scale", "top_db", "amin", "dtype", "n_mels", "fmin",
+                      "fmax", "mel_scale", "norm")},
+    "complex_": "complex",
+}  # fmt: skip
+
+
+def _apply_like(kind: str, kw: dict[str, Any], quiet: bool) -> None:
+    """``--like OUTPUT``: its feature parameters, except those given on the command line."""
+    from melcli import writers
+    from melcli.reader import _locate
+
+    like = kw["like"]
+    try:
+        path, fmt = _locate(Path(like))
+        recorded = writers.read_manifest(path, fmt)["params"]
+    except (OutputError, OSError) as exc:
+        _usage(f"--like {like}: {exc}")
+    if recorded.get("kind") != kind:
+        other = recorded.get("kind")
+        _usage(f"--like {like} is a melcli {other} output, not {kind}: use `melcli {other}`, "
+               f"or --like an output of `melcli {kind}`")  # fmt: skip
+    ctx = click.get_current_context()
+    for option, name in _FEATURE_OPTIONS.items():
+        if option not in kw or name not in recorded:
+            continue
+        source = ctx.get_parameter_source(option)
+        if source in (None, click.core.ParameterSource.DEFAULT):
+            kw[option] = recorded[name]
+        elif kw[option] != recorded[name] and not quiet:
+            _say(f"melcli: --like {like}, overriding {name} {recorded[name]} -> {kw[option]}")
+
+
 def _extract(kind: str, kw: dict[str, Any]) -> None:
+    if kw["like"]:
+        _apply_like(kind, kw, kw["quiet"])
     params = _build_params(kind, kw)
     output = Path(kw["output"])
     if output.absolute().name in ("", ".."):  # '/', '..': nothing to create or replace

@@ -27,7 +27,7 @@ def _size_on_disk(path: Path) -> int:
     return total
 
 
-def _h5_beside(manifest: Path) -> Path:
+def h5_beside(manifest: Path) -> Path:
     """The HDF5 file a ``<stem>.json`` manifest describes (``.h5`` or ``.hdf5``)."""
     for suffix in (".h5", ".hdf5"):
         if manifest.with_suffix(suffix).exists():
@@ -239,7 +239,7 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
         man = manifest_mod.validate(manifest_mod.read(man_path), str(path))
         root = man_path.parent
         recorded = man.get("output")  # a sidecar put elsewhere with --manifest names its file
-        data_path = path.parent / recorded if isinstance(recorded, str) else _h5_beside(path)
+        data_path = path.parent / recorded if isinstance(recorded, str) else h5_beside(path)
         if man["output_format"] == "h5" and kind == "manifest":
             size = data_path.stat().st_size if data_path.exists() else 0
         else:

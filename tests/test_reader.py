@@ -1,0 +1,236 @@
+"""The reading side (issue 9): melcli.open over HDF5 and npy outputs, checked
+against h5py / numpy reads of the same files, across fork and after incremental
+reruns; --like reuses an output's parameters."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import librosa
+import numpy as np
+import pytest
+
+import melcli as melcli_lib
+from melcli.errors import OutputError
+from melcli.params import FeatureParams
+from tests.conftest import AudioFactory, RunMelcli, feature_arrays
+
+
+@pytest.fixture
+def data(audio: AudioFactory) -> Path:
+    audio.mix("spk1/a.wav", sr=16000, seconds=1.0)
+    audio.mix("spk1/b.flac", sr=22050, seconds=0.7, channels=2)
+    audio.tone("spk2/c.wav", sr=16000, seconds=0.4)
+    audio.raw("spk2/bad.wav", b"RIFF....WAVEnope")
+    return audio.root
+
+
+def _npy_arrays(root: Path) -> dict[str, np.ndarray]:
+    return {str(p.relative_to(root))[: -len(".npy")]: np.load(p) for p in root.rglob("*.npy")}
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy"])
+def test_open_reads_what_h5py_and_numpy_read(
+    data: Path, melcli: RunMelcli, tmp_path: Path, fmt: str
+) -> None:
+    out = tmp_path / ("o.h5" if fmt == "h5" else "o")
+    assert melcli("mel", "in", "-o", out, "--n-mels", "40").returncode == 3
+    want = feature_arrays(out) if fmt == "h5" else _npy_arrays(out)
+    man_path = out.with_suffix(".json") if fmt == "h5" else out / "manifest.json"
+    man = json.loads(man_path.read_text())
+    for path in (out, man_path):
+        with melcli_lib.open(path) as feats:
+            assert list(feats) == sorted(want) == [e["key"] for e in man["entries"]]
+            assert len(feats) == 3 and "spk1/a.wav" in feats and "spk2/bad.wav" not in feats
+            for key, arr in want.items():
+                got = feats[key]
+                assert got.dtype == arr.dtype
+                np.testing.assert_array_equal(got, arr)
+                np.testing.assert_array_equal(feats.read(key, frames=slice(3, 9)), arr[..., 3:9])
+            assert feats.params == man["params"]
+            assert FeatureParams.from_dict(feats.params).n_mels == 40
+            assert feats.entry("spk1/b.flac") == man["entries"][1]
+            assert [f["key"] for f in feats.failures] == ["spk2/bad.wav"]
+            with pytest.raises(KeyError):
+                feats["nope.wav"]
+            freqs = feats.frequencies("spk1/b.flac")
+            np.testing.assert_allclose(freqs, man["frequencies"]["22050"])
+            np.testing.assert_allclose(
+                freqs, librosa.mel_frequencies(n_mels=42, fmax=11025.0)[1:-1], rtol=1e-12
+            )
+            times = feats.times("spk1/a.wav")
+            np.testing.assert_allclose(
+                times, librosa.frames_to_time(np.arange(want["spk1/a.wav"].shape[-1]), sr=16000)
+            )
+
+
+def test_times_without_center_are_frame_centres(
+    data: Path, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    assert melcli("stft", "in", "-o", "s.h5", "--n-fft", "512", "--no-center").returncode == 3
+    with melcli_lib.open(tmp_path / "s.h5") as feats:
+        n = feats["spk1/a.wav"].shape[-1]
+        assert n == 1 + (16000 - 512) // 128
+        want = librosa.frames_to_time(np.arange(n), sr=16000, hop_length=128, n_fft=512)
+        np.testing.assert_allclose(feats.times("spk1/a.wav"), want)
+
+
+def _read_all(args: tuple[melcli_lib.reader.Features, str]) -> float:
+    feats, key = args
+    return float(np.asarray(feats[key], np.float64).sum())
+
+
+def test_a_mapping_opened_in_the_parent_works_in_forked_workers(
+    data: Path, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    """A DataLoader forks after the dataset has read something: each worker must
+    open its own HDF5 handle (sharing the parent's corrupts reads)."""
+    assert melcli("mel", "in", "-o", "o.h5").returncode == 3
+    feats = melcli_lib.open(tmp_path / "o.h5")
+    keys = list(feats) * 20
+    want = [float(np.asarray(feats[k], np.float64).sum()) for k in keys]  # parent's handle open
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map(_read_all, [(feats, k) for k in keys], chunksize=3)
+    assert got == want
+    # and in the workers' own forks of the mapping (no pickling)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def child() -> None:
+        queue.put([float(np.asarray(feats[k], np.float64).sum()) for k in keys])
+
+    procs = [ctx.Process(target=child) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert results == [want, want]
+    feats.close()
+
+
+def test_a_crop_reads_only_its_frames(
+    audio: AudioFactory, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    """100 frames of a long entry: a few KB read from the file, not the whole entry."""
+    audio.mix("long.wav", sr=16000, seconds=120.0)
+    assert (
+        melcli("stft", "in", "-o", "l.h5", "--n-fft", "512", "--hop-length", "64").returncode == 0
+    )
+
+    def rchar() -> int:
+        with open("/proc/self/io") as fh:
+            return int(next(line for line in fh if line.startswith("rchar")).split()[1])
+
+    with melcli_lib.open(tmp_path / "l.h5") as feats:
+        feats.entry("long.wav")
+        with h5py.File(tmp_path / "l.h5") as f:
+            whole = f["features/long.wav"].nbytes
+        before = rchar()
+        crop = feats.read("long.wav", frames=slice(15000, 15100))
+        read = rchar() - before
+    assert crop.shape == (257, 100)
+    assert whole > 10_000_000 and read < whole / 50, (read, whole)
+
+
+def test_reopened_after_incremental_reruns(
+    data: Path, audio: AudioFactory, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    assert melcli("mel", "in", "-o", "o.h5").returncode == 3
+    (tmp_path / "in/spk2/c.wav").unlink()
+    audio.mix("spk3/d.wav", sr=16000, seconds=0.5)
+    audio.tone("spk1/a.wav", freq=1234, sr=16000, seconds=0.6)  # changed
+    assert melcli("mel", "in", "-o", "o.h5").returncode == 3
+    want = feature_arrays(tmp_path / "o.h5")
+    with melcli_lib.open(tmp_path / "o.h5") as feats:
+        assert list(feats) == ["spk1/a.wav", "spk1/b.flac", "spk3/d.wav"] == sorted(want)
+        for key in feats:
+            np.testing.assert_array_equal(feats[key], want[key])
+
+
+def test_open_refuses_what_is_not_a_melcli_output(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["a"] = [1]
+    with pytest.raises(OutputError, match="not a melcli output: no /manifest"):
+        melcli_lib.open(tmp_path / "x.h5")
+    (tmp_path / "y.txt").write_text("hello")
+    with pytest.raises(OutputError, match="is not a melcli output"):
+        melcli_lib.open(tmp_path / "y.txt")
+
+
+def test_import_melcli_loads_no_numpy() -> None:
+    code = "import sys, melcli; print('numpy' in sys.modules, 'h5py' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_like_takes_the_parameters_and_says_each_override(
+    data: Path, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    opts = ["--sr", "16000", "--n-fft", "512", "--hop-length", "160", "--n-mels", "40",
+            "--scale", "log", "--fmax", "7600"]  # fmt: skip
+    assert melcli("mel", "in", "-o", "train.h5", *opts).returncode == 3
+    train = json.loads((tmp_path / "train.json").read_text())["params"]
+    for like in ("train.h5", "train.json"):
+        out = f"test-{like}.h5"
+        proc = melcli("mel", "in/spk1", "-o", out, "--like", like)
+        assert proc.returncode == 0, proc.stderr
+        assert "overriding" not in proc.stderr
+        assert json.loads(Path(tmp_path / out).with_suffix(".json").read_text())["params"] == train
+    proc = melcli("mel", "in/spk1", "-o", "t64.h5", "--like", "train.h5", "--n-mels", "64",
+                  "--hop-length", "160")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "--like" in line]
+    assert lines == ["melcli: --like train.h5, overriding n_mels 40 -> 64"]  # 160 is no change
+    got = json.loads((tmp_path / "t64.json").read_text())["params"]
+    assert got == {**train, "n_mels": 64}
+    assert melcli("stft", "in/spk1", "-o", "npy", "--n-fft", "256").returncode == 0
+    proc = melcli("stft", "in/spk1", "-o", "s.h5", "--like", "npy")
+    assert (
+        proc.returncode == 0
+        and json.loads((tmp_path / "s.json").read_text())["params"]["n_fft"] == 256
+    )
+
+
+def test_like_of_another_kind_or_of_something_else_is_a_usage_error(
+    data: Path, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    assert melcli("mel", "in", "-o", "m.h5").returncode == 3
+    proc = melcli("stft", "in", "-o", "s.h5", "--like", "m.h5")
+    assert proc.returncode == 2
+    assert "--like m.h5 is a melcli mel output, not stft" in proc.stderr
+    (tmp_path / "notes.json").write_text('{"a": 1}')
+    proc = melcli("mel", "in", "-o", "x.h5", "--like", "notes.json")
+    assert proc.returncode == 2 and "--like notes.json:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "x.h5").exists()
+
+
+def test_readme_dataset_example_runs(data: Path, melcli: RunMelcli, tmp_path: Path) -> None:
+    """The README's PyTorch-style dataset, run as written (a stand-in for torch's base class)."""
+    import random
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = [
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "class Features" in b
+    ]
+    space: dict[str, object] = {"melcli": melcli_lib, "random": random}
+    exec(block, space)  # noqa: S102
+    assert melcli("mel", "in", "-o", "o.h5").returncode == 3
+    dataset = space["Features"](tmp_path / "o.h5", frames=5)  # type: ignore[operator]
+    assert len(dataset) == 3
+    full = feature_arrays(tmp_path / "o.h5")
+    for i, key in enumerate(sorted(full)):
+        crop = dataset[i]
+        assert crop.shape == (*full[key].shape[:-1], min(5, full[key].shape[-1]))
+        starts = [
+            s for s in range(full[key].shape[-1]) if np.array_equal(full[key][..., s : s + 5], crop)
+        ]
+        assert starts  # a real window of the entry
