@@ -876,6 +876,11 @@ def _print_output(info: dict[str, Any]) -> None:
         lo, hi = tuple(info["shape_min"]), tuple(info["shape_max"])
         echo(f"shapes:     {lo} .. {hi}  dtype {', '.join(info['dtype'])}")
         echo(f"rates:      {', '.join(str(r) for r in info['sample_rates'])} Hz")
+    stats = info.get("stats")
+    if stats and stats["count"]:
+        mean, std = stats["mean"], stats["std"]
+        echo(f"statistics: {stats['count']} frames; per-row mean {min(mean):.4g} .. "
+             f"{max(mean):.4g}, std {min(std):.4g} .. {max(std):.4g}")  # fmt: skip
     for warning in info.get("warnings", []):
         echo(f"warning:    {warning}")
     echo(f"failures:   {len(info['failures'])}")

@@ -78,6 +78,7 @@ def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
         "entries": entries,
         "failures": man["failures"],
         "warnings": [w for w in man.get("warnings", []) if isinstance(w, str)],
+        "stats": _stats_summary(man),
         "frames": [min(frames), max(frames)] if frames else None,
         "shape_min": [min(s) for s in zip(*shapes, strict=False)] if shapes else None,
         "shape_max": [max(s) for s in zip(*shapes, strict=False)] if shapes else None,
@@ -85,6 +86,22 @@ def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
         "sample_rates": sorted({e["sample_rate"] for e in entries}),
         "size_bytes": size,
     }
+
+
+def _stats_summary(man: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded dataset statistics: count, per-row mean and std (None if absent)."""
+    from melcli.stats import RowStats
+
+    try:
+        rows = FeatureParams.from_dict(man["params"]).n_bins
+    except (ValueError, TypeError, KeyError):
+        return None
+    totals = RowStats.from_dict(man.get("stats"), rows)
+    if totals is None:
+        return None
+    summary = totals.summary()
+    return {"count": summary["count"], "mean": summary["mean"].tolist(),
+            "std": summary["std"].tolist()}  # fmt: skip
 
 
 #: Entry statistics are computed over blocks of frames of at most this many

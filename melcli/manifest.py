@@ -37,6 +37,7 @@ def build(
     created: str | None = None,
     warnings: list[str] | None = None,
     compression: str = "none",
+    stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the manifest of one output.
 
@@ -64,6 +65,9 @@ def build(
         What the parameters make of this data (`melcli.advice.data_warnings`).
     compression : str
         How an HDF5 output stores its entries (``--compression``).
+    stats : dict, optional
+        Per-row count / sum / sum of squares over every frame of every entry
+        (`melcli.stats.RowStats`; None for complex STFT).
 
     Returns
     -------
@@ -86,6 +90,7 @@ def build(
         "entries": table,
         "failures": failures,
         "warnings": warnings or [],
+        "stats": stats,
         "totals": {
             "inputs": len(table) + len(failures),
             "entries": len(table),

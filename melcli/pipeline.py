@@ -609,19 +609,22 @@ def _fork(tasks: Sequence[Task], params: FeatureParams, serve: Any) -> tuple[int
     res_r, res_w = os.pipe()
     with stop_signals_blocked():
         pid = os.fork()
-    if pid == 0:  # the worker: never returns into the parent's stack
-        code = 0
-        try:
-            os.close(task_w)
-            os.close(res_r)
-            _child_setup((task_r, res_w))
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-            serve(tasks, params, Connection(task_r, writable=False),
-                  Connection(res_w, readable=False))  # fmt: skip
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
+        # The worker never returns into the parent's stack, not even to leave this
+        # block: that would unblock the stop signals before it ignores them, and a
+        # SIGTERM in between ran the parent's handler here (a second error line).
+        if pid == 0:
+            code = 0
+            try:
+                os.close(task_w)
+                os.close(res_r)
+                _child_setup((task_r, res_w))
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                serve(tasks, params, Connection(task_r, writable=False),
+                      Connection(res_w, readable=False))  # fmt: skip
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
     os.close(task_r)
     os.close(res_w)
     return pid, Connection(task_w, readable=False), Connection(res_r, writable=False)

@@ -197,6 +197,7 @@ class Plan:
     unverified: list[dict[str, Any]] = field(default_factory=list)
     restamped: dict[int, dict[str, Any]] = field(default_factory=dict)
     repointed: set[str] = field(default_factory=set)
+    old_stats: Any = None  # the existing output's recorded statistics (`melcli.stats`)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -257,6 +258,7 @@ def make_plan(
         plan.old = table
     table = plan.old
     old_failures = {f["key"]: f for f in (old_manifest or {}).get("failures", [])}
+    plan.old_stats = (old_manifest or {}).get("stats")
     work = {rec.record["key"]: rec for rec in work_records}
     seen = np.zeros(len(table), bool)  # rows whose key was found again
     for src in sources:

@@ -81,6 +81,18 @@ class Features(Mapping[str, np.ndarray]):
         return dict(self.manifest["params"])
 
     @property
+    def stats(self) -> dict[str, Any] | None:
+        """Per feature row over every frame of every entry: ``{"count", "mean",
+        "std"}`` (population std; numpy arrays), for global normalisation.
+        None for complex STFT outputs and outputs written before melcli kept them."""
+        from melcli.params import FeatureParams
+        from melcli.stats import RowStats
+
+        rows = FeatureParams.from_dict(self.manifest["params"]).n_bins
+        totals = RowStats.from_dict(self.manifest.get("stats"), rows)
+        return None if totals is None else totals.summary()
+
+    @property
     def failures(self) -> list[dict[str, Any]]:
         """The recorded failures: ``key``, ``source``, ``reason``, ..."""
         return list(self.manifest["failures"])
@@ -141,6 +153,30 @@ class Features(Mapping[str, np.ndarray]):
 
     def __repr__(self) -> str:
         return f"<melcli.Features {self.path} ({self.format}, {len(self)} entries)>"
+
+
+class EntryReader:
+    """Reads entries whole from an output, the HDF5 file opened once (no manifest read)."""
+
+    def __init__(self, output: Path, fmt: str) -> None:
+        self.output, self.format = output, fmt
+        self._file: Any = None
+
+    def read(self, key: str) -> np.ndarray:
+        """Entry ``key``'s array."""
+        if self.format == "npy":
+            return np.load(self.output / f"{key}.npy", allow_pickle=False)
+        if self._file is None:
+            import h5py
+
+            self._file = h5py.File(self.output, "r")
+        return np.asarray(self._file[f"features/{key}"][()])
+
+    def close(self) -> None:
+        """Close the HDF5 file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _locate(path: Path) -> tuple[Path, str]:

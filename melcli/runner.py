@@ -47,6 +47,7 @@ from melcli.pipeline import (
     task_cost,
 )
 from melcli.plan import Plan, is_under, make_plan, source_state
+from melcli.stats import RowStats
 from melcli.workdir import (
     ChunkFile,
     ChunkRecord,
@@ -684,9 +685,14 @@ def _execute(
     try:
         for rec in failures[len(plan.failures) :]:
             spool.add_failure(rec)
-        written, new_failures = _compute(checked, pool, params, opts, reporter, spool, plan, writer)
+        totals = RowStats(params.n_bins) if not params.complex else None
+        written, new_failures = _compute(
+            checked, pool, params, opts, reporter, spool, plan, writer, totals
+        )
         failures.extend(new_failures)
-        return _assemble(params, opts, plan, work, failures, report, reporter, writer, written)
+        return _assemble(
+            params, opts, plan, work, failures, report, reporter, writer, written, totals
+        )
     except (OSError, WriteFailed) as exc:  # a write failed: clean up, then say how much space
         pool.close(ok=False)
         writer.abort()
@@ -789,8 +795,12 @@ def _compute(
     spool: Spool,
     plan: Plan,
     writer: writers.Writer,
+    totals: RowStats | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Run the tasks, writing each result into ``writer`` as it arrives.
+
+    ``totals`` gets the frames of every entry written whole (a long file's
+    parts once all of them are in).
 
     ``checked`` are results computed before (in an isolated process). Returns
     the records of the entries written whole, and the failures. On any
@@ -803,6 +813,7 @@ def _compute(
     failures: dict[str, dict[str, Any]] = {}
     done: dict[str, int] = {}  # key -> parts written
     written: dict[str, dict[str, Any]] = {}
+    partial: dict[str, RowStats] = {}  # a long file's parts, until all are in
     try:
         for res in itertools.chain(checked, pool.results()):
             key = res.source.key
@@ -822,6 +833,7 @@ def _compute(
             if res.failure is not None:
                 rec = failure_record(res.failure, res.source.path, checksum=opts.checksum)
                 failures[key] = rec
+                partial.pop(key, None)
                 if done.pop(key, 0):
                     writer.discard(key)
                     spool.discard(key)
@@ -838,8 +850,15 @@ def _compute(
             else:
                 spool.add_entry(rec, data)
             done[key] = done.get(key, 0) + 1
+            if totals is not None:
+                if parts[key] == 1:
+                    totals.add(data)
+                else:
+                    partial.setdefault(key, RowStats(params.n_bins)).add(data)
             if done[key] == parts[key]:
                 written[key] = rec
+                if key in partial and totals is not None:
+                    totals.merge(partial.pop(key))
             reporter.advance(res)
     except BaseException as exc:
         try:
@@ -853,6 +872,30 @@ def _compute(
     pool.close(ok=True)  # workers reaped before the commit
     reporter.finish()
     return written, list(failures.values())
+
+
+def _kept_stats(plan: Plan, kept: list[int], old_output: Path, fmt: str, rows: int) -> RowStats:
+    """Statistics of the kept entries: the old totals minus the entries dropped
+    (read back from the old output), or, when the old output has no totals or
+    lost entries, the sum over the kept ones."""
+    from melcli.reader import EntryReader
+
+    table = plan.old
+    base = RowStats.from_dict(plan.old_stats, rows)
+    dropped = np.ones(len(table), bool)
+    dropped[np.asarray(kept, np.int64)] = False
+    reader = EntryReader(old_output, fmt)
+    try:
+        if base is not None and not plan.repaired:
+            for r in np.flatnonzero(dropped).tolist():
+                base.add(reader.read(table.keys[r]), sign=-1)
+            return base
+        base = RowStats(rows)  # an output from before melcli kept them: once, every entry
+        for r in kept:
+            base.add(reader.read(table.keys[r]))
+        return base
+    finally:
+        reader.close()
 
 
 def _checkpoint_quietly(spool: Spool) -> None:
@@ -898,8 +941,13 @@ def _assemble(
     reporter: Reporter,
     writer: writers.Writer,
     written: dict[str, dict[str, Any]],
+    totals: RowStats | None = None,
 ) -> RunReport:
-    """Complete the new output (resumed and kept entries, frequencies, manifest), commit."""
+    """Complete the new output (resumed and kept entries, frequencies, manifest), commit.
+
+    ``totals`` holds the statistics of the entries computed now; those of the
+    kept ones come from the old totals minus what is dropped (`_kept_stats`).
+    """
     from melcli import features
 
     old = plan.old
@@ -922,7 +970,11 @@ def _assemble(
         for key in sorted(resumed):
             for frame, data in reader.pieces(resumed[key]):
                 writer.write_piece(resumed[key].record, frame, data)
+                if totals is not None:
+                    totals.add(data)
             fault_point("assemble")
+        if totals is not None:
+            totals.merge(_kept_stats(plan, kept, writer.path, opts.format, params.n_bins))
         copies = writer.base is None  # else the kept entries are in the copy it started from
         fixed: list[dict[str, Any]] = []  # kept features, updated records (`Plan.restamped`)
         for r in kept:
@@ -946,7 +998,7 @@ def _assemble(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
             entries=entries, failures=report.failures, frequencies=freqs,
             inputs=recorded_inputs(opts.inputs), root=recorded_root(opts.root),
-            compression=opts.compression,
+            compression=opts.compression, stats=totals.to_dict() if totals else None,
             warnings=advice.data_warnings(
                 params, entries.sample_rate, entries.n_samples, entries.keys
             ),

@@ -234,3 +234,77 @@ def test_readme_dataset_example_runs(data: Path, melcli: RunMelcli, tmp_path: Pa
             s for s in range(full[key].shape[-1]) if np.array_equal(full[key][..., s : s + 5], crop)
         ]
         assert starts  # a real window of the entry
+
+
+def _numpy_stats(arrays: dict[str, np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
+    """count, mean, std per row over the concatenated frames (channels as frames)."""
+    cols = [a.astype(np.float64).reshape(-1, a.shape[-2], a.shape[-1]) for a in arrays.values()]
+    x = np.concatenate([np.concatenate(list(c), axis=-1) for c in cols], axis=-1)
+    return x.shape[-1], x.mean(axis=-1), x.std(axis=-1)
+
+
+def _assert_stats(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    count, mean, std = _numpy_stats(arrays)
+    stats = melcli_lib.open(path).stats
+    assert stats is not None and stats["count"] == count
+    scale = float(np.abs(mean).max()) + float(std.max())
+    np.testing.assert_allclose(stats["mean"], mean, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(stats["std"], std, rtol=0, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "extra"), [("h5", ()), ("npy", ()), ("h5", ("--keep-channels", "--scale", "db"))]
+)
+def test_dataset_statistics_equal_numpy_through_reruns(
+    data: Path, audio: AudioFactory, melcli: RunMelcli, tmp_path: Path,
+    fmt: str, extra: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Global CMVN statistics: exact to float64 accumulation, and kept exact by
+    incremental reruns (add, change, remove) without rereading kept entries."""
+    out = tmp_path / ("o.h5" if fmt == "h5" else "o")
+
+    def arrays() -> dict[str, np.ndarray]:
+        return feature_arrays(out) if fmt == "h5" else _npy_arrays(out)
+
+    assert melcli("mel", "in", "-o", out, *extra).returncode == 3
+    _assert_stats(out, arrays())
+    audio.mix("spk3/new.wav", sr=16000, seconds=0.8)
+    assert melcli("mel", "in", "-o", out, *extra).returncode == 3
+    _assert_stats(out, arrays())
+    audio.tone("spk1/a.wav", freq=3000, sr=16000, seconds=0.3)  # changed
+    (tmp_path / "in/spk2/c.wav").unlink()  # removed
+    proc = melcli("mel", "in", "-o", out, *extra)
+    assert proc.returncode == 3 and "updated 1, removed 1" in proc.stderr
+    _assert_stats(out, arrays())
+    info = json.loads(melcli("inspect", out, "--json").stdout)
+    assert info["stats"]["count"] == melcli_lib.open(out).stats["count"]
+    assert "statistics: " in melcli("inspect", out).stdout
+
+
+def test_statistics_after_a_resume_and_a_repair(
+    data: Path, audio: AudioFactory, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    import os
+
+    for i in range(6):
+        audio.mix(f"more/m{i}.wav", sr=16000, seconds=0.5)
+    env = {**os.environ, "MELCLI_CHECKPOINT_SECONDS": "0", "MELCLI_KILL_AT": "write:5"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "melcli", "mel", "in", "-o", "o.h5", "-j", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -9
+    proc = melcli("mel", "in", "-o", "o.h5", "-j", "1")
+    assert proc.returncode == 3 and "resumed:" in proc.stderr, proc.stderr
+    _assert_stats(tmp_path / "o.h5", feature_arrays(tmp_path / "o.h5"))
+    with h5py.File(tmp_path / "o.h5", "r+") as f:
+        del f["features/more/m2.wav"]  # deleted by hand: its frames cannot be subtracted
+    proc = melcli("mel", "in", "-o", "o.h5", "-j", "1")
+    assert "repaired: 1 entries" in proc.stderr
+    _assert_stats(tmp_path / "o.h5", feature_arrays(tmp_path / "o.h5"))
+
+
+def test_complex_stft_has_no_statistics(data: Path, melcli: RunMelcli, tmp_path: Path) -> None:
+    assert melcli("stft", "in", "-o", "c.h5", "--complex").returncode == 3
+    assert json.loads((tmp_path / "c.json").read_text())["stats"] is None
+    assert melcli_lib.open(tmp_path / "c.h5").stats is None
