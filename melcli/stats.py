@@ -13,6 +13,16 @@ from typing import Any
 import numpy as np
 
 
+def _two_sum(hi: np.ndarray, lo: np.ndarray, x: np.ndarray) -> None:
+    """``hi + lo += x`` in place, as a double-double (Knuth's TwoSum): the total then
+    does not depend on the order of the additions, so a parallel run, a resumed run
+    and a run in one process record the same sums."""
+    s = hi + x
+    b = s - hi
+    lo += (hi - (s - b)) + (x - b)
+    hi[:] = s
+
+
 class RowStats:
     """Running per-row count / sum / sum of squares of feature matrices.
 
@@ -22,40 +32,59 @@ class RowStats:
 
     def __init__(self, rows: int) -> None:
         self.count = 0
-        self.sum = np.zeros(rows, np.float64)
-        self.sumsq = np.zeros(rows, np.float64)
+        # sums as double-doubles: (value, error) pairs, see `_two_sum`
+        self._sum = (np.zeros(rows, np.float64), np.zeros(rows, np.float64))
+        self._sumsq = (np.zeros(rows, np.float64), np.zeros(rows, np.float64))
+
+    @property
+    def sum(self) -> np.ndarray:
+        """Per-row sum of the values."""
+        return self._sum[0] + self._sum[1]
+
+    @property
+    def sumsq(self) -> np.ndarray:
+        """Per-row sum of the squared values."""
+        return self._sumsq[0] + self._sumsq[1]
 
     def add(self, data: np.ndarray, sign: int = 1) -> None:
         """Add (``sign=-1``: subtract) the frames of one entry or of a part of one."""
         x = np.asarray(data, dtype=np.float64)
         x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim == 3 else x[None]
         self.count += sign * x.shape[0] * x.shape[-1]
-        self.sum += sign * x.sum(axis=(0, 2))
-        self.sumsq += sign * np.einsum("crt,crt->r", x, x)
+        _two_sum(*self._sum, sign * x.sum(axis=(0, 2)))
+        _two_sum(*self._sumsq, sign * np.einsum("crt,crt->r", x, x))
 
     def merge(self, other: RowStats) -> None:
         """Add another accumulator's totals."""
         self.count += other.count
-        self.sum += other.sum
-        self.sumsq += other.sumsq
+        for mine, theirs in ((self._sum, other._sum), (self._sumsq, other._sumsq)):
+            _two_sum(*mine, theirs[0])
+            _two_sum(*mine, theirs[1])
 
     def to_dict(self) -> dict[str, Any]:
-        """As the manifest records it (JSON floats round-trip exactly)."""
-        return {"count": self.count, "sum": self.sum.tolist(), "sumsq": self.sumsq.tolist()}
+        """As the manifest records it: each sum rounded, and what the rounding left
+        (``sum_err``), so that later reruns go on from the exact value (JSON floats
+        round-trip exactly)."""
+        out: dict[str, Any] = {"count": self.count}
+        for name, (hi, lo) in (("sum", self._sum), ("sumsq", self._sumsq)):
+            value = hi + lo
+            out[name] = value.tolist()
+            out[f"{name}_err"] = (lo - (value - hi)).tolist()
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, rows: int) -> RowStats | None:
         """The recorded totals, or None when absent or not of ``rows`` rows."""
         if not isinstance(data, dict):
             return None
+        out = cls(rows)
         try:
-            s, q, n = data["sum"], data["sumsq"], int(data["count"])
-            out = cls(rows)
-            out.sum[:] = np.asarray(s, np.float64)
-            out.sumsq[:] = np.asarray(q, np.float64)
+            out.count = int(data["count"])
+            for name, pair in (("sum", out._sum), ("sumsq", out._sumsq)):
+                pair[0][:] = np.asarray(data[name], np.float64)
+                pair[1][:] = np.asarray(data.get(f"{name}_err", 0.0), np.float64)
         except (KeyError, TypeError, ValueError):
             return None
-        out.count = n
         return out
 
     def summary(self) -> dict[str, Any]:
