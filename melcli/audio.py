@@ -51,6 +51,11 @@ class AudioInfo:
 _DECODER_ERRORS = (RuntimeError, OSError, ValueError, TypeError, EOFError)
 
 
+def _permanent(reason: str) -> bool:
+    """A decoder's complaint about the content, not a failing disk or a bug."""
+    return reason.startswith("cannot decode") and "System error" not in reason
+
+
 def _reason(exc: Exception) -> str:
     """One line for what libsndfile (or reading through it) raised."""
     if not isinstance(exc, _DECODER_ERRORS):
@@ -91,7 +96,8 @@ def open_audio(path: str, quiet: bool = True) -> Iterator[sf.SoundFile]:
     try:
         fd, st = open_regular(path)
     except OSError as exc:
-        raise DecodeError(os_reason(path, exc)) from None
+        reason = os_reason(path, exc)
+        raise DecodeError(reason, permanent=reason.startswith("not a regular file")) from None
     try:
         if st.st_size == 0:  # also /proc and /sys files, whose reads may block
             raise DecodeError("cannot decode: empty file (0 bytes)")
@@ -101,7 +107,8 @@ def open_audio(path: str, quiet: bool = True) -> Iterator[sf.SoundFile]:
         except (DecodeError, MemoryError):
             raise
         except Exception as exc:  # libsndfile raises several unrelated types
-            raise DecodeError(_reason(exc)) from None
+            reason = _reason(exc)
+            raise DecodeError(reason, permanent=_permanent(reason)) from None
     finally:
         os.close(fd)
 
@@ -343,7 +350,7 @@ def stream(
             raise DecodeError(f"truncated: decoded {n_in} of {f.frames} samples")
     want = resampled_length(n_in, rate, sr) - given
     if want < 0:  # never seen: libsoxr's count stays within a sample or two of librosa's
-        raise DecodeError(f"internal error: resampler overshot by {-want} samples")
+        raise DecodeError(f"internal error: resampler overshot by {-want} samples", permanent=False)
     tail = np.zeros((len(streams), want), dtype=np.float32)
     n = min(want, held.shape[1])
     tail[:, :n] = held[:, :n]

@@ -170,7 +170,7 @@ def os_reason(path: str, exc: OSError) -> str:
     """One line for an input that could not be stat-ed or opened.
 
     Only a non-regular file is a lasting property of the file (see
-    `melcli.plan.CONTENT_FAILURES`); the others are retried on the next run.
+    `melcli.errors.DecodeError`'s ``permanent``); the others are retried on the next run.
     """
     if isinstance(exc, NotRegularFile):
         return exc.reason

@@ -37,7 +37,17 @@ class InputError(MelcliError):
 
 
 class DecodeError(MelcliError):
-    """One input file cannot be decoded or processed; the batch goes on without it."""
+    """One input file cannot be decoded or processed; the batch goes on without it.
+
+    ``permanent``: the failure follows from the file's content, type or name and
+    the parameters (cannot decode, truncated, too short, NaN, a FIFO, ...), so it
+    is carried over by later runs until the file changes; otherwise (permission
+    denied, a missing file, out of memory, an internal error) it is retried.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = True) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class OutputError(MelcliError):

@@ -55,6 +55,7 @@ class Failure:
     key: str
     source: str
     reason: str
+    permanent: bool = False  # see `melcli.errors.DecodeError`
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
@@ -137,7 +138,7 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
         try:
             st = os.stat(source.path)
         except OSError as exc:
-            raise DecodeError(os_reason(source.path, exc)) from None
+            raise DecodeError(os_reason(source.path, exc), permanent=False) from None
         if task.stream and task.info is not None and params.sr is not None:
             info, sr = task.info, params.sr
             blocks = audio.stream(
@@ -166,7 +167,8 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
             )  # fmt: skip
             shape = (*data.shape[:-1], params.n_frames(n_samples))
     except DecodeError as exc:
-        return Result(task, failure=Failure(source.key, printable(source.path), str(exc)))
+        failure = Failure(source.key, printable(source.path), str(exc), exc.permanent)
+        return Result(task, failure=failure)
     except MemoryError:
         return Result(task, failure=Failure(source.key, printable(source.path), "out of memory"))
     except Exception as exc:  # a bug or an exotic file: record it, keep the batch going
@@ -685,7 +687,8 @@ def isolated_results(tasks: Sequence[Task], params: FeatureParams) -> Iterator[R
             status = _reap(pid, kill=not finished or i < len(tasks))
         if i < len(tasks):
             src = tasks[i].source
-            failure = Failure(src.key, printable(src.path), death_reason(status))
+            reason = death_reason(status)
+            failure = Failure(src.key, printable(src.path), reason, reason.startswith("decoder"))
             yield Result(tasks[i], failure=failure)
             i += 1
 

@@ -116,17 +116,6 @@ def source_state(path: str, *, checksum: bool) -> SourceState:
         return SourceState(None, None, unreadable=None if gone else os_reason(path, exc))
 
 
-#: Reasons that depend only on a file's content, type or name (and the
-#: parameters): such a failure is carried over until the file changes. Anything
-#: else (permission denied, a missing file, out of memory, ...) is retried on
-#: every run.
-CONTENT_FAILURES = (
-    "cannot decode", "truncated", "too short", "no audio samples", "audio contains",
-    "sample values", "values up to", "fmax=", "fmin=", "not a regular file", "cannot store",
-    "decoder crashed", "cannot resample",
-)  # fmt: skip
-
-
 #: The reason of a failure recorded for a directory that could not be listed.
 DIRECTORY_FAILURE = "cannot read directory"
 
@@ -135,8 +124,8 @@ def directory_failure(directory: UnreadableDir) -> dict[str, Any]:
     """The manifest failure of a directory that could not be listed (key: its prefix, or '.')."""
     return {
         "key": directory.prefix or ".", "source": directory.path,
-        "reason": f"{DIRECTORY_FAILURE}: {directory.reason}", "source_size": None,
-        "source_mtime": None,
+        "reason": f"{DIRECTORY_FAILURE}: {directory.reason}", "permanent": False,
+        "source_size": None, "source_mtime": None,
     }  # fmt: skip
 
 
@@ -145,9 +134,11 @@ def is_under(key: str, prefix: str) -> bool:
     return prefix == "" or key.startswith(prefix + "/")
 
 
-def is_content_failure(reason: str) -> bool:
-    """True for a failure that will recur as long as the file is unchanged."""
-    return reason.startswith(CONTENT_FAILURES) and "System error" not in reason
+def is_permanent(failure: dict[str, Any]) -> bool:
+    """True for a failure that will recur as long as the file is unchanged: it says
+    so itself (``permanent``, `melcli.errors.DecodeError`). A record written before
+    melcli recorded it is retried once."""
+    return failure.get("permanent") is True
 
 
 @dataclass
@@ -294,7 +285,7 @@ def make_plan(
             key in old_failures
             and old_failures[key].get("source") == source
             and state.matches(old_failures[key])
-            and is_content_failure(old_failures[key]["reason"])
+            and is_permanent(old_failures[key])
         ):
             plan.failures.append(old_failures[key])
         else:

@@ -591,7 +591,7 @@ def _execute(
         try:
             info = audio.probe(src.path)
         except DecodeError as exc:
-            fail = Failure(src.key, printable(src.path), str(exc))
+            fail = Failure(src.key, printable(src.path), str(exc), exc.permanent)
             reporter.skipped(fail)
             failures.append(failure_record(fail, src.path, checksum=opts.checksum))
             if opts.fail_fast and not opts.dry_run:
@@ -828,7 +828,7 @@ def _compute(
                 try:
                     writer.write_piece(rec, task.frame_start, data)
                 except EntryError as exc:  # its name cannot be stored: a failure of this input
-                    failure = Failure(key, res.meta.source, str(exc))
+                    failure = Failure(key, res.meta.source, str(exc), permanent=True)
                     res = dataclasses.replace(res, meta=None, data=None, failure=failure)
             if res.failure is not None:
                 rec = failure_record(res.failure, res.source.path, checksum=opts.checksum)
