@@ -20,6 +20,7 @@ from melcli import audio, features
 from melcli.discover import Source, os_reason, printable
 from melcli.errors import DecodeError, WorkerError
 from melcli.params import FeatureParams
+from melcli.stats import row_sums
 from melcli.workdir import fault_point
 
 
@@ -104,6 +105,7 @@ class Result:
     meta: EntryMeta | None = None
     data: np.ndarray | None = None
     failure: Failure | None = None
+    sums: Any = None  # `melcli.stats.row_sums` of ``data``, computed in the worker
 
     @property
     def source(self) -> Source:
@@ -189,7 +191,8 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
         source_size=int(st.st_size),
         source_mtime=st.st_mtime,
     )
-    return Result(task, meta=meta, data=data)
+    sums = None if np.iscomplexobj(data) else row_sums(data)
+    return Result(task, meta=meta, data=data, sums=sums)
 
 
 #: Files longer than this (samples per channel) are split into parts of about

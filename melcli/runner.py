@@ -47,7 +47,7 @@ from melcli.pipeline import (
     task_cost,
 )
 from melcli.plan import Plan, is_under, make_plan, source_state
-from melcli.stats import RowStats
+from melcli.stats import RowStats, row_sums
 from melcli.workdir import (
     ChunkFile,
     ChunkRecord,
@@ -851,10 +851,11 @@ def _compute(
                 spool.add_entry(rec, data)
             done[key] = done.get(key, 0) + 1
             if totals is not None:
+                sums = res.sums if res.sums is not None else row_sums(data)
                 if parts[key] == 1:
-                    totals.add(data)
+                    totals.add_sums(sums)
                 else:
-                    partial.setdefault(key, RowStats(params.n_bins)).add(data)
+                    partial.setdefault(key, RowStats(params.n_bins)).add_sums(sums)
             if done[key] == parts[key]:
                 written[key] = rec
                 if key in partial and totals is not None:

@@ -23,6 +23,14 @@ def _two_sum(hi: np.ndarray, lo: np.ndarray, x: np.ndarray) -> None:
     hi[:] = s
 
 
+def row_sums(data: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(values per row, per-row sum, per-row sum of squares) of an entry or a part of
+    one, in float64: what `RowStats.add` adds. Computed where the data is (a worker)."""
+    x = np.asarray(data, dtype=np.float64)
+    x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim == 3 else x[None]
+    return x.shape[0] * x.shape[-1], x.sum(axis=(0, 2)), np.einsum("crt,crt->r", x, x)
+
+
 class RowStats:
     """Running per-row count / sum / sum of squares of feature matrices.
 
@@ -48,11 +56,14 @@ class RowStats:
 
     def add(self, data: np.ndarray, sign: int = 1) -> None:
         """Add (``sign=-1``: subtract) the frames of one entry or of a part of one."""
-        x = np.asarray(data, dtype=np.float64)
-        x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim == 3 else x[None]
-        self.count += sign * x.shape[0] * x.shape[-1]
-        _two_sum(*self._sum, sign * x.sum(axis=(0, 2)))
-        _two_sum(*self._sumsq, sign * np.einsum("crt,crt->r", x, x))
+        self.add_sums(row_sums(data), sign)
+
+    def add_sums(self, sums: tuple[int, np.ndarray, np.ndarray], sign: int = 1) -> None:
+        """Add (``sign=-1``: subtract) `row_sums` computed elsewhere."""
+        count, total, squares = sums
+        self.count += sign * count
+        _two_sum(*self._sum, sign * total)
+        _two_sum(*self._sumsq, sign * squares)
 
     def merge(self, other: RowStats) -> None:
         """Add another accumulator's totals."""
