@@ -73,15 +73,10 @@ class RowStats:
             _two_sum(*mine, theirs[1])
 
     def to_dict(self) -> dict[str, Any]:
-        """As the manifest records it: each sum rounded, and what the rounding left
-        (``sum_err``), so that later reruns go on from the exact value (JSON floats
-        round-trip exactly)."""
-        out: dict[str, Any] = {"count": self.count}
-        for name, (hi, lo) in (("sum", self._sum), ("sumsq", self._sumsq)):
-            value = hi + lo
-            out[name] = value.tolist()
-            out[f"{name}_err"] = (lo - (value - hi)).tolist()
-        return out
+        """As the manifest records it: each sum rounded once, from its double-double
+        (JSON floats round-trip exactly). What the rounding leaves is not recorded: it
+        depends on the order of the additions, the rounded sum does not."""
+        return {"count": self.count, "sum": self.sum.tolist(), "sumsq": self.sumsq.tolist()}
 
     @classmethod
     def from_dict(cls, data: Any, rows: int) -> RowStats | None:
@@ -93,7 +88,6 @@ class RowStats:
             out.count = int(data["count"])
             for name, pair in (("sum", out._sum), ("sumsq", out._sumsq)):
                 pair[0][:] = np.asarray(data[name], np.float64)
-                pair[1][:] = np.asarray(data.get(f"{name}_err", 0.0), np.float64)
         except (KeyError, TypeError, ValueError):
             return None
         return out
