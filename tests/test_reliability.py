@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from melcli import audio, workdir, writers
 from melcli.cli import cli
 from melcli.workdir import ChunkFile, Spool, WorkDir
+from tests.conftest import assert_same_manifest
 
 MELCLI = [sys.executable, "-m", "melcli"]
 
@@ -83,7 +84,7 @@ def content(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
 def assert_same(a: Path, b: Path) -> None:
     da, ma = content(a)
     db, mb = content(b)
-    assert ma == mb
+    assert_same_manifest(ma, mb)
     assert sorted(da) == sorted(db)
     for key in da:
         assert da[key].dtype == db[key].dtype
