@@ -250,8 +250,7 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
                 continue
             mag = _magnitude(spec, params.power)
             if basis is not None:
-                single_threaded_blas()
-                mag = mag @ basis.T  # (frames, n_mels)
+                mag = mag @ basis.T  # (frames, n_mels); BLAS threads: `pipeline.worker_init`
             out[c, :, start:stop] = mag.T
     return out
 
@@ -280,8 +279,8 @@ def single_threaded_blas() -> None:
     melcli's parallelism is across files; BLAS threads inside would oversubscribe
     the cores, and float32 sums (the mel projection) depend on the BLAS thread
     count, so one thread everywhere keeps output identical whatever ``-j`` is.
-    It is set before every projection, whatever the caller set before, and never
-    restored, which is also safe while several threads compute.
+    Called once per worker process by `melcli.pipeline.worker_init`, never by the
+    compute functions (a library caller keeps its own BLAS settings).
     """
     _blas_controller().limit(limits=1, user_api="blas")
 

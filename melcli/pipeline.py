@@ -131,7 +131,6 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
     """
     if isinstance(task, Source):
         task = Task(task)
-    keep_freed_memory()
     fault_point("extract")
     trace_point(task)
     source = task.source
@@ -330,6 +329,17 @@ def make_batches(costs: Sequence[int], n_jobs: int) -> list[range]:
     if start < len(costs):
         batches.append(range(start, len(costs)))
     return batches
+
+
+def worker_init() -> None:
+    """Process-wide settings for computing features, in one place: malloc keeps
+    freed blocks (`keep_freed_memory`) and BLAS runs one thread
+    (`melcli.features.single_threaded_blas`). Each executor applies it once where
+    its work runs (a forked or loky worker process, or the parent before its
+    threads or an in-process run start); `extract` itself changes nothing
+    process-wide, so a library caller or a shared (Dask) worker keeps its settings."""
+    keep_freed_memory()
+    features.single_threaded_blas()
 
 
 @functools.cache
@@ -600,6 +610,7 @@ def _loky_worker_init(parent: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _die_with_parent(parent)
+    worker_init()
 
 
 def _extract_batch(batch: Sequence[Task], params: FeatureParams) -> list[Result]:
@@ -623,6 +634,7 @@ def _fork(tasks: Sequence[Task], params: FeatureParams, serve: Any) -> tuple[int
                 os.close(task_w)
                 os.close(res_r)
                 _child_setup((task_r, res_w))
+                worker_init()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 serve(tasks, params, Connection(task_r, writable=False),
                       Connection(res_w, readable=False))  # fmt: skip
@@ -739,14 +751,16 @@ class WorkerPool:
 
     def start(self) -> WorkerPool:
         """Create the workers now (forked workers hold no descriptor of the output)."""
-        if self.backend == "fork":
+        if self.backend == "serial":
+            worker_init()  # the work runs in this process
+        elif self.backend == "fork":
             self._workers = [_ForkWorker(self.tasks, self.params) for _ in range(self.n_jobs)]
         elif self.backend == "threading":
             from concurrent.futures import ThreadPoolExecutor
 
             # once, before any thread computes (threadpoolctl's first use is not
             # thread-safe, and the float32 filterbank sums depend on BLAS threads)
-            features.single_threaded_blas()
+            worker_init()
             self._executor = ThreadPoolExecutor(self.n_jobs, thread_name_prefix="melcli")
         elif self.backend == "loky":
             from joblib.externals.loky.process_executor import ProcessPoolExecutor
