@@ -11,8 +11,9 @@ cached, instead of once per file as ``librosa.feature.melspectrogram`` does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -250,7 +251,8 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
                 continue
             mag = _magnitude(spec, params.power)
             if basis is not None:
-                mag = mag @ basis.T  # (frames, n_mels); BLAS threads: `pipeline.worker_init`
+                with one_blas_thread():
+                    mag = mag @ basis.T  # (frames, n_mels)
             out[c, :, start:stop] = mag.T
     return out
 
@@ -271,6 +273,23 @@ def _blas_controller() -> Any:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread inside the block, as it was after it.
+
+    The float32 sums of the mel projection depend on BLAS's thread count, so
+    features computed through the library equal the command line's whatever the
+    caller's setting; in melcli's workers (`melcli.pipeline.worker_init`) it is
+    already one and this costs one check.
+    """
+    ctl = _blas_controller()
+    if all(lib.num_threads == 1 for lib in ctl.select(user_api="blas").lib_controllers):
+        yield
+        return
+    with ctl.limit(limits=1, user_api="blas"):
+        yield
 
 
 def single_threaded_blas() -> None:
