@@ -52,6 +52,8 @@ def kind_of(path: Path) -> str:
             return "manifest"
         if fh.read(8) == b"\x89HDF\r\n\x1a\n":
             return "h5"
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):  # named as an output, not one
+        raise OutputError(f"{path} is not a melcli output: not an HDF5 file")
     return "audio"
 
 

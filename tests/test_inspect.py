@@ -110,3 +110,15 @@ def test_hdf5_file_that_is_not_melcli_is_one_clear_line(melcli: RunMelcli, tmp_p
     proc = melcli("inspect", "other.h5")
     assert proc.returncode == 1
     assert proc.stderr == "melcli: error: other.h5 is not a melcli output: no /manifest\n"
+
+
+def test_a_file_named_like_hdf5_that_is_not_is_one_clear_line(
+    melcli: RunMelcli, tmp_path: Path
+) -> None:
+    """Not treated as audio ('0 files, 1 unreadable', exit 0): it was meant as an output."""
+    (tmp_path / "bad.h5").write_bytes(b"garbage bytes, not HDF5")
+    proc = melcli("inspect", "bad.h5")
+    assert proc.returncode == 1
+    assert proc.stderr == "melcli: error: bad.h5 is not a melcli output: not an HDF5 file\n"
+    proc = melcli("mel", "x", "-o", "y.h5", "--like", "bad.h5")
+    assert proc.returncode == 2 and "--like bad.h5: bad.h5 is not a melcli output" in proc.stderr
