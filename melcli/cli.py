@@ -31,21 +31,12 @@ from melcli.errors import (
     UsageOutputError,
     WorkerError,
 )
-from melcli.params import (
-    COMPRESSIONS,
-    DTYPES,
-    NORMS,
-    PAD_MODES,
-    SCALES,
-    WINDOW_PARAM,
-    WINDOWS,
-    FeatureParams,
-)
+from melcli.kinds import KINDS
+from melcli.params import COMPRESSIONS, STAGES, Declared, FeatureParams, declared
 
 DEFAULT_EXTS = ",".join(AUDIO_EXTENSIONS)
 #: melcli.pipeline.BACKENDS, spelled out so that --help need not import numpy (tested)
 BACKENDS = ("auto", "threading", "fork", "loky")
-_WINDOW_NAMES = ", ".join(f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS)
 
 
 def _choice(values: Any) -> click.Choice:
@@ -144,20 +135,21 @@ def cli() -> None:
     """
 
 
-#: --help sections of mel and stft, in order after the kind's own options: every
-#: option is in exactly one (tested), positional arguments in "Input".
+#: --help sections of each kind's command, in order after the kind's own options:
+#: every option is in exactly one (tested), positional arguments in "Input". The
+#: feature parameters' sections come from their declarations (`Setting.stage`).
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
-    "Input": ("inputs", "null", "exts", "root", "like", "sr", "mono"),
-    "Framing": ("n_fft", "win_length", "hop_length", "window", "center", "pad_mode"),
-    "Spectrum": ("power",),
-    "Scaling": ("scale", "top_db", "amin", "dtype"),
+    "Input": ("inputs", "null", "exts", "root", "like"),
+    **{stage: () for stage in STAGES if stage != "Input"},
     "Output": ("output", "fmt", "compression", "manifest", "overwrite", "prune", "checksum"),
     "Run": ("jobs", "backend", "dry_run", "fail_fast", "progress", "quiet", "verbose", "help"),
 }
-#: Each kind's own options, shown first.
+for _d in declared(FeatureParams):
+    OPTION_GROUPS[str(_d.setting.stage)] += (_d.name,)
+#: Each kind's own options, shown first: kind -> (section title, option names).
 KIND_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "mel": ("Mel options", ("n_mels", "fmin", "fmax", "mel_scale", "norm")),
-    "stft": ("STFT options", ("complex_",)),
+    name: (cls.TITLE, tuple(d.name for d in declared(cls) if d.setting.stage is None))
+    for name, cls in KINDS.items()
 }
 _INPUTS_HELP = (
     "Directories (walked recursively, sorted, hidden entries skipped), audio files, "
@@ -214,8 +206,9 @@ class ExtractCommand(click.Command):
             raise
 
 
-def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+def _run_options() -> list[Callable[..., Any]]:
+    """The options of every extract command that are not feature parameters."""
+    return [
         click.argument("inputs", nargs=-1, required=True),
         click.option("-o", "--output", required=True, type=click.Path(dir_okay=True),
                      help="*.h5 / *.hdf5 / *.hdf: one HDF5 file (+ <stem>.json manifest); "
@@ -225,36 +218,6 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Output format; overrides the guess from --output's suffix."),
         click.option("-0", "--null", is_flag=True,
                      help="The file list on stdin ('-') is NUL-separated (find -print0)."),
-        click.option("--sr", type=click.IntRange(min=1), default=None,
-                     help="Resample every file to this rate (soxr HQ, as librosa.load). "
-                          "Default: keep each file's native rate (librosa.load would use 22050)."),
-        click.option("--mono/--keep-channels", default=True, show_default=True,
-                     help="Average channels (librosa.to_mono), or keep them: "
-                          "entries then have shape (channels, bins, frames)."),
-        click.option("--n-fft", type=int, default=2048, show_default=True, help="FFT length."),
-        click.option("--win-length", type=int, default=None,
-                     help="Window length, at most n_fft; zero-padded to n_fft.  [default: n_fft]"),
-        click.option("--hop-length", type=int, default=None,
-                     help="Samples between frames.  [default: win_length // 4]"),
-        click.option("--window", default="hann", show_default=True,
-                     help=f"Window NAME[:PARAM]: {_WINDOW_NAMES}. gaussian's STD is in samples."),
-        click.option("--center/--no-center", default=True, show_default=True,
-                     help="Pad n_fft//2 on both sides so frame t is centred at t*hop. "
-                          "Frames: 1 + n//hop with --center, 1 + (n - n_fft)//hop without."),
-        click.option("--pad-mode", type=_choice(PAD_MODES), default="constant",
-                     show_default=True, help="Padding used by --center (as librosa >= 0.10)."),
-        click.option("--power", type=float, default=2.0, show_default=True,
-                     help="Exponent of the magnitude: 2 = power, 1 = magnitude."),
-        click.option("--scale", type=_choice(SCALES), default="linear", show_default=True,
-                     help="db: librosa.power_to_db (power 2) / amplitude_to_db (power 1), "
-                          "ref=1.0; log: natural log of max(x, amin) (ASR log-mel)."),
-        click.option("--top-db", type=float, default=None,
-                     help="With --scale db: clip at max - TOP_DB. Off by default "
-                          "(librosa's own default is 80)."),
-        click.option("--amin", type=float, default=1e-10, show_default=True,
-                     help="Floor applied before --scale db/log."),
-        click.option("--dtype", type=_choice(DTYPES), default="float32", show_default=True,
-                     help="Stored dtype (complex64/complex128 with stft --complex)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
                      help="Parallel workers; 1 runs in-process.  [default: usable CPUs]"),
         click.option("--backend", type=_choice(BACKENDS), default="auto",
@@ -307,109 +270,85 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "inputs shorter than n_fft) are still printed."),
         click.option("-v", "--verbose", is_flag=True, help="One line per written entry on stderr."),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 
-MEL_DOC = """Compute mel spectrograms (librosa.feature.melspectrogram) of every input.
-
-\b
-INPUTS: directories (walked recursively, sorted, hidden entries skipped),
-audio files, and '-' (paths on stdin, one per line; -0 for NUL-separated).
-
-\b
-Examples:
-  melcli mel data/ -o feats.h5
-  find data -name '*.flac' | melcli mel - -o feats.h5 --sr 16000 --n-mels 80
-  melcli mel data/ -o feats/ --sr 16000 --n-mels 80 --scale log --n-fft 400 --hop-length 160
-"""
-
-STFT_DOC = """Compute STFT magnitudes |librosa.stft|**power of every input.
-
-\b
-INPUTS: directories (walked recursively, sorted, hidden entries skipped),
-audio files, and '-' (paths on stdin, one per line; -0 for NUL-separated).
-
-\b
-Examples:
-  melcli stft data/ -o feats/ --n-fft 512 --hop-length 128 --window hamming
-  melcli stft data/ -o spec.h5 --complex
-"""
+def _default_text(d: Declared) -> str | None:
+    if d.setting.default_text is not None:
+        return d.setting.default_text
+    flag = d.setting.flag
+    if d.type == "bool":
+        if flag is None or "/" not in flag:
+            return None
+        on, off = flag.split("/")
+        return (on if d.default else off).lstrip("-")
+    return None if d.default is None else str(d.default)
 
 
-@cli.command(
-    "mel", cls=ExtractCommand, kind="mel", help=MEL_DOC,
-    short_help="Compute mel spectrograms (librosa.feature.melspectrogram) of every input.",
-)  # fmt: skip
-@_shared_options
-@click.option("--n-mels", type=int, default=128, show_default=True, help="Mel bands.")
-@click.option("--fmin", type=float, default=0.0, show_default=True, help="Lowest frequency (Hz).")
-@click.option(
-    "--fmax",
-    type=float,
-    default=None,
-    help="Highest frequency (Hz). A file whose Nyquist frequency (sr/2) is below it fails "
-    "with that reason (exit 3); when every input would, the run stops before any work "
-    "(exit 2). Use --sr to resample.  [default: sr/2 of each file]",
-)
-@click.option(
-    "--mel-scale",
-    type=_choice(["slaney", "htk"]),
-    default="slaney",
-    show_default=True,
-    help="Hz <-> mel formula (htk: 2595*log10(1+f/700)).",
-)
-@click.option(
-    "--norm",
-    type=_choice(NORMS),
-    default="slaney",
-    show_default=True,
-    help="Filter normalisation: slaney = equal area, none = peak 1.",
-)
-def mel_command(**kw: Any) -> None:
-    _extract("mel", kw)
-
-
-@cli.command(
-    "stft", cls=ExtractCommand, kind="stft", help=STFT_DOC,
-    short_help="Compute STFT magnitudes |librosa.stft|**power of every input.",
-)  # fmt: skip
-@_shared_options
-@click.option(
-    "--complex",
-    "complex_",
-    is_flag=True,
-    help="Store the complex STFT (magnitude and phase) instead of |X|**power.",
-)
-def stft_command(**kw: Any) -> None:
-    _extract("stft", kw)
-
-
-def _build_params(kind: str, kw: dict[str, Any], *, preview: bool = False) -> FeatureParams:
-    """The run's parameters; with ``preview``, only those given (inspect), defaults else."""
-    if preview:
-        if kind != "mel" and "n_mels" in kw:
-            _usage("--n-mels applies to --kind mel")
-        fields: dict[str, Any] = {"kind": kind, **kw}
+def feature_option(d: Declared, *, prefix: str = "") -> Callable[..., Any]:
+    """The Click option of a declared parameter. Its default is None ("not given"):
+    the parameter's own default applies later, so an explicit option can be told
+    from a default (``--like``, presets)."""
+    how = d.setting
+    kw: dict[str, Any] = {"default": None}
+    if d.type == "bool":
+        if "/" not in (how.flag or ""):
+            kw["is_flag"] = True
+    elif how.choices:
+        kw["type"] = _choice(how.choices)
     else:
-        fields = {
-            "kind": kind, "sr": kw["sr"], "mono": kw["mono"], "n_fft": kw["n_fft"],
-            "win_length": kw["win_length"], "hop_length": kw["hop_length"], "window": kw["window"],
-            "center": kw["center"], "pad_mode": kw["pad_mode"], "power": kw["power"],
-            "scale": kw["scale"], "top_db": kw["top_db"], "amin": kw["amin"], "dtype": kw["dtype"],
-        }  # fmt: skip
-        if kind == "mel":
-            for name in ("n_mels", "fmin", "fmax", "mel_scale", "norm"):
-                fields[name] = kw[name]
-        else:
-            fields["complex"] = kw["complex_"]
+        kw["type"] = {"int": int, "float": float, "str": str}[d.type]
+    text = _default_text(d)
+    kw["help"] = prefix + how.help + (f"  [default: {text}]" if text is not None else "")
+    return click.option(how.flag or d.option, d.name, **kw)
+
+
+def given_params(cls: type[FeatureParams], kw: dict[str, Any]) -> dict[str, Any]:
+    """The feature parameters of kind ``cls`` given on the command line (not None)."""
+    return {d.name: kw[d.name] for d in declared(cls) if kw.get(d.name) is not None}
+
+
+_DOC = """{summary}
+
+\b
+INPUTS: directories (walked recursively, sorted, hidden entries skipped),
+audio files, and '-' (paths on stdin, one per line; -0 for NUL-separated).
+
+\b
+Examples:
+{examples}
+"""
+
+
+def _extract_command(cls: type[FeatureParams]) -> click.Command:
+    """The command of one feature kind: its parameters' options and the run options."""
+
+    def command(**kw: Any) -> None:
+        _extract(cls, kw)
+
+    for option in reversed([*_run_options(), *map(feature_option, declared(cls))]):
+        command = option(command)
+    examples = "\n".join(f"  {e}" for e in getattr(cls, "EXAMPLES", ()))
+    doc = _DOC.format(summary=getattr(cls, "SUMMARY", cls.NAME), examples=examples)
+    return cli.command(cls.NAME, cls=ExtractCommand, kind=cls.NAME, help=doc,
+                       short_help=getattr(cls, "SUMMARY", None))(command)  # fmt: skip
+
+
+for _cls in KINDS.values():
+    _extract_command(_cls)
+
+
+def build_params(cls: type[FeatureParams], given: dict[str, Any]) -> FeatureParams:
+    """``cls(**given)``, a bad value a usage error naming its option."""
     try:
-        return FeatureParams(**fields)
+        return cls(**given)
     except ParameterError as exc:
-        _usage(
-            str(exc).replace("_", "-") if str(exc).startswith(("n_", "win_", "hop_")) else str(exc)
-        )
+        _usage(_parameter_message(exc))
+
+
+def _parameter_message(exc: ParameterError) -> str:
+    if exc.param is None:
+        return str(exc)
+    return f"Invalid value for '--{exc.param.replace('_', '-')}': {exc}"
 
 
 #: Signals received during a run. Python can run a handler inside a weakref
@@ -583,46 +522,35 @@ def _show(key: str) -> str:
     return key if key.isprintable() else key.encode("unicode_escape").decode("ascii")
 
 
-#: Options that are feature parameters (what --like takes from an output): option
-#: name -> parameter name.
-_FEATURE_OPTIONS = {
-    **{n: n for n in ("sr", "mono", "n_fft", "win_length", "hop_length", "window", "center",
-                      "pad_mode", "power", "scale", "top_db", "amin", "dtype", "n_mels", "fmin",
-                      "fmax", "mel_scale", "norm")},
-    "complex_": "complex",
-}  # fmt: skip
-
-
-def _apply_like(kind: str, kw: dict[str, Any], quiet: bool) -> None:
-    """``--like OUTPUT``: its feature parameters, except those given on the command line."""
+def _apply_like(
+    cls: type[FeatureParams], like: str, given: dict[str, Any], quiet: bool
+) -> dict[str, Any]:
+    """``--like OUTPUT``: its feature parameters, except those ``given`` on the command line."""
     from melcli import writers
     from melcli.reader import _locate
 
-    like = kw["like"]
     try:
         path, fmt = _locate(Path(like))
         recorded = writers.read_manifest(path, fmt)["params"]
     except (OutputError, OSError) as exc:
         _usage(f"--like {like}: {exc}")
-    if recorded.get("kind") != kind:
+    if recorded.get("kind") != cls.NAME:
         other = recorded.get("kind")
-        _usage(f"--like {like} is a melcli {other} output, not {kind}: use `melcli {other}`, "
-               f"or --like an output of `melcli {kind}`")  # fmt: skip
-    ctx = click.get_current_context()
-    for option, name in _FEATURE_OPTIONS.items():
-        if option not in kw or name not in recorded:
-            continue
-        source = ctx.get_parameter_source(option)
-        if source in (None, click.core.ParameterSource.DEFAULT):
-            kw[option] = recorded[name]
-        elif kw[option] != recorded[name] and not quiet:
-            _say(f"melcli: --like {like}, overriding {name} {recorded[name]} -> {kw[option]}")
+        _usage(f"--like {like} is a melcli {other} output, not {cls.NAME}: use `melcli {other}`, "
+               f"or --like an output of `melcli {cls.NAME}`")  # fmt: skip
+    merged = {d.name: recorded[d.name] for d in declared(cls) if d.name in recorded}
+    for name, value in given.items():
+        if name in merged and merged[name] != value and not quiet:
+            _say(f"melcli: --like {like}, overriding {name} {merged[name]} -> {value}")
+        merged[name] = value
+    return merged
 
 
-def _extract(kind: str, kw: dict[str, Any]) -> None:
+def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
+    given = given_params(cls, kw)
     if kw["like"]:
-        _apply_like(kind, kw, kw["quiet"])
-    params = _build_params(kind, kw)
+        given = _apply_like(cls, kw["like"], given, kw["quiet"])
+    params = build_params(cls, given)
     output = Path(kw["output"])
     if output.absolute().name in ("", ".."):  # '/', '..': nothing to create or replace
         _usage(f"--output {output} names no file or directory to write: give one, e.g. -o feats.h5")
@@ -757,6 +685,17 @@ def _print_plan(report: Any, output: Path) -> None:
     )
 
 
+def _preview_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """inspect's preview options: every kind's feature parameters, each once."""
+    seen: dict[str, Declared] = {}
+    for cls in KINDS.values():
+        for d in declared(cls):
+            seen.setdefault(d.name, d)
+    for d in reversed(seen.values()):
+        func = feature_option(d, prefix="Input preview: ")(func)
+    return func
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(exists=True, dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of text.")
@@ -778,23 +717,11 @@ def _print_plan(report: Any, output: Path) -> None:
 )
 @click.option(
     "--kind",
-    type=_choice(["mel", "stft"]),
+    type=_choice(list(KINDS)),
     default=None,
     help="Input preview: the shapes `melcli KIND` would write.  [default: mel]",
 )
-@click.option(
-    "--sr",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Input preview: resample to this rate, as `--sr` of a run.",
-)
-@click.option("--n-fft", type=int, default=None, help="Input preview: FFT length.  [default: 2048]")
-@click.option("--win-length", type=int, default=None, help="Input preview: window length.")
-@click.option("--hop-length", type=int, default=None, help="Input preview: hop length.")
-@click.option("--center/--no-center", default=None, help="Input preview: centred frames.")
-@click.option("--n-mels", type=int, default=None, help="Input preview: mel bands.  [default: 128]")
-@click.option("--mono/--keep-channels", default=None,
-              help="Input preview: average channels or keep them.")  # fmt: skip
+@_preview_options
 def inspect_command(
     path: str, as_json: bool, key: str | None, list_keys: bool, exts: str, **preview: Any
 ) -> None:
@@ -827,7 +754,11 @@ def inspect_command(
         if kind == "audio":
             if key is not None:
                 _usage("--key applies to melcli outputs, not to audio inputs")
-            params = _build_params(given.pop("kind", "mel").lower(), given, preview=True)
+            cls = KINDS[given.pop("kind", "mel").lower()]
+            for name in set(given) - set(cls.field_names()):
+                have = [k for k, c in KINDS.items() if name in c.field_names()]
+                _usage(f"--{name.replace('_', '-')} applies to --kind {' or '.join(have)}")
+            params = build_params(cls, given)
             info = insp.inspect_audio([path], parse_extensions(exts), params)
         else:
             if given:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -28,8 +29,28 @@ class MelcliError(Exception):
     """Base class of every error melcli raises on purpose."""
 
 
+_UNSET: Any = object()
+
+
 class ParameterError(MelcliError, ValueError):
-    """An invalid parameter or combination of parameters (a usage error)."""
+    """An invalid parameter or combination of parameters (a usage error).
+
+    Parameters
+    ----------
+    problem : str
+        What is wrong; with ``value``, said after ``param=value``
+        (``n_fft=0 must be a positive integer``), else the whole message.
+    param : str, optional
+        The parameter's name (``n_fft``), so a front end can name its own option.
+    value : optional
+        The rejected value.
+    """
+
+    def __init__(self, problem: str, *, param: str | None = None, value: Any = _UNSET) -> None:
+        self.problem, self.param = problem, param
+        self.value = None if value is _UNSET else value
+        plain = value is _UNSET or param is None
+        super().__init__(problem if plain else f"{param}={value!r} {problem}")
 
 
 class InputError(MelcliError):

@@ -1,12 +1,13 @@
-"""Pure array functions: waveform -> STFT / mel spectrogram -> scaling.
+"""Pure array functions: waveform -> framing and STFT -> the kind's stage -> scaling.
 
 No I/O, no logging, no click. As in ``librosa.stft``, the windowed frames and
 their FFT are float64, rounded to complex64; everything after that (magnitude,
 filterbank, scaling) is float32. A float32 FFT would be ~2x faster but its
 rounding noise (~1e-7 of a frame's peak) swamps the quiet bins, so their dB /
 log values would miss the parity contract (1e-3 dB) by up to tens of dB.
-The filterbank and window are built once per parameter set and rate and
-cached, instead of once per file as ``librosa.feature.melspectrogram`` does.
+A feature kind's own stage (`melcli.kinds`, e.g. mel's filterbank) runs on
+each block of magnitude frames (``params.block_stage``). The window is built
+once per parameter set and cached.
 """
 
 from __future__ import annotations
@@ -59,92 +60,6 @@ def fft_window(window: str, win_length: int, n_fft: int) -> np.ndarray:
     out[left : left + win_length] = win
     out.flags.writeable = False
     return out
-
-
-@functools.lru_cache(maxsize=32)
-def _mel_basis(
-    sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool, norm: str | None
-) -> tuple[np.ndarray, bool]:
-    basis, empty = dsp.mel_filterbank(
-        sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm
-    )
-    basis.flags.writeable = False
-    return basis, empty
-
-
-def _mel_args(
-    params: FeatureParams, sr: int
-) -> tuple[int, int, int, float, float, bool, str | None]:
-    norm = None if params.norm == "none" else params.norm
-    fmax = params.effective_fmax(sr)
-    return (sr, params.n_fft, params.n_mels, params.fmin, fmax, params.mel_scale == "htk", norm)
-
-
-def mel_basis(params: FeatureParams, sr: int) -> np.ndarray:
-    """The mel filterbank ``librosa.filters.mel`` builds for these parameters (see `dsp`).
-
-    Returns
-    -------
-    np.ndarray, shape (n_mels, 1 + n_fft // 2), float32, read-only
-    """
-    return _mel_basis(*_mel_args(params, sr))[0]
-
-
-def has_empty_filters(params: FeatureParams, sr: int) -> bool:
-    """True when the mel filterbank at rate ``sr`` has filters with no FFT bin."""
-    return params.kind == "mel" and _mel_basis(*_mel_args(params, sr))[1]
-
-
-def row_frequencies(params: FeatureParams, sr: int) -> np.ndarray:
-    """Frequency in Hz of each feature row at rate ``sr``.
-
-    FFT bin centres ``linspace(0, sr/2, 1 + n_fft//2)`` for ``stft``; mel band
-    centres (``librosa.mel_frequencies(n_mels + 2, fmin, fmax)[1:-1]``) for ``mel``.
-
-    Returns
-    -------
-    np.ndarray, shape (n_bins,), float64
-    """
-    if params.kind == "stft":
-        return np.linspace(0.0, sr / 2, 1 + params.n_fft // 2)
-    return dsp.mel_frequencies(
-        params.n_mels + 2,
-        fmin=params.fmin,
-        fmax=params.effective_fmax(sr),
-        htk=params.mel_scale == "htk",
-    )[1:-1]
-
-
-def check_file_params(params: FeatureParams, sr: int, n_samples: int) -> None:
-    """Raise DecodeError when these parameters cannot apply to one file.
-
-    Parameters
-    ----------
-    params : FeatureParams
-    sr : int
-        The file's (possibly resampled) rate.
-    n_samples : int
-        Samples per channel after resampling.
-    """
-    if n_samples == 0:
-        raise DecodeError("no audio samples")
-    if not params.center and n_samples < params.n_fft:
-        raise DecodeError(
-            f"too short: {n_samples} samples < n_fft={params.n_fft} "
-            "(one frame without --center needs n_fft samples)"
-        )
-    if params.kind == "mel":
-        nyquist = sr / 2
-        if params.fmax is not None and params.fmax > nyquist:
-            raise DecodeError(
-                f"fmax={params.fmax:g} Hz is above this file's Nyquist frequency "
-                f"{nyquist:g} Hz (sample rate {sr})"
-            )
-        if params.fmin >= params.effective_fmax(sr):
-            raise DecodeError(
-                f"fmin={params.fmin:g} Hz is not below fmax={params.effective_fmax(sr):g} Hz "
-                f"at sample rate {sr}"
-            )
 
 
 def _magnitude(spec: np.ndarray, power: float) -> np.ndarray:
@@ -204,20 +119,20 @@ def _librosa_tail(params: FeatureParams, n: int) -> int | None:
 
 
 def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
-    """Linear-scale STFT magnitudes (or complex STFT) or mel spectrogram.
+    """The kind's features before scaling: STFT magnitudes (or complex STFT), mel bands, ...
 
     Parameters
     ----------
     y : np.ndarray, shape (channels, n_samples), float32
         The waveform; finite values.
     sr : int
-        Its sample rate (used for the mel filterbank).
+        Its sample rate (the kind's stage may depend on it: mel's filterbank).
     params : FeatureParams
 
     Returns
     -------
     np.ndarray, shape (channels, n_bins, n_frames)
-        float32 (complex64 with ``params.complex``), before scaling.
+        float32 (complex64 with ``params.stores_complex``), before scaling.
     """
     half = params.n_fft // 2 if params.center else 0
     x = pad_center(np.asarray(y, dtype=np.float32), params, half, half)
@@ -235,8 +150,9 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
     """
     n_fft, hop = params.n_fft, params.hop_length
     win = fft_window(params.window, params.win_length, n_fft)
-    basis = mel_basis(params, sr) if params.kind == "mel" else None
-    out_dtype = np.complex64 if params.complex else np.float32
+    stage = params.block_stage(sr)  # the kind's own (mel: the filterbank)
+    stores_complex = params.stores_complex
+    out_dtype = np.complex64 if stores_complex else np.float32
     out = np.empty((x.shape[0], params.n_bins, n_frames), dtype=out_dtype)
     block = max(1, BLOCK_SAMPLES // n_fft)
     for c in range(x.shape[0]):
@@ -246,13 +162,12 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
             # float64 frames and FFT, rounded to complex64, as librosa.stft does:
             # a float32 FFT would lose the quiet bins (their dB) to rounding noise.
             spec = np.fft.rfft(frames[start:stop] * win, axis=-1).astype(np.complex64)
-            if params.complex:
+            if stores_complex:
                 out[c, :, start:stop] = spec.T
                 continue
             mag = _magnitude(spec, params.power)
-            if basis is not None:
-                with one_blas_thread():
-                    mag = mag @ basis.T  # (frames, n_mels)
+            if stage is not None:
+                mag = stage(mag)  # (frames, n_bins)
             out[c, :, start:stop] = mag.T
     return out
 
@@ -317,7 +232,7 @@ def scale(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
 
 def scale_values(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
     """`scale` without the ``top_db`` clip: value by value, so any slice can be done alone."""
-    if params.scale == "linear" or params.complex:
+    if params.scale == "linear" or params.stores_complex:
         return spec
     floored = np.maximum(spec, np.float32(params.amin))
     if params.scale == "log":
@@ -327,7 +242,7 @@ def scale_values(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
 
 def clip_top_db(db: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Clip dB values at ``max - params.top_db`` (in place when ``db`` is writable float32)."""
-    if params.scale != "db" or params.complex or params.top_db is None or not db.size:
+    if params.scale != "db" or params.stores_complex or params.top_db is None or not db.size:
         return db
     return np.maximum(db, db.max() - np.float32(params.top_db), out=db)
 
@@ -353,7 +268,7 @@ def compute(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
         Non-finite samples, too few samples, a filterbank that does not fit the
         rate, or values that overflow float16.
     """
-    check_file_params(params, sr, y.shape[-1])
+    params.check_file(sr, y.shape[-1])
     check_samples(y)
     return _finish(spectrogram(y, sr, params), params)
 
@@ -392,7 +307,7 @@ def compute_segment(
     np.ndarray
         As `compute`, with ``frame_stop - frame_start`` frames.
     """
-    check_file_params(params, sr, n_samples)
+    params.check_file(sr, n_samples)
     check_samples(segment)
     a, b = segment_bounds(params, frame_start, frame_stop)
     x = pad_center(
@@ -451,7 +366,7 @@ def compute_stream(
     DecodeError
         As `compute`, and whatever ``blocks`` raises.
     """
-    check_file_params(params, sr, max(params.n_fft, 1))  # rate checks before any work
+    params.check_file(sr, max(params.n_fft, 1))  # rate checks before any work
     run = max(params.n_fft // params.hop_length + 2, RUN_SAMPLES // params.hop_length)
     pending: list[np.ndarray] = []
     buf = np.zeros((0, 0), dtype=np.float32)
@@ -476,7 +391,7 @@ def compute_stream(
     if pending:
         buf = np.concatenate([buf, *pending], axis=-1) if buf.size else np.concatenate(pending, -1)
     n = buf_start + buf.shape[-1]
-    check_file_params(params, sr, n)
+    params.check_file(sr, n)
     total = params.n_frames(n)
     if done == 0:  # a short signal: exactly `compute`, padding included
         out.add(scale_values(spectrogram(buf, sr, params), params))

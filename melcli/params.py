@@ -1,5 +1,10 @@
-"""Feature parameters: one frozen, validated, serialisable object.
+"""Feature parameters: each declared once, as a field of a frozen, validated class.
 
+`FeatureParams` holds the settings every kind shares (input, framing, spectrum,
+scaling) and the interface a feature kind implements; each kind's module in
+`melcli.kinds` subclasses it with its own fields and stage. A field's `Setting`
+(help, --help section, choices, check) is the one declaration of a parameter:
+the command-line options, ``--like`` and inspect's preview are generated from it.
 Nothing here does I/O or imports numerical libraries, so the CLI can build and
 validate parameters (and ``--help`` can run) without paying for numpy/librosa.
 """
@@ -8,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar
 
-from melcli.errors import ParameterError
-
-Kind = Literal["stft", "mel"]
+from melcli.errors import DecodeError, ParameterError
 
 #: Window names accepted by ``--window`` -> scipy.signal.get_window name.
 #: These are the eight windows of the lecture; aliases map to the canonical name.
@@ -33,16 +37,8 @@ WINDOW_PARAM: dict[str, str] = {"gaussian": "STD", "kaiser": "BETA"}
 PAD_MODES = ("constant", "reflect", "edge")
 SCALES = ("linear", "db", "log")
 DTYPES = ("float32", "float16", "float64")
-MEL_SCALES = ("slaney", "htk")
-NORMS = ("slaney", "none")
 #: HDF5 storage of the entries (``--compression``): h5py's filters, chunked along time.
 COMPRESSIONS = ("none", "gzip", "lzf")
-
-STFT_FIELDS = (
-    "kind", "sr", "mono", "n_fft", "win_length", "hop_length", "window", "center",
-    "pad_mode", "power", "complex", "scale", "top_db", "amin", "dtype",
-)  # fmt: skip
-MEL_FIELDS = ("n_mels", "fmin", "fmax", "mel_scale", "norm")
 
 
 def parse_window(spec: str) -> tuple[str, float | None]:
@@ -69,24 +65,27 @@ def parse_window(spec: str) -> tuple[str, float | None]:
     name = WINDOWS.get(raw_name.strip().lower())
     if name is None:
         valid = ", ".join(f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS)
-        raise ParameterError(f"unknown window {spec!r}; valid windows: {valid}")
+        raise ParameterError(f"unknown window {spec!r}; valid windows: {valid}", param="window")
     if name in WINDOW_PARAM:
         if not sep or not raw_param.strip():
             raise ParameterError(
                 f"window {name!r} needs a parameter: {name}:{WINDOW_PARAM[name]} "
-                f"(e.g. {name}:{'14' if name == 'kaiser' else '400'})"
+                f"(e.g. {name}:{'14' if name == 'kaiser' else '400'})",
+                param="window",
             )
         try:
             value = float(raw_param)
         except ValueError:
             raise ParameterError(
-                f"window parameter {raw_param!r} in {spec!r} is not a number"
+                f"window parameter {raw_param!r} in {spec!r} is not a number", param="window"
             ) from None
         if not math.isfinite(value) or (name == "gaussian" and value <= 0):
-            raise ParameterError(f"window parameter in {spec!r} must be a positive number")
+            raise ParameterError(
+                f"window parameter in {spec!r} must be a positive number", param="window"
+            )
         return name, value
     if sep:
-        raise ParameterError(f"window {name!r} takes no parameter (got {spec!r})")
+        raise ParameterError(f"window {name!r} takes no parameter (got {spec!r})", param="window")
     return name, None
 
 
@@ -101,9 +100,73 @@ def _canonical_window(spec: str) -> str:
     return name if param is None else f"{name}:{param!r}"
 
 
+#: --help sections of the feature parameters, in order (a kind's own come first,
+#: under its `FeatureParams.TITLE`).
+STAGES = ("Input", "Framing", "Spectrum", "Scaling")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one parameter is offered and checked: the one declaration of a parameter.
+
+    It is the metadata of a `FeatureParams` field (see `setting`), whose name,
+    annotation and default complete it. The command-line options, their
+    ``--help`` sections, ``--like`` and inspect's preview are generated from it.
+
+    Attributes
+    ----------
+    help : str
+        The option's help text.
+    stage : str or None
+        Its --help section (one of `STAGES`); None for a kind's own parameters.
+    choices : tuple of str
+        Allowed values (matched in any case on the command line).
+    check : {'positive_int', 'positive', 'non_negative', None}
+        The value check applied when the parameter is set (None values pass
+        when the field is optional).
+    flag : str or None
+        A boolean's Click declaration (``--center/--no-center``).
+    default_text : str or None
+        What ``[default: ...]`` says when the default is not a plain value.
+    """
+
+    help: str
+    stage: str | None = None
+    choices: tuple[str, ...] = ()
+    check: str | None = None
+    flag: str | None = None
+    default_text: str | None = None
+
+
+def setting(default: Any, help: str, **how: Any) -> Any:
+    """A `FeatureParams` field with its `Setting` (keyword arguments as `Setting`'s)."""
+    return field(default=default, metadata={"setting": Setting(help=help, **how)})
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One declared parameter of a kind: a field of its `FeatureParams` class."""
+
+    name: str
+    type: str  # 'int', 'float', 'bool' or 'str'
+    optional: bool  # None is a value (e.g. sr=None: each file's own rate)
+    default: Any
+    setting: Setting
+
+    @property
+    def option(self) -> str:
+        """The long option, ``--n-fft``."""
+        return "--" + self.name.replace("_", "-")
+
+
 @dataclass(frozen=True, kw_only=True)
 class FeatureParams:
     """Every parameter that determines the features, resolved and validated.
+
+    The base of each feature kind's parameters (`melcli.kinds`): the shared
+    input, framing, spectrum and scaling settings; a kind adds its own fields
+    and stages. ``FeatureParams(kind="mel", n_mels=64)`` builds the registered
+    kind's class (`MelParams`), so callers need not know the classes.
 
     Names and defaults follow librosa (``librosa.stft`` /
     ``librosa.feature.melspectrogram``) except ``sr``: ``None`` keeps each file's
@@ -111,8 +174,8 @@ class FeatureParams:
 
     Parameters
     ----------
-    kind : {'stft', 'mel'}
-        Which feature to compute.
+    kind : str
+        The feature kind (a name in `melcli.kinds.KINDS`).
     sr : int > 0 or None
         Resample every file to this rate; None keeps the native rate.
     mono : bool
@@ -131,123 +194,169 @@ class FeatureParams:
         Padding used when ``center``.
     power : float > 0
         Exponent of the magnitude (2 = power, 1 = magnitude).
-    complex : bool
-        ``stft`` only: store the complex STFT instead of a magnitude.
     scale : {'linear', 'db', 'log'}
-        Scaling of the magnitudes after the filterbank.
+        Scaling of the magnitudes after the kind's stage.
     top_db : float >= 0 or None
         With ``scale='db'``: clip below ``max - top_db``; None means no clipping.
     amin : float > 0
         Floor before ``db`` / ``log`` scaling.
     dtype : {'float32', 'float16', 'float64'}
-        Stored dtype (complex64/complex128 with ``complex``).
-    n_mels, fmin, fmax, mel_scale, norm
-        ``mel`` only: the filterbank, as ``librosa.filters.mel`` (``htk`` is
-        ``mel_scale == 'htk'``; ``norm='none'`` is librosa's ``norm=None``).
-        ``fmax=None`` means each file's Nyquist frequency.
+        Stored dtype.
     """
 
-    kind: Kind
-    sr: int | None = None
-    mono: bool = True
-    n_fft: int = 2048
-    win_length: int = field(default=None)  # type: ignore[assignment]
-    hop_length: int = field(default=None)  # type: ignore[assignment]
-    window: str = "hann"
-    center: bool = True
-    pad_mode: str = "constant"
-    power: float = 2.0
-    complex: bool = False
-    scale: str = "linear"
-    top_db: float | None = None
-    amin: float = 1e-10
-    dtype: str = "float32"
-    n_mels: int = 128
-    fmin: float = 0.0
-    fmax: float | None = None
-    mel_scale: str = "slaney"
-    norm: str = "slaney"
+    #: The kind's name (its command), set by each kind's class.
+    NAME: ClassVar[str] = ""
+    #: The kind's --help section title for its own options.
+    TITLE: ClassVar[str] = ""
+    #: Keys older melcli versions recorded for this kind, with the only value they
+    #: had: `from_dict` accepts and drops them.
+    LEGACY: ClassVar[dict[str, Any]] = {}
+
+    kind: str
+    sr: int | None = setting(
+        None, "Resample every file to this rate (soxr HQ, as librosa.load).",
+        stage="Input", check="positive_int",
+        default_text="keep each file's native rate (librosa.load would use 22050)",
+    )  # fmt: skip
+    mono: bool = setting(
+        True, "Average channels (librosa.to_mono), or keep them: entries then have shape "
+        "(channels, bins, frames).", stage="Input", flag="--mono/--keep-channels",
+    )  # fmt: skip
+    n_fft: int = setting(2048, "FFT length.", stage="Framing", check="positive_int")
+    win_length: int = setting(
+        None, "Window length, at most n_fft; zero-padded to n_fft.",
+        stage="Framing", check="positive_int", default_text="n_fft",
+    )  # fmt: skip
+    hop_length: int = setting(
+        None, "Samples between frames.", stage="Framing", check="positive_int",
+        default_text="win_length // 4",
+    )  # fmt: skip
+    window: str = setting(
+        "hann", "Window NAME[:PARAM]: "
+        + ", ".join(f"{n}:{WINDOW_PARAM[n]}" if n in WINDOW_PARAM else n for n in WINDOWS)
+        + ". gaussian's STD is in samples.", stage="Framing",
+    )  # fmt: skip
+    center: bool = setting(
+        True, "Pad n_fft//2 on both sides so frame t is centred at t*hop. Frames: 1 + n//hop "
+        "with --center, 1 + (n - n_fft)//hop without.", stage="Framing",
+        flag="--center/--no-center",
+    )  # fmt: skip
+    pad_mode: str = setting(
+        "constant", "Padding used by --center (as librosa >= 0.10).",
+        stage="Framing", choices=PAD_MODES,
+    )  # fmt: skip
+    power: float = setting(
+        2.0, "Exponent of the magnitude: 2 = power, 1 = magnitude.",
+        stage="Spectrum", check="positive",
+    )  # fmt: skip
+    scale: str = setting(
+        "linear", "db: librosa.power_to_db (power 2) / amplitude_to_db (power 1), ref=1.0; "
+        "log: natural log of max(x, amin) (ASR log-mel).", stage="Scaling", choices=SCALES,
+    )  # fmt: skip
+    top_db: float | None = setting(
+        None, "With --scale db: clip at max - TOP_DB. Off by default (librosa's own default "
+        "is 80).", stage="Scaling", check="non_negative",
+    )  # fmt: skip
+    amin: float = setting(
+        1e-10, "Floor applied before --scale db/log.", stage="Scaling", check="positive"
+    )
+    dtype: str = setting(
+        "float32", "Stored dtype (complex64/complex128 with stft --complex).",
+        stage="Scaling", choices=DTYPES,
+    )  # fmt: skip
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FeatureParams:  # noqa: D102
+        if cls is FeatureParams:  # dispatch to the kind's class
+            from melcli.kinds import kind_class
+
+            cls = kind_class(kwargs.get("kind"))
+            for name in kwargs:
+                if name not in cls.field_names():
+                    raise ParameterError(
+                        f"does not apply to {cls.NAME} features", param=name, value=kwargs[name]
+                    )
+        return object.__new__(cls)
 
     def __post_init__(self) -> None:
-        def fix(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
-
-        if self.kind not in ("stft", "mel"):
-            raise ParameterError(f"kind={self.kind!r} must be 'stft' or 'mel'")
-        _positive_int("n_fft", self.n_fft)
+        if self.kind != self.NAME:
+            raise ParameterError(f"is not {self.NAME!r}", param="kind", value=self.kind)
+        for d in declared(type(self)):
+            self._check(d)
         if self.win_length is None:
-            fix("win_length", self.n_fft)
-        _positive_int("win_length", self.win_length)
+            self._fix("win_length", self.n_fft)
         if self.win_length > self.n_fft:
-            raise ParameterError(f"win_length={self.win_length} must not exceed n_fft={self.n_fft}")
+            raise ParameterError(
+                f"must not exceed n_fft={self.n_fft}", param="win_length", value=self.win_length
+            )
         if self.hop_length is None:
-            fix("hop_length", max(1, self.win_length // 4))
-        _positive_int("hop_length", self.hop_length)
-        if self.sr is not None:
-            _positive_int("sr", self.sr)
-        fix("window", _canonical_window(self.window))
-        _choice("pad_mode", self.pad_mode, PAD_MODES)
-        _choice("scale", self.scale, SCALES)
-        _choice("dtype", self.dtype, DTYPES)
-        fix("power", float(self.power))
-        if not (math.isfinite(self.power) and self.power > 0):
-            raise ParameterError(f"power={self.power} must be a positive number")
-        fix("amin", float(self.amin))
-        if not (math.isfinite(self.amin) and self.amin > 0):
-            raise ParameterError(f"amin={self.amin} must be a positive number")
-        if self.top_db is not None:
-            fix("top_db", float(self.top_db))
-            if not (self.top_db >= 0 and math.isfinite(self.top_db)):
-                raise ParameterError(f"top_db={self.top_db} must be a non-negative number")
-            if self.scale != "db":
-                raise ParameterError("top_db applies only to scale='db' (--scale db)")
-        if self.complex:
-            if self.kind != "stft":
-                raise ParameterError("complex output exists only for stft")
-            if self.scale != "linear" or self.power != 2.0:
-                raise ParameterError(
-                    "complex output stores the raw STFT: it cannot be combined with "
-                    "--power or --scale"
-                )
-            if self.dtype == "float16":
-                raise ParameterError("complex output needs dtype float32 or float64")
+            self._fix("hop_length", max(1, self.win_length // 4))
+        self._fix("window", _canonical_window(self.window))
+        if self.top_db is not None and self.scale != "db":
+            raise ParameterError("applies only to scale='db' (--scale db)", param="top_db",
+                                 value=self.top_db)  # fmt: skip
         if self.scale == "db" and self.power not in (1.0, 2.0):
             raise ParameterError(
-                f"scale='db' needs power 1 (amplitude_to_db) or 2 (power_to_db), not {self.power}"
+                "with scale='db' must be 1 (amplitude_to_db) or 2 (power_to_db)",
+                param="power",
+                value=self.power,
             )
-        _positive_int("n_mels", self.n_mels)
-        fix("fmin", float(self.fmin))
-        if not (math.isfinite(self.fmin) and self.fmin >= 0):
-            raise ParameterError(f"fmin={self.fmin} must be a non-negative number")
-        if self.fmax is not None:
-            fix("fmax", float(self.fmax))
-            if not (math.isfinite(self.fmax) and self.fmax > 0):
-                raise ParameterError(f"fmax={self.fmax} must be a positive number")
-            if self.fmin >= self.fmax:
-                raise ParameterError(f"fmin={self.fmin} must be below fmax={self.fmax}")
-            if self.sr is not None and self.fmax > self.sr / 2:
-                raise ParameterError(
-                    f"fmax={self.fmax} is above the Nyquist frequency {self.sr / 2} of sr={self.sr}"
-                )
-        elif self.sr is not None and self.fmin >= self.sr / 2 and self.kind == "mel":
-            raise ParameterError(
-                f"fmin={self.fmin} must be below the Nyquist frequency {self.sr / 2}"
-            )
-        _choice("mel_scale", self.mel_scale, MEL_SCALES)
-        _choice("norm", self.norm, NORMS)
+        self.validate()
 
-    # -- derived values -------------------------------------------------------
+    def _fix(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _check(self, d: Declared) -> None:
+        value = getattr(self, d.name)
+        if value is None and (d.optional or d.name in ("win_length", "hop_length")):
+            return
+        how = d.setting
+        if d.type == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParameterError("must be a number", param=d.name, value=value)
+            value = float(value)
+            self._fix(d.name, value)
+            if not math.isfinite(value):
+                raise ParameterError("must be a finite number", param=d.name, value=value)
+        if how.check == "positive_int" and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
+            raise ParameterError("must be a positive integer", param=d.name, value=value)
+        if how.check == "positive" and not value > 0:
+            raise ParameterError("must be a positive number", param=d.name, value=value)
+        if how.check == "non_negative" and not value >= 0:
+            raise ParameterError("must be a non-negative number", param=d.name, value=value)
+        if how.choices and value not in how.choices:
+            raise ParameterError(f"must be one of: {', '.join(how.choices)}", param=d.name,
+                                 value=value)  # fmt: skip
+        if d.type == "bool" and not isinstance(value, bool):
+            raise ParameterError("must be true or false", param=d.name, value=value)
+
+    def validate(self) -> None:
+        """The kind's own checks of its combination of parameters (after the shared ones)."""
+
+    # -- what the rest of the program asks of a kind ------------------------------
     @property
     def n_bins(self) -> int:
-        """Rows of one channel's feature matrix (frequency bins or mel bands)."""
-        return self.n_mels if self.kind == "mel" else self.n_fft // 2 + 1
+        """Rows of one channel's feature matrix (frequency bins, mel bands, ...)."""
+        raise NotImplementedError
+
+    @property
+    def stores_complex(self) -> bool:
+        """True when entries are the complex STFT (no magnitude, scaling or statistics)."""
+        return False
 
     @property
     def out_dtype(self) -> str:
         """The numpy dtype name of stored arrays."""
-        if self.complex:
+        if self.stores_complex:
             return "complex64" if self.dtype == "float32" else "complex128"
         return self.dtype
+
+    @property
+    def needs_whole_entry(self) -> bool:
+        """True when the last stage needs every frame of an entry (``top_db``'s maximum),
+        so a long file cannot be computed in independent parts."""
+        return self.scale == "db" and self.top_db is not None
 
     def n_frames(self, n_samples: int) -> int:
         """Frames for a signal of ``n_samples`` samples (0 if too short).
@@ -263,24 +372,69 @@ class FeatureParams:
             return 0
         return 1 + (n_samples - self.n_fft) // self.hop_length
 
-    def effective_fmax(self, sr: int) -> float:
-        """fmax for a file at rate ``sr`` (its Nyquist frequency if unset)."""
-        return sr / 2 if self.fmax is None else self.fmax
+    def row_frequencies(self, sr: int) -> Any:
+        """Frequency in Hz of each feature row at rate ``sr`` (np.ndarray, (n_bins,), float64)."""
+        raise NotImplementedError
+
+    def check_file(self, sr: int, n_samples: int) -> None:
+        """Raise DecodeError when these parameters cannot apply to one file.
+
+        Parameters
+        ----------
+        sr : int
+            The file's (possibly resampled) rate.
+        n_samples : int
+            Samples per channel after resampling.
+        """
+        if n_samples == 0:
+            raise DecodeError("no audio samples")
+        if not self.center and n_samples < self.n_fft:
+            raise DecodeError(
+                f"too short: {n_samples} samples < n_fft={self.n_fft} "
+                "(one frame without --center needs n_fft samples)"
+            )
+
+    def block_stage(self, sr: int) -> Callable[[Any], Any] | None:
+        """The kind's stage on a block of magnitude frames, or None (the STFT itself).
+
+        The callable takes float32 magnitudes of shape (frames, 1 + n_fft // 2)
+        and returns (frames, n_bins); frames are independent of each other.
+        """
+        return None
+
+    def warnings(self, rates: Sequence[int]) -> list[str]:
+        """Warnings about these parameters for inputs at these rates (said before any work)."""
+        return []
+
+    def fails_everywhere(self, rates: Sequence[int]) -> str | None:
+        """The one-line reason when these parameters fail every input at these rates."""
+        return None
 
     # -- serialisation ---------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The kind's parameter names, ``kind`` first."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
     def to_dict(self) -> dict[str, Any]:
-        """Every parameter relevant to ``kind``, JSON-serialisable, defaults included."""
-        names = STFT_FIELDS + (MEL_FIELDS if self.kind == "mel" else ())
-        return {name: getattr(self, name) for name in names}
+        """Every parameter of the kind, JSON-serialisable, defaults included."""
+        return {name: getattr(self, name) for name in self.field_names()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureParams:
         """Rebuild parameters from `to_dict` output (unknown keys are an error)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        from melcli.kinds import kind_class
+
+        target = kind_class(data.get("kind")) if cls is FeatureParams else cls
+        known = set(target.field_names())
+        fields = {k: v for k, v in data.items()
+                  if not (k not in known and target.LEGACY.get(k, ...) == v)}  # fmt: skip
+        unknown = sorted(set(fields) - known)
         if unknown:
-            raise ParameterError(f"unknown parameters: {', '.join(unknown)}")
-        return cls(**data)
+            raise ParameterError(
+                f"unknown parameters for {target.NAME}: {', '.join(unknown)}", param=unknown[0]
+            )
+        return target(**fields)
 
     def differences(self, other: FeatureParams) -> list[str]:
         """Names of the parameters whose values differ from ``other``'s."""
@@ -288,11 +442,13 @@ class FeatureParams:
         return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ParameterError(f"{name}={value!r} must be a positive integer")
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ParameterError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+def declared(cls: type[FeatureParams]) -> list[Declared]:
+    """The declared parameters of a kind's class, in declaration order (``kind`` excluded)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        how = f.metadata.get("setting")
+        if how is None:
+            continue
+        parts = [p.strip() for p in str(f.type).split("|")]
+        out.append(Declared(f.name, parts[0], "None" in parts[1:], f.default, how))
+    return out

@@ -219,7 +219,7 @@ def _splittable(info: audio.AudioInfo, params: FeatureParams) -> bool:
     return (
         info.format in SEEKABLE_FORMATS
         and (params.sr is None or params.sr == info.sample_rate)
-        and params.top_db is None
+        and not params.needs_whole_entry
     )
 
 

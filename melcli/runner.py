@@ -612,7 +612,7 @@ def _execute(
     report.estimated_bytes += sum(writers.entry_nbytes(r.record) for r in plan.keep_work.values())
 
     if not len(plan.keep_old) and not plan.keep_work:  # one line instead of N equal failures
-        everywhere = advice.fails_everywhere(params, in_rates)
+        everywhere = params.fails_everywhere(in_rates)
         if everywhere:
             raise ParameterError(everywhere)
     if opts.dry_run:  # what the run would do: inputs whose header failed are failures, not adds
@@ -685,7 +685,7 @@ def _execute(
     try:
         for rec in failures[len(plan.failures) :]:
             spool.add_failure(rec)
-        totals = RowStats(params.n_bins) if not params.complex else None
+        totals = RowStats(params.n_bins) if not params.stores_complex else None
         written, new_failures = _compute(
             checked, pool, params, opts, reporter, spool, plan, writer, totals
         )
@@ -949,7 +949,6 @@ def _assemble(
     ``totals`` holds the statistics of the entries computed now; those of the
     kept ones come from the old totals minus what is dropped (`_kept_stats`).
     """
-    from melcli import features
 
     old = plan.old
     new = {k: rec for k, rec in written.items() if k in plan.states}
@@ -992,7 +991,7 @@ def _assemble(
         entries = old.merged([r for r in kept if r not in plan.restamped], made)
         freqs: dict[int, list[float]] = {}
         for sr in np.unique(entries.sample_rate).tolist():
-            row = features.row_frequencies(params, sr)
+            row = params.row_frequencies(sr)
             writer.add_frequencies(sr, row)
             freqs[sr] = [float(x) for x in row]
         man = manifest_mod.build(

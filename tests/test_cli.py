@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 
 from melcli import __version__
 from melcli.cli import BACKENDS, cli
-from melcli.params import DTYPES, MEL_SCALES, NORMS, PAD_MODES, FeatureParams
+from melcli.kinds.mel import MEL_SCALES, NORMS
+from melcli.params import DTYPES, PAD_MODES, FeatureParams
 
 #: Every field the v1 issue requires in a manifest entry.
 ENTRY_FIELDS = {"key", "source", "sample_rate", "channels", "n_samples", "duration", "shape",

@@ -1,0 +1,37 @@
+"""Feature kinds: one module each, registered here with one line.
+
+A kind is a `melcli.params.FeatureParams` subclass: its own parameters (fields
+with their `Setting`), ``n_bins``, ``row_frequencies``, a per-file check, its
+stage on top of the shared framing and STFT (``block_stage``), whether its last
+stage needs the whole entry, and its warnings. The command line (one command per
+kind), the manifest, the writers, inspect, ``--like`` and the parity tests take
+the kinds from `KINDS`. Importing this package loads no numerical library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from melcli.errors import ParameterError
+from melcli.kinds.mel import MelParams
+from melcli.kinds.stft import StftParams
+from melcli.params import FeatureParams
+
+#: Every feature kind by name (its command), in the order of ``melcli --help``.
+KINDS: dict[str, type[FeatureParams]] = {cls.NAME: cls for cls in (MelParams, StftParams)}
+
+
+def kind_class(name: Any) -> type[FeatureParams]:
+    """The parameters class of the kind called ``name``.
+
+    Raises
+    ------
+    ParameterError
+        For a name that is not a kind.
+    """
+    try:
+        return KINDS[name]
+    except (KeyError, TypeError):
+        raise ParameterError(
+            f"must be one of: {', '.join(KINDS)}", param="kind", value=name
+        ) from None
