@@ -407,7 +407,7 @@ def _preload(fmt: str, params: FeatureParams, opts: Any) -> None:
     import numpy  # noqa: F401
     import threadpoolctl  # noqa: F401
 
-    from melcli import audio, features, manifest, pipeline, plan, workdir, writers  # noqa: F401
+    from melcli import audio, features, manifest, pipeline, plan, store, workdir  # noqa: F401
 
     if fmt == "h5":
         from h5py import h5a, h5d, h5f, h5o, h5p, h5s, h5t  # noqa: F401
@@ -526,12 +526,11 @@ def _apply_like(
     cls: type[FeatureParams], like: str, given: dict[str, Any], quiet: bool
 ) -> dict[str, Any]:
     """``--like OUTPUT``: its feature parameters, except those ``given`` on the command line."""
-    from melcli import writers
-    from melcli.reader import _locate
+    from melcli import store
 
     try:
-        path, fmt = _locate(Path(like))
-        recorded = writers.read_manifest(path, fmt)["params"]
+        path, fmt = store.locate(Path(like))
+        recorded = store.read_manifest(path, fmt)["params"]
     except (OutputError, OSError) as exc:
         _usage(f"--like {like}: {exc}")
     if recorded.get("kind") != cls.NAME:
@@ -554,10 +553,10 @@ def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
     output = Path(kw["output"])
     if output.absolute().name in ("", ".."):  # '/', '..': nothing to create or replace
         _usage(f"--output {output} names no file or directory to write: give one, e.g. -o feats.h5")
-    from melcli import runner, writers
+    from melcli import runner, store
     from melcli.discover import discover, parse_extensions
 
-    fmt = kw["fmt"] or writers.guess_format(output)
+    fmt = kw["fmt"] or store.guess_format(output)
     if kw["manifest"] and fmt != "h5":
         _usage("--manifest applies to HDF5 outputs (an npy output keeps manifest.json inside)")
     compression = kw["compression"].lower()
@@ -568,7 +567,7 @@ def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
     if not kw["fmt"] and fmt == "npy" and output.suffix and not output.is_dir():
         reporter.problem(
             f"--output {output} has the suffix {output.suffix!r}, which is not an HDF5 suffix "
-            f"({', '.join(writers.H5_SUFFIXES)}): writing a directory of .npy files "
+            f"({', '.join(store.H5_SUFFIXES)}): writing a directory of .npy files "
             "(say --format npy or --format h5 to choose)"
         )
     try:
@@ -744,13 +743,14 @@ def inspect_command(
       melcli inspect data/ --sr 16000 --n-fft 400 --hop-length 160 --n-mels 80
       melcli inspect data/ --json | jq '.total_duration'
     """
-    from melcli import inspect as insp
+    from melcli import inspection as insp
+    from melcli import store
     from melcli.discover import parse_extensions
 
     p = Path(path)
     given = {name: value for name, value in preview.items() if value is not None}
     try:
-        kind = insp.kind_of(p)
+        kind = store.detect(p)
         if kind == "audio":
             if key is not None:
                 _usage("--key applies to melcli outputs, not to audio inputs")

@@ -383,7 +383,7 @@ class EntryTable:
         The whole manifest text the rows were read from (`loads`).
     untouched : bool
         Read from an HDF5 output not modified since melcli wrote it
-        (`melcli.writers.read_manifest`).
+        (`melcli.store.read_manifest`).
     """
 
     #: Between two entries in the manifest's text (`dumps`).
@@ -406,7 +406,7 @@ class EntryTable:
         self.nbytes: np.ndarray = columns["nbytes"]
         self.sample_rate: np.ndarray = columns["sample_rate"]
         self.origin: bytes | None = None
-        self.untouched = False  # see `melcli.writers.read_manifest`
+        self.untouched = False  # see `melcli.store.read_manifest`
         self._index: dict[str, int] | None = None
 
     def __len__(self) -> int:

@@ -237,7 +237,7 @@ def make_plan(
         the existing entries and failures under them are kept, not removed.
     missing : callable, optional
         ``missing(table, rows)`` -> the keys among the rows to keep that the
-        existing output does not actually hold (see `melcli.writers.missing_entries`).
+        existing output does not actually hold (see `melcli.store.missing_entries`).
 
     Returns
     -------

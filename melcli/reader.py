@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from melcli.errors import OutputError
-
 
 class Features(Mapping[str, np.ndarray]):
     """The entries of one melcli output, by key (see `open`).
@@ -33,13 +31,12 @@ class Features(Mapping[str, np.ndarray]):
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from melcli import writers
+        from melcli import store
 
-        self.path, self.format = _locate(Path(path))
-        self.manifest = writers.read_manifest(self.path, self.format)
+        self.path, self.format = store.locate(Path(path))
+        self.manifest = store.read_manifest(self.path, self.format)
         self._table = self.manifest["entries"]
-        self._file: Any = None
-        self._pid = -1
+        self._reader = store.open_reader(self.path, self.format)
 
     # -- the mapping ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -63,16 +60,10 @@ class Features(Mapping[str, np.ndarray]):
         ------
         KeyError
             No such entry.
+        OutputError
+            What is stored is not what the manifest records (`melcli.store`).
         """
-        record = self.entry(key)
-        span = frames if frames is not None else slice(None)
-        if self.format == "h5":
-            data = self._h5()[f"features/{key}"]
-            return np.asarray(data[..., span])
-        arr = np.load(self.path / f"{key}.npy", mmap_mode="r", allow_pickle=False)
-        if list(arr.shape) != record["shape"]:
-            raise OutputError(f"{self.path}: {key}.npy holds {arr.shape}, not {record['shape']}")
-        return np.array(arr[..., span])
+        return self._reader.read(key, frames, record=self.entry(key))
 
     # -- what the manifest says -------------------------------------------------------
     @property
@@ -120,27 +111,9 @@ class Features(Mapping[str, np.ndarray]):
         frames = np.arange(rec["shape"][-1])
         return (frames * p["hop_length"] + offset) / rec["sample_rate"]
 
-    # -- files ---------------------------------------------------------------------
-    def _h5(self) -> Any:
-        import h5py
-
-        if self._file is None or self._pid != os.getpid():  # a fork: never reuse the handle
-            from h5py import h5f, h5p
-
-            # no sieve buffer: a crop of frames reads one small span per row (an entry
-            # is rows x frames), not 64 KB around each (half of a long entry)
-            fapl = h5p.create(h5p.FILE_ACCESS)
-            fapl.set_sieve_buf_size(0)
-            fid = h5f.open(os.fsencode(self.path), h5f.ACC_RDONLY, fapl=fapl)
-            self._file = h5py.File(fid)
-            self._pid = os.getpid()
-        return self._file
-
     def close(self) -> None:
         """Close the HDF5 file (if this process opened it)."""
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = None
+        self._reader.close()
 
     def __enter__(self) -> Features:
         return self
@@ -148,56 +121,8 @@ class Features(Mapping[str, np.ndarray]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getstate__(self) -> dict[str, Any]:  # pickled into a spawned worker: reopen there
-        return {**self.__dict__, "_file": None, "_pid": -1}
-
     def __repr__(self) -> str:
         return f"<melcli.Features {self.path} ({self.format}, {len(self)} entries)>"
-
-
-class EntryReader:
-    """Reads entries whole from an output, the HDF5 file opened once (no manifest read)."""
-
-    def __init__(self, output: Path, fmt: str) -> None:
-        self.output, self.format = output, fmt
-        self._file: Any = None
-
-    def read(self, key: str) -> np.ndarray:
-        """Entry ``key``'s array."""
-        if self.format == "npy":
-            return np.load(self.output / f"{key}.npy", allow_pickle=False)
-        if self._file is None:
-            import h5py
-
-            self._file = h5py.File(self.output, "r")
-        return np.asarray(self._file[f"features/{key}"][()])
-
-    def close(self) -> None:
-        """Close the HDF5 file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def _locate(path: Path) -> tuple[Path, str]:
-    """The output a path names, and its format: an HDF5 file, an npy directory, or
-    the manifest of either."""
-    from melcli import inspect as insp
-
-    kind = insp.kind_of(path)
-    if kind in ("h5", "npy"):
-        return path, kind
-    if kind == "manifest":
-        if path.name == "manifest.json" and path.parent.is_dir():
-            return path.parent, "npy"
-        from melcli import manifest as manifest_mod
-
-        recorded = manifest_mod.read(path).get("output")
-        h5 = path.parent / recorded if isinstance(recorded, str) else insp.h5_beside(path)
-        return h5, "h5"
-    raise OutputError(
-        f"{path} is not a melcli output (an HDF5 file, an npy directory or a manifest)"
-    )
 
 
 def open(path: str | os.PathLike[str]) -> Features:  # noqa: A001 (melcli.open, like io.open)

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
-from melcli import advice, writers
+from melcli import advice, store
 from melcli import manifest as manifest_mod
 from melcli.discover import Source, UnreadableDir, printable
 from melcli.errors import (
@@ -300,9 +300,9 @@ def _old_output(
         raise _not_melcli(output, "is a directory, not a melcli HDF5 file")
     try:
         if overwrite and fmt == "h5":  # replaced whatever it holds: only check it is melcli's
-            return _Existing(None, None, writers.check_h5_output(output))
-        man = writers.read_manifest(output, fmt)
-    except writers.OutputBusyError:
+            return _Existing(None, None, store.check_h5_output(output))
+        man = store.read_manifest(output, fmt)
+    except store.OutputBusyError:
         raise  # --overwrite would not help: the other process keeps writing
     except OutputError as exc:
         raise _not_melcli(output, f"is not a melcli output ({exc})") from None
@@ -344,7 +344,7 @@ def sidecar_path(output: Path, opts: RunOptions, recorded: str | None) -> Path |
         return Path(os.path.abspath(opts.manifest))
     if recorded:
         return Path(os.path.normpath(output.parent / recorded))
-    return writers.manifest_path(output, "h5")
+    return store.manifest_path(output, "h5")
 
 
 def check_sidecar(side: Path, output: Path, opts: RunOptions, own: dict[str, Any] | None) -> None:
@@ -366,7 +366,7 @@ def check_sidecar(side: Path, output: Path, opts: RunOptions, own: dict[str, Any
             f"{side} exists and is not a melcli manifest; refusing to replace it: {hint}"
         ) from None
     claimed = theirs.get("output")
-    others = [output.with_suffix(s) for s in writers.H5_SUFFIXES if output.with_suffix(s) != output]
+    others = [output.with_suffix(s) for s in store.H5_SUFFIXES if output.with_suffix(s) != output]
     for other in [side.parent / claimed] if isinstance(claimed, str) else others:
         if other.resolve() != output and other.exists():
             raise UsageOutputError(f"{side} is the manifest of {other}; {hint}")
@@ -376,42 +376,11 @@ def check_sidecar(side: Path, output: Path, opts: RunOptions, own: dict[str, Any
         )
 
 
-def _unlisted(output: Path, man: dict[str, Any]) -> list[str]:
-    """What an npy output directory holds that its manifest does not list."""
-    listed = {"manifest.json"}
-    folders: set[str] = set()
-    entries = man.get("entries")
-    for key in entries.keys if isinstance(entries, manifest_mod.EntryTable) else ():
-        listed.add(f"{key}.npy")
-        folders.update(str(p) for p in Path(key).parents if str(p) != ".")
-    extras: list[str] = []
-    stack = [(os.fspath(output), "")]  # no recursion: os.walk recurses (any depth here)
-    while stack:
-        top, rel = stack.pop()
-        try:
-            with os.scandir(top) as it:
-                children = list(it)
-        except OSError:
-            continue
-        for entry in children:
-            name = rel + entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if name in folders:
-                    stack.append((entry.path, name + "/"))
-                else:
-                    extras.append(name + "/")
-            elif entry.is_symlink() and name in folders:
-                extras.append(name + "/")  # a linked folder is not one melcli made
-            elif name not in listed:
-                extras.append(name)
-    return sorted(extras)
-
-
 def check_unlisted(output: Path, man: dict[str, Any] | None) -> None:
     """Refuse (exit 2) to replace an npy output holding files melcli did not write."""
     if man is None or not output.is_dir():
         return
-    extras = _unlisted(output, man)
+    extras = store.npy_unlisted(output, man)
     if extras:
         shown = ", ".join(printable(e) for e in extras[:5])
         more = f" and {len(extras) - 5} more" if len(extras) > 5 else ""
@@ -549,7 +518,7 @@ def _execute(
         checksum=opts.checksum,
         missing=None
         if old is not None and old["entries"].untouched
-        else lambda table, rows: writers.missing_entries(output, opts.format, table, rows),
+        else lambda table, rows: store.missing_entries(output, opts.format, table, rows),
     )
     for chunk, why in work.damaged:
         reporter.warning(
@@ -574,7 +543,7 @@ def _execute(
     report = RunReport(
         removed=plan.removed, resumed=len(plan.keep_work), repaired=len(plan.repaired)
     )
-    report.manifest_file = side or writers.manifest_path(output, opts.format)
+    report.manifest_file = side or store.manifest_path(output, opts.format)
     report.unchanged = len(plan.keep_old)
     for rec in plan.unverified:  # shown like a directory that cannot be listed
         reporter.skipped(Failure(rec["key"], rec["source"], f"{rec['reason']}; its entry is kept"))
@@ -609,7 +578,7 @@ def _execute(
         )
     kept_bytes = int(plan.old.nbytes[plan.kept].sum())
     report.estimated_bytes += kept_bytes
-    report.estimated_bytes += sum(writers.entry_nbytes(r.record) for r in plan.keep_work.values())
+    report.estimated_bytes += sum(store.entry_nbytes(r.record) for r in plan.keep_work.values())
 
     if not len(plan.keep_old) and not plan.keep_work:  # one line instead of N equal failures
         everywhere = params.fails_everywhere(in_rates)
@@ -674,7 +643,7 @@ def _execute(
     # resumed entries are added at the end (`_assemble`).
     try:
         base = _reuse(output, opts, plan, old)
-        writer = writers.open_writer(output, opts.format, work, side, base, opts.compression)
+        writer = store.open_writer(output, opts.format, work, side, base, opts.compression)
     except WriteFailed as exc:
         pool.close(ok=False)
         raise disk_error("writing", output, exc, needed=needed) from None
@@ -772,8 +741,8 @@ def _pool(
 
 def _reuse(
     output: Path, opts: RunOptions, plan: Plan, old: dict[str, Any] | None
-) -> writers.Reuse | None:
-    """Start an HDF5 rerun from a copy of the old file (`melcli.writers.reuse_h5`)?"""
+) -> store.Reuse | None:
+    """Start an HDF5 rerun from a copy of the old file (`melcli.store.reuse_h5`)?"""
     if opts.format != "h5" or old is None or not plan.keep_old:
         return None
     table = plan.old
@@ -781,7 +750,7 @@ def _reuse(
     dropped[plan.kept] = False
     rows = np.flatnonzero(dropped)
     text = table.origin if table.origin is not None else b""
-    return writers.reuse_h5(
+    return store.reuse_h5(
         output, [table.keys[r] for r in rows], int(table.nbytes[rows].sum()), len(text)
     )
 
@@ -794,7 +763,7 @@ def _compute(
     reporter: Reporter,
     spool: Spool,
     plan: Plan,
-    writer: writers.Writer,
+    writer: store.Writer,
     totals: RowStats | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Run the tasks, writing each result into ``writer`` as it arrives.
@@ -879,13 +848,11 @@ def _kept_stats(plan: Plan, kept: list[int], old_output: Path, fmt: str, rows: i
     """Statistics of the kept entries: the old totals minus the entries dropped
     (read back from the old output), or, when the old output has no totals or
     lost entries, the sum over the kept ones."""
-    from melcli.reader import EntryReader
-
     table = plan.old
     base = RowStats.from_dict(plan.old_stats, rows)
     dropped = np.ones(len(table), bool)
     dropped[np.asarray(kept, np.int64)] = False
-    reader = EntryReader(old_output, fmt)
+    reader = store.open_reader(old_output, fmt)
     try:
         if base is not None and not plan.repaired:
             for r in np.flatnonzero(dropped).tolist():
@@ -940,7 +907,7 @@ def _assemble(
     failures: list[dict[str, Any]],
     report: RunReport,
     reporter: Reporter,
-    writer: writers.Writer,
+    writer: store.Writer,
     written: dict[str, dict[str, Any]],
     totals: RowStats | None = None,
 ) -> RunReport:

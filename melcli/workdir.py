@@ -443,7 +443,7 @@ class WorkDir:
 
 
 def _remove(path: Path) -> None:
-    from melcli.writers import remove_tree  # no recursion: npy trees may be deep
+    from melcli.store import remove_tree  # no recursion: npy trees may be deep
 
     if path.is_dir() and not path.is_symlink():
         remove_tree(path)

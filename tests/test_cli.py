@@ -128,9 +128,9 @@ def check_h5_output(out: Path, audio: AudioFactory, kind: str) -> dict[str, Any]
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "complex64"])
 def test_h5_entries_store_like_h5py_high_level(tmp_path: Path, dtype: str) -> None:
-    """writers._EntryMaker (h5py's low-level API, for speed) stores what
+    """store._EntryMaker (h5py's low-level API, for speed) stores what
     ``create_dataset`` + ``ds.attrs[...] = ...`` would: same types, values, layout."""
-    from melcli.writers import _EntryMaker
+    from melcli.store import _EntryMaker
 
     data = (np.arange(24).reshape(2, 3, 4) / 7).astype(dtype)
     rec = {"key": "sub/ünï cödé.wav", "shape": [2, 3, 4], "dtype": dtype, "sample_rate": 22050,

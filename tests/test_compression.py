@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from melcli import pipeline, writers
+from melcli import pipeline, store
 from tests.conftest import AudioFactory, Invoke, RunMelcli, assert_no_traceback, feature_arrays
 
 
@@ -42,7 +42,7 @@ def test_compressed_output_equals_the_uncompressed_one(
                 ds = f[f"features/{key}"]
                 assert ds.compression == method and ds.shuffle
                 rows, itemsize = int(np.prod(ds.shape[:-1])), ds.dtype.itemsize
-                frames = max(1, min(ds.shape[-1], writers.CHUNK_BYTES // (rows * itemsize)))
+                frames = max(1, min(ds.shape[-1], store.CHUNK_BYTES // (rows * itemsize)))
                 assert ds.chunks == (*ds.shape[:-1], frames)  # every row, a span of frames
                 assert g[f"features/{key}"].chunks is None  # none: contiguous, as before
         man = json.loads(packed.with_suffix(".json").read_text())

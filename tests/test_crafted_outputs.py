@@ -157,7 +157,7 @@ def test_inspect_key_reads_in_blocks(
     audio: AudioFactory, invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Entry statistics read block by block give what the whole array gives."""
-    from melcli import inspect as insp
+    from melcli import inspection as insp
 
     audio.tone("a.wav", seconds=3.0)
     for out in ("b.h5", "b"):

@@ -344,7 +344,7 @@ def deep_cleanup(tmp_path: Path) -> Iterator[None]:
     """Remove the test's trees without recursion afterwards: pytest's own cleanup
     of old temporary directories (shutil.rmtree) would hit the recursion limit."""
     yield
-    from melcli.writers import remove_tree
+    from melcli.store import remove_tree
 
     remove_tree(tmp_path)
 

@@ -472,12 +472,12 @@ def test_a_long_file_part_on_a_full_disk_is_an_error_not_sigbus(tmpfs: Path) -> 
     code = f"""
 import numpy as np
 from pathlib import Path
-from melcli import writers
+from melcli import store
 from melcli.workdir import WorkDir, WriteFailed, is_disk_full
 out = Path({str(tmpfs / "feats")!r})
 work = WorkDir(out)
 work.create()
-w = writers.open_writer(out, "npy", work)
+w = store.open_writer(out, "npy", work)
 rec = {{"key": "long.wav", "shape": [128, 1000], "dtype": "float32"}}
 try:
     w.write_piece(rec, 0, np.ones((128, 10), np.float32))

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from melcli import audio, workdir, writers
+from melcli import audio, store, workdir
 from melcli.cli import cli
 from melcli.workdir import ChunkFile, Spool, WorkDir
 from tests.conftest import assert_same_manifest
@@ -183,7 +183,7 @@ def test_checkpoint_reads_back_entries_it_no_longer_holds(
     out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
     work = WorkDir(out)
     work.start({"params": {}, "format": fmt}, keep=False)
-    writer = writers.open_writer(out, fmt, work)  # builds the output inside the work dir
+    writer = store.open_writer(out, fmt, work)  # builds the output inside the work dir
     read: list[tuple[str, int, int]] = []
 
     def read_back(key: str, frame: int, n_frames: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from melcli import manifest, writers
+from melcli import manifest, store
 from tests.conftest import AudioFactory, Invoke, RunMelcli, assert_no_traceback, feature_arrays
 
 FAST = ("--n-mels", "20", "--n-fft", "256", "-j", "1")
@@ -77,8 +77,8 @@ def test_noop_rerun_builds_no_entry_dict_and_reads_no_hdf5_manifest(
 
     monkeypatch.setattr(manifest.EntryTable, "record", forbidden)
     monkeypatch.setattr(manifest.EntryTable, "__iter__", forbidden)
-    monkeypatch.setattr(writers, "h5_manifest", forbidden)
-    monkeypatch.setattr(writers, "missing_entries", forbidden)
+    monkeypatch.setattr(store, "h5_manifest", forbidden)
+    monkeypatch.setattr(store, "missing_entries", forbidden)
     res = invoke("mel", "in", "-o", "a.h5", *FAST)
     assert res.exit_code == 0, res.stderr
     assert "up to date: 9 entries" in res.stderr
@@ -130,11 +130,11 @@ def test_hdf5_rerun_starts_from_a_copy_and_compacts_dead_space(
     out = tmp_path / "a.h5"
     assert melcli("mel", "in", "-o", out, *FAST).returncode == 0
     with h5py.File(out) as f:
-        assert f.attrs[writers.DEAD_ATTR] == 0
+        assert f.attrs[store.DEAD_ATTR] == 0
     audio.tone("d0/new.wav", seconds=0.1)
     assert melcli("mel", "in", "-o", out, *FAST).returncode == 0
     with h5py.File(out) as f:
-        dead = int(f.attrs[writers.DEAD_ATTR])
+        dead = int(f.attrs[store.DEAD_ATTR])
         assert dead > 0  # the old manifest's text, at least
         assert "features/d0/new.wav" in f
     size = out.stat().st_size
@@ -142,7 +142,7 @@ def test_hdf5_rerun_starts_from_a_copy_and_compacts_dead_space(
     proc = melcli("mel", "in", "-o", out, *FAST)
     assert proc.returncode == 0, proc.stderr
     with h5py.File(out) as f:
-        assert f.attrs[writers.DEAD_ATTR] == 0  # rewritten compact
+        assert f.attrs[store.DEAD_ATTR] == 0  # rewritten compact
         assert "big" not in f["features"]
         assert len(json.loads(f["manifest"][()])["entries"]) == 11
     assert out.stat().st_size < size / 2
@@ -171,7 +171,7 @@ def test_copy_based_rerun_removes_entries_groups_and_rates(
     assert proc.returncode == 0, proc.stderr
     assert "updated 1" in proc.stderr and "removed 1" in proc.stderr
     with h5py.File(out) as f:
-        assert f.attrs[writers.DEAD_ATTR] > 0  # this run started from a copy
+        assert f.attrs[store.DEAD_ATTR] > 0  # this run started from a copy
         assert "other" not in f["features"]
         assert set(f["frequencies"]) == {"16000"}
     assert melcli("mel", "in", "-o", "fresh.h5", *FAST).returncode == 0
@@ -221,7 +221,7 @@ def test_corrupt_sidecar_shortcut_never_hides_a_bad_output(
     import hashlib
 
     with h5py.File(out, "r+") as f:
-        f.attrs[writers.DIGEST_ATTR] = hashlib.sha256(crafted).hexdigest()
+        f.attrs[store.DIGEST_ATTR] = hashlib.sha256(crafted).hexdigest()
     os.utime(out, ns=(0, os.stat(side).st_mtime_ns - 10**9))
     proc = melcli("mel", "in", "-o", out, *FAST)
     assert_no_traceback(proc.stderr)

@@ -1,4 +1,10 @@
-"""Output writers: one `Writer` interface, an HDF5 and an npy implementation.
+"""The storage layer: the output layout, format detection, and for each format
+(HDF5, a tree of .npy files) its writer and its reader side by side.
+
+Layout: an HDF5 output holds entry ``KEY`` at ``/features/KEY`` and its manifest
+in ``/manifest`` (a copy in the JSON sidecar ``<stem>.json``); an npy output is a
+directory of ``KEY.npy`` files and ``manifest.json``. Only this module spells
+these names out (`h5_dataset`, `npy_file`, `NPY_MANIFEST`).
 
 Writers live only in the parent process (the one writer). New entries are
 written as they are computed; entries of the previous output (copied byte for
@@ -27,12 +33,26 @@ from typing import Any, Protocol
 import numpy as np
 
 from melcli import manifest as manifest_mod
-from melcli.discover import valid_key
+from melcli.discover import open_regular, valid_key
 from melcli.errors import EntryError, OutputError
 from melcli.workdir import WorkDir, WriteFailed, fault_point
 
 FORMATS = ("h5", "npy")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+#: The HDF5 group holding the entries, and the npy output's manifest file.
+FEATURES_GROUP = "features"
+NPY_MANIFEST = "manifest.json"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def h5_dataset(key: str) -> str:
+    """The HDF5 path of entry ``key``."""
+    return f"{FEATURES_GROUP}/{key}"
+
+
+def npy_file(output: Path, key: str) -> Path:
+    """The file of entry ``key`` in an npy output."""
+    return output / f"{key}.npy"
 
 
 def guess_format(output: str | os.PathLike[str]) -> str:
@@ -46,7 +66,7 @@ def manifest_path(output: str | os.PathLike[str], fmt: str) -> Path:
     ``feats.h5`` -> ``feats.json`` beside it; ``feats/`` -> ``feats/manifest.json``.
     """
     out = Path(output)
-    return out.with_suffix(".json") if fmt == "h5" else out / "manifest.json"
+    return out.with_suffix(".json") if fmt == "h5" else out / NPY_MANIFEST
 
 
 #: HDF5 root attribute: the sha256 of /manifest's text. A rerun reads the JSON
@@ -72,7 +92,7 @@ def read_manifest(output: Path, fmt: str) -> dict[str, Any]:
     if fmt == "npy":
         if not output.is_dir():
             raise OutputError(f"{output} is not a melcli npy output directory")
-        return manifest_mod.read_entries(output / "manifest.json", str(output))
+        return manifest_mod.read_entries(output / NPY_MANIFEST, str(output))
     import h5py
 
     try:
@@ -209,7 +229,7 @@ def missing_entries(
         lost = set()
         for r in rows:
             try:
-                st = os.stat(output / f"{keys[r]}.npy")
+                st = os.stat(npy_file(output, keys[r]))
             except OSError:
                 lost.add(keys[r])
                 continue
@@ -228,8 +248,8 @@ def missing_entries(
 
     try:
         with h5py.File(output, "r") as f:
-            if "features" in f:
-                h5o.visit(h5o.open(f.id, b"features"), visit, info=True)
+            if FEATURES_GROUP in f:
+                h5o.visit(h5o.open(f.id, FEATURES_GROUP.encode()), visit, info=True)
     except (OSError, KeyError) as exc:
         raise OutputError(f"cannot read {output}: {exc}") from None
     return {keys[r] for r in rows if keys[r].encode("utf-8") not in datasets}
@@ -420,19 +440,19 @@ class H5Writer:
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
         with self._guard():
-            return np.asarray(self._file[f"features/{key}"][..., frame : frame + n_frames])
+            return np.asarray(self._file[h5_dataset(key)][..., frame : frame + n_frames])
 
     def discard(self, key: str) -> None:  # noqa: D102
         with self._guard():
             entry = self._partial.pop(key, None)
             if entry is not None:
                 _close(entry[0])
-            name = f"features/{key}"
+            name = h5_dataset(key)
             if name in self._file:
                 del self._file[name]
             # groups made only for this entry go too (the space of its data is not reused)
             group = posixpath.dirname(name)
-            while group != "features" and group in self._file and not len(self._file[group]):
+            while group != FEATURES_GROUP and group in self._file and not len(self._file[group]):
                 del self._file[group]
                 group = posixpath.dirname(group)
 
@@ -441,7 +461,7 @@ class H5Writer:
     ) -> None:
         import h5py
 
-        name = f"features/{record['key']}"
+        name = h5_dataset(record["key"])
         if self.base is not None:  # already in the copy it started from
             if repointed:
                 with self._guard():
@@ -575,7 +595,7 @@ class NpyWriter:
 
     def _target(self, key: str) -> Path:
         check_key(key)
-        target = self.tmp / f"{key}.npy"
+        target = npy_file(self.tmp, key)
         makedirs(target.parent)
         return target
 
@@ -602,11 +622,11 @@ class NpyWriter:
         fault_point("write")
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
-        stored = np.load(self.tmp / f"{key}.npy", mmap_mode="r", allow_pickle=False)
+        stored = np.load(npy_file(self.tmp, key), mmap_mode="r", allow_pickle=False)
         return np.array(stored[..., frame : frame + n_frames])
 
     def discard(self, key: str) -> None:  # noqa: D102
-        target = self.tmp / f"{key}.npy"
+        target = npy_file(self.tmp, key)
         try:
             target.unlink(missing_ok=True)
         except OSError as exc:
@@ -620,7 +640,7 @@ class NpyWriter:
     def copy_entry(  # noqa: D102
         self, record: dict[str, Any], old_output: Path, *, repointed: bool = False
     ) -> None:  # the source is in the manifest only
-        src = old_output / f"{record['key']}.npy"
+        src = npy_file(old_output, record["key"])
         try:
             target = self._target(record["key"])
             try:
@@ -635,7 +655,7 @@ class NpyWriter:
 
     def commit(self, manifest: dict[str, Any]) -> None:  # noqa: D102
         try:
-            manifest_mod.write_atomic(self.tmp / "manifest.json", manifest_mod.dumps(manifest))
+            manifest_mod.write_atomic(self.tmp / NPY_MANIFEST, manifest_mod.dumps(manifest))
             _syncfs(self.tmp)  # one call flushes every .npy written, instead of one per file
             fault_point("rename")
             if self.path.is_dir():  # the runner checked it is a melcli output
@@ -929,7 +949,7 @@ class _EntryMaker:
         import h5py
         from h5py import h5a, h5d, h5s, h5t
 
-        name = f"features/{record['key']}"
+        name = h5_dataset(record["key"])
         try:
             bname, link = name.encode("ascii"), self.links[h5t.CSET_ASCII]
         except UnicodeEncodeError:
@@ -1024,3 +1044,236 @@ def _syncfs(path: Path) -> None:
         os.sync()
     finally:
         os.close(fd)
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def detect(path: Path) -> str:
+    """What ``path`` is: 'h5', 'npy' (an npy output directory), 'manifest' or 'audio'.
+
+    By content, not name: a directory with `NPY_MANIFEST`, a ``.json`` file, a file
+    with HDF5's signature. Only a regular file is opened (a FIFO would block):
+    anything else is 'audio', which reports why it cannot be read.
+
+    Raises
+    ------
+    OutputError
+        A file named as an HDF5 output (``.h5``, ...) that is not HDF5.
+    """
+    if path.is_dir():
+        return "npy" if (path / NPY_MANIFEST).is_file() else "audio"
+    try:
+        fd, _ = open_regular(os.fspath(path))
+    except OSError:
+        return "audio"
+    with open(fd, "rb") as fh:
+        if path.suffix.lower() == ".json":
+            return "manifest"
+        if fh.read(8) == HDF5_MAGIC:
+            return "h5"
+    if path.suffix.lower() in H5_SUFFIXES:  # named as an output, not one
+        raise OutputError(f"{path} is not a melcli output: not an HDF5 file")
+    return "audio"
+
+
+def h5_beside(manifest: Path) -> Path:
+    """The HDF5 file a ``<stem>.json`` manifest describes (``.h5`` or ``.hdf5``)."""
+    for suffix in (".h5", ".hdf5"):
+        if manifest.with_suffix(suffix).exists():
+            return manifest.with_suffix(suffix)
+    return manifest.with_suffix(".h5")
+
+
+def described_h5(manifest_file: Path, manifest: dict[str, Any] | None = None) -> Path:
+    """The HDF5 file an HDF5 output's JSON manifest describes (its recorded ``output``,
+    for a sidecar written elsewhere with ``--manifest``; else the file beside it)."""
+    man = manifest_mod.read(manifest_file) if manifest is None else manifest
+    recorded = man.get("output")
+    return (
+        manifest_file.parent / recorded if isinstance(recorded, str) else h5_beside(manifest_file)
+    )
+
+
+def locate(path: Path) -> tuple[Path, str]:
+    """The output a path names, and its format: an HDF5 file, an npy directory, or
+    the manifest of either.
+
+    Raises
+    ------
+    OutputError
+        ``path`` is none of these.
+    """
+    kind = detect(path)
+    if kind in FORMATS:
+        return path, kind
+    if kind == "manifest":
+        if path.name == NPY_MANIFEST and path.parent.is_dir():
+            return path.parent, "npy"
+        return described_h5(path), "h5"
+    raise OutputError(
+        f"{path} is not a melcli output (an HDF5 file, an npy directory or a manifest)"
+    )
+
+
+def _check_stored(
+    key: str, where: Path, shape: tuple[int, ...], dtype: Any, rec: dict[str, Any] | None
+) -> None:
+    if rec is not None and (shape != tuple(rec["shape"]) or str(dtype) != rec["dtype"]):
+        raise OutputError(
+            f"entry {key!r} in {where} holds {shape} {dtype}, but its manifest record "
+            f"says {tuple(rec['shape'])} {rec['dtype']}"
+        )
+
+
+class H5Reader:
+    """Entries of an HDF5 output, read on demand (the reading side of `H5Writer`).
+
+    The file is opened on first use in each process, so a reader made before a
+    fork works in the children (never sharing the parent's HDF5 handle), with
+    no sieve buffer: a crop of frames then reads one small span per row (an
+    entry is rows x frames), not 64 KB around each.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self._file: Any = None
+        self._pid = -1
+
+    def file(self) -> Any:
+        """The open h5py.File of this process."""
+        if self._file is None or self._pid != os.getpid():  # a fork: never reuse the handle
+            import h5py
+            from h5py import h5f, h5p
+
+            fapl = h5p.create(h5p.FILE_ACCESS)
+            fapl.set_sieve_buf_size(0)
+            fid = h5f.open(os.fsencode(self.output), h5f.ACC_RDONLY, fapl=fapl)
+            self._file = h5py.File(fid)
+            self._pid = os.getpid()
+        return self._file
+
+    def array(self, key: str, record: dict[str, Any] | None = None) -> Any:
+        """The dataset of entry ``key``, checked before anything is read from it.
+
+        Its shape and dtype must be the ``record``'s, and its data must really be
+        in the file (melcli writes every byte): a crafted 1e12-value dataset that
+        stores nothing, or points at other files, is refused, not read.
+        """
+        import h5py
+
+        ds = self.file().get(h5_dataset(key))
+        if not isinstance(ds, h5py.Dataset):
+            raise OutputError(
+                f"entry {key!r} is in the manifest of {self.output} but not stored in it"
+            )
+        _check_stored(key, self.output, ds.shape, ds.dtype, record)
+        dcpl = ds.id.get_create_plist()
+        stored = ds.id.get_storage_size()
+        if dcpl.get_external_count() or (not dcpl.get_nfilters() and stored < ds.nbytes):
+            raise OutputError(
+                f"entry {key!r} in {self.output} stores {stored} of its {ds.nbytes} bytes: "
+                "not an entry melcli wrote"
+            )
+        return ds
+
+    def read(
+        self, key: str, frames: slice | None = None, record: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        """Entry ``key``, or only ``frames`` of it (last axis): an HDF5 hyperslab read."""
+        return np.asarray(
+            self.array(key, record)[..., frames if frames is not None else slice(None)]
+        )
+
+    def close(self) -> None:
+        """Close the file (if this process opened it)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled into a spawned worker: reopen there
+        return {**self.__dict__, "_file": None, "_pid": -1}
+
+
+class NpyReader:
+    """Entries of an npy output, read on demand (the reading side of `NpyWriter`)."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+
+    def array(self, key: str, record: dict[str, Any] | None = None) -> Any:
+        """A read-only memory map of entry ``key``, its header checked against ``record``."""
+        file = npy_file(self.output, key)
+        try:
+            fd, st = open_regular(os.fspath(file))  # never a FIFO or a device
+        except OSError as exc:
+            raise OutputError(f"cannot read entry {key!r} of {self.output}: "
+                              f"{exc.strerror or exc}") from None  # fmt: skip
+        with open(fd, "rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(fh)
+            except ValueError as exc:
+                raise OutputError(
+                    f"entry {key!r} in {self.output}: {file} is not an npy file ({exc})"
+                ) from None
+            _check_stored(key, self.output, shape, dtype, record)
+            offset = fh.tell()
+            if fortran or st.st_size < offset + int(np.prod(shape)) * dtype.itemsize:
+                raise OutputError(f"entry {key!r} in {self.output}: {file} is truncated")
+            return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+    def read(
+        self, key: str, frames: slice | None = None, record: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        """Entry ``key``, or only ``frames`` of it (last axis): pages of a memory map."""
+        span = frames if frames is not None else slice(None)
+        return np.array(self.array(key, record)[..., span])
+
+    def close(self) -> None:
+        """Nothing to close: each read maps its file."""
+
+
+def npy_unlisted(output: Path, man: dict[str, Any]) -> list[str]:
+    """What an npy output directory holds that its manifest does not list."""
+    listed = {NPY_MANIFEST}
+    folders: set[str] = set()
+    entries = man.get("entries")
+    for key in entries.keys if isinstance(entries, manifest_mod.EntryTable) else ():
+        listed.add(npy_file(Path(), key).as_posix())
+        folders.update(str(p) for p in Path(key).parents if str(p) != ".")
+    extras: list[str] = []
+    stack = [(os.fspath(output), "")]  # no recursion: os.walk recurses (any depth here)
+    while stack:
+        top, rel = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                children = list(it)
+        except OSError:
+            continue
+        for entry in children:
+            name = rel + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if name in folders:
+                    stack.append((entry.path, name + "/"))
+                else:
+                    extras.append(name + "/")
+            elif entry.is_symlink() and name in folders:
+                extras.append(name + "/")  # a linked folder is not one melcli made
+            elif name not in listed:
+                extras.append(name)
+    return sorted(extras)
+
+
+#: The reader of each format.
+READERS: dict[str, type[H5Reader] | type[NpyReader]] = {"h5": H5Reader, "npy": NpyReader}
+
+
+def open_reader(output: Path, fmt: str) -> H5Reader | NpyReader:
+    """A reader of the entries of the output ``output`` in format ``fmt``."""
+    return READERS[fmt](output)

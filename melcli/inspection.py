@@ -1,4 +1,7 @@
-"""What is in an output, or what an input would give: returns plain dicts."""
+"""``melcli inspect``: what is in an output, or what an input would give, as plain dicts.
+
+Outputs are read through the storage layer (`melcli.store`: format detection,
+the per-format readers and their checks against the manifest)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from melcli import manifest as manifest_mod
-from melcli.discover import open_regular, valid_key
+from melcli import store
+from melcli.discover import valid_key
 from melcli.errors import InputError, OutputError
 from melcli.params import FeatureParams
 
@@ -25,36 +29,6 @@ def _size_on_disk(path: Path) -> int:
                 elif entry.is_file():
                     total += entry.stat().st_size
     return total
-
-
-def h5_beside(manifest: Path) -> Path:
-    """The HDF5 file a ``<stem>.json`` manifest describes (``.h5`` or ``.hdf5``)."""
-    for suffix in (".h5", ".hdf5"):
-        if manifest.with_suffix(suffix).exists():
-            return manifest.with_suffix(suffix)
-    return manifest.with_suffix(".h5")
-
-
-def kind_of(path: Path) -> str:
-    """Classify ``path``: 'h5', 'npy', 'manifest' or 'audio'.
-
-    Only a regular file is opened (a FIFO would block): anything else is
-    'audio', which reports why it cannot be read.
-    """
-    if path.is_dir():
-        return "npy" if (path / "manifest.json").is_file() else "audio"
-    try:
-        fd, _ = open_regular(os.fspath(path))
-    except OSError:
-        return "audio"
-    with open(fd, "rb") as fh:
-        if path.suffix.lower() == ".json":
-            return "manifest"
-        if fh.read(8) == b"\x89HDF\r\n\x1a\n":
-            return "h5"
-    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):  # named as an output, not one
-        raise OutputError(f"{path} is not a melcli output: not an HDF5 file")
-    return "audio"
 
 
 def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
@@ -161,64 +135,6 @@ def _record(man: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     raise OutputError(f"no entry {key!r} in {path}{hint} (melcli inspect {path} --keys lists them)")
 
 
-def _check_stored(
-    key: str, path: Path, shape: tuple[int, ...], dtype: Any, rec: dict[str, Any]
-) -> None:
-    if shape != tuple(rec["shape"]) or str(dtype) != rec["dtype"]:
-        raise OutputError(
-            f"entry {key!r} in {path} holds {shape} {dtype}, but its manifest record "
-            f"says {tuple(rec['shape'])} {rec['dtype']}"
-        )
-
-
-def _h5_entry(f: Any, key: str, rec: dict[str, Any], path: Path) -> Any:
-    """The dataset of entry ``key``, checked before anything is read from it.
-
-    Its shape and dtype must be the record's, and its data must really be in the
-    file (melcli writes every byte): a crafted 1e12-value dataset that stores
-    nothing, or points at other files, is refused, not read.
-    """
-    import h5py
-
-    ds = f.get(f"features/{key}")
-    if not isinstance(ds, h5py.Dataset):
-        raise OutputError(f"entry {key!r} is in the manifest of {path} but not stored in it")
-    _check_stored(key, path, ds.shape, ds.dtype, rec)
-    dcpl = ds.id.get_create_plist()
-    stored = ds.id.get_storage_size()
-    if dcpl.get_external_count() or (not dcpl.get_nfilters() and stored < ds.nbytes):
-        raise OutputError(
-            f"entry {key!r} in {path} stores {stored} of its {ds.nbytes} bytes: "
-            "not an entry melcli wrote"
-        )
-    return ds
-
-
-def _npy_entry(file: Path, key: str, rec: dict[str, Any], path: Path) -> Any:
-    """A read-only memory map of an npy entry, its header checked against the record."""
-    import numpy as np
-
-    fd, st = open_regular(os.fspath(file))  # never a FIFO or a device
-    with open(fd, "rb") as fh:
-        try:
-            version = np.lib.format.read_magic(fh)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(fh)
-        except ValueError as exc:
-            raise OutputError(
-                f"entry {key!r} in {path}: {file} is not an npy file ({exc})"
-            ) from None
-        _check_stored(key, path, shape, dtype, rec)
-        offset = fh.tell()
-        if fortran or st.st_size < offset + int(np.prod(shape)) * dtype.itemsize:
-            raise OutputError(f"entry {key!r} in {path}: {file} is truncated")
-        return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape)
-
-
 def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
     """Describe an HDF5 output, an npy output directory or a manifest file.
 
@@ -237,28 +153,25 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
     """
     if key is not None and not valid_key(key):
         raise OutputError(f"--key {key!r} is not an entry key (a relative path, e.g. speech/a.wav)")
-    kind = kind_of(path)
+    kind = store.detect(path)
     if kind == "h5":
-        import h5py
-
-        from melcli.writers import h5_manifest
-
+        reader = store.H5Reader(path)
         try:
-            with h5py.File(path, "r") as f:
-                man = h5_manifest(f, str(path))
-                info = _summary(man, path, path.stat().st_size)
-                if key is not None:
-                    rec = _record(man, key, path)
-                    info["entry"] = _stats(key, _h5_entry(f, key, rec, path), rec)
+            man = store.h5_manifest(reader.file(), str(path))
+            info = _summary(man, path, path.stat().st_size)
+            if key is not None:
+                rec = _record(man, key, path)
+                info["entry"] = _stats(key, reader.array(key, rec), rec)
         except OSError as exc:
             raise OutputError(f"cannot read {path}: {exc}") from None
+        finally:
+            reader.close()
         return info
     if kind == "npy" or kind == "manifest":
-        man_path = path / "manifest.json" if kind == "npy" else path
+        man_path = path / store.NPY_MANIFEST if kind == "npy" else path
         man = manifest_mod.validate(manifest_mod.read(man_path), str(path))
         root = man_path.parent
-        recorded = man.get("output")  # a sidecar put elsewhere with --manifest names its file
-        data_path = path.parent / recorded if isinstance(recorded, str) else h5_beside(path)
+        data_path = store.described_h5(path, man)
         if man["output_format"] == "h5" and kind == "manifest":
             size = data_path.stat().st_size if data_path.exists() else 0
         else:
@@ -270,12 +183,7 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
                 if not data_path.exists():
                     raise OutputError(f"{data_path}, which {path} describes, is missing")
                 return inspect_output(data_path, key) | {"path": str(path)}
-            try:
-                info["entry"] = _stats(key, _npy_entry(root / f"{key}.npy", key, rec, path), rec)
-            except OSError as exc:
-                raise OutputError(
-                    f"cannot read entry {key!r} of {path}: {exc.strerror or exc}"
-                ) from None
+            info["entry"] = _stats(key, store.NpyReader(root).array(key, rec), rec)
         return info
     raise InputError(f"{path} is not a melcli output")
 
