@@ -14,9 +14,9 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -33,6 +33,10 @@ from melcli.errors import (
 )
 from melcli.kinds import KINDS
 from melcli.params import COMPRESSIONS, STAGES, Declared, FeatureParams, declared
+
+if TYPE_CHECKING:  # numpy-heavy modules: imported by the commands that run
+    from melcli.discover import Source, UnreadableDir
+    from melcli.runner import RunOptions, RunReport
 
 DEFAULT_EXTS = ",".join(AUDIO_EXTENSIONS)
 #: melcli.pipeline.BACKENDS, spelled out so that --help need not import numpy (tested)
@@ -206,70 +210,69 @@ class ExtractCommand(click.Command):
             raise
 
 
-def _run_options() -> list[Callable[..., Any]]:
-    """The options of every extract command that are not feature parameters."""
-    return [
-        click.argument("inputs", nargs=-1, required=True),
-        click.option("-o", "--output", required=True, type=click.Path(dir_okay=True),
-                     help="*.h5 / *.hdf5 / *.hdf: one HDF5 file (+ <stem>.json manifest); "
-                          "anything else: a directory of .npy files + manifest.json "
-                          "(a warning if it has another suffix)."),
-        click.option("--format", "fmt", type=_choice(["h5", "npy"]),
-                     help="Output format; overrides the guess from --output's suffix."),
-        click.option("-0", "--null", is_flag=True,
-                     help="The file list on stdin ('-') is NUL-separated (find -print0)."),
-        click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-                     help="Parallel workers; 1 runs in-process.  [default: usable CPUs]"),
-        click.option("--backend", type=_choice(BACKENDS), default="auto",
-                     show_default=True,
-                     help="Executor for -j > 1: threading (decoding and FFTs release the "
-                          "GIL; no pickling), fork (forked worker processes: fastest for "
-                          "many files of a few seconds or less), loky (joblib's fresh "
-                          "worker processes); auto picks fork on Linux when the files "
-                          "average under 65536 samples (all channels), else threading."),
-        click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
-                     help="Suffixes counted as audio in a directory walk "
-                          "(files named explicitly are always tried)."),
-        click.option("--compression", type=_choice(COMPRESSIONS), default="none",
-                     show_default=True,
-                     help="HDF5 output: store entries compressed (h5py's filters), in chunks "
-                          "of about 64 KB along time so reading a span of frames stays cheap. "
-                          "gzip: smallest, slowest; lzf: fast, less compression. "
-                          "An npy output is never compressed."),
-        click.option("--like", type=click.Path(exists=True), default=None,
-                     help="Take every feature parameter (--sr, --n-fft, ..., --n-mels) from "
-                          "this melcli output (an HDF5 file, npy directory or manifest); "
-                          "options given here override it, each said on stderr."),
-        click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
-                     help="Key every input by its path relative to this directory (files, "
-                          "directories and lists on stdin alike; an input outside it is an "
-                          "error). Recorded in the manifest.  [default: keys relative to each "
-                          "directory input; a file's name]"),
-        click.option("--manifest", "manifest", type=click.Path(dir_okay=False), default=None,
-                     help="HDF5 output: write its JSON manifest here instead of <stem>.json "
-                          "(recorded in the output; later runs keep it there)."),
-        click.option("--overwrite", is_flag=True,
-                     help="Rebuild the output from scratch even if it exists "
-                          "(needed when parameters differ)."),
-        click.option("--prune", is_flag=True,
-                     help="With a list on stdin ('-'): let a rerun remove more than half of "
-                          "the output's entries (inputs no longer listed); refused otherwise."),
-        click.option("--checksum", is_flag=True,
-                     help="Detect changed inputs by content hash (sha256), "
-                          "not size + mtime."),
-        click.option("--dry-run", is_flag=True,
-                     help="Print what would be added / updated / removed and the estimated "
-                          "output size; write nothing."),
-        click.option("--fail-fast", is_flag=True,
-                     help="Stop at the first file that fails (exit 1)."),
-        click.option("--progress/--no-progress", default=None,
-                     help="Progress bar on stderr.  [default: on when stderr is a terminal]"),
-        click.option("-q", "--quiet", is_flag=True,
-                     help="Hide the progress bar and the summary lines; skipped files, errors "
-                          "and warnings about the data (empty mel bands, mixed sample rates, "
-                          "inputs shorter than n_fft) are still printed."),
-        click.option("-v", "--verbose", is_flag=True, help="One line per written entry on stderr."),
-    ]  # fmt: skip
+#: The options of every extract command that are not feature parameters.
+RUN_OPTIONS: list[Callable[..., Any]] = [
+    click.argument("inputs", nargs=-1, required=True),
+    click.option("-o", "--output", required=True, type=click.Path(dir_okay=True),
+                 help="*.h5 / *.hdf5 / *.hdf: one HDF5 file (+ <stem>.json manifest); "
+                      "anything else: a directory of .npy files + manifest.json "
+                      "(a warning if it has another suffix)."),
+    click.option("--format", "fmt", type=_choice(["h5", "npy"]),
+                 help="Output format; overrides the guess from --output's suffix."),
+    click.option("-0", "--null", is_flag=True,
+                 help="The file list on stdin ('-') is NUL-separated (find -print0)."),
+    click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+                 help="Parallel workers; 1 runs in-process.  [default: usable CPUs]"),
+    click.option("--backend", type=_choice(BACKENDS), default="auto",
+                 show_default=True,
+                 help="Executor for -j > 1: threading (decoding and FFTs release the "
+                      "GIL; no pickling), fork (forked worker processes: fastest for "
+                      "many files of a few seconds or less), loky (joblib's fresh "
+                      "worker processes); auto picks fork on Linux when the files "
+                      "average under 65536 samples (all channels), else threading."),
+    click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
+                 help="Suffixes counted as audio in a directory walk "
+                      "(files named explicitly are always tried)."),
+    click.option("--compression", type=_choice(COMPRESSIONS), default="none",
+                 show_default=True,
+                 help="HDF5 output: store entries compressed (h5py's filters), in chunks "
+                      "of about 64 KB along time so reading a span of frames stays cheap. "
+                      "gzip: smallest, slowest; lzf: fast, less compression. "
+                      "An npy output is never compressed."),
+    click.option("--like", type=click.Path(exists=True), default=None,
+                 help="Take every feature parameter (--sr, --n-fft, ..., --n-mels) from "
+                      "this melcli output (an HDF5 file, npy directory or manifest); "
+                      "options given here override it, each said on stderr."),
+    click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Key every input by its path relative to this directory (files, "
+                      "directories and lists on stdin alike; an input outside it is an "
+                      "error). Recorded in the manifest.  [default: keys relative to each "
+                      "directory input; a file's name]"),
+    click.option("--manifest", "manifest", type=click.Path(dir_okay=False), default=None,
+                 help="HDF5 output: write its JSON manifest here instead of <stem>.json "
+                      "(recorded in the output; later runs keep it there)."),
+    click.option("--overwrite", is_flag=True,
+                 help="Rebuild the output from scratch even if it exists "
+                      "(needed when parameters differ)."),
+    click.option("--prune", is_flag=True,
+                 help="With a list on stdin ('-'): let a rerun remove more than half of "
+                      "the output's entries (inputs no longer listed); refused otherwise."),
+    click.option("--checksum", is_flag=True,
+                 help="Detect changed inputs by content hash (sha256), "
+                      "not size + mtime."),
+    click.option("--dry-run", is_flag=True,
+                 help="Print what would be added / updated / removed and the estimated "
+                      "output size; write nothing."),
+    click.option("--fail-fast", is_flag=True,
+                 help="Stop at the first file that fails (exit 1)."),
+    click.option("--progress/--no-progress", default=None,
+                 help="Progress bar on stderr.  [default: on when stderr is a terminal]"),
+    click.option("-q", "--quiet", is_flag=True,
+                 help="Hide the progress bar and the summary lines; skipped files, errors "
+                      "and warnings about the data (empty mel bands, mixed sample rates, "
+                      "inputs shorter than n_fft) are still printed."),
+    click.option("-v", "--verbose", is_flag=True, help="One line per written entry on stderr."),
+]  # fmt: skip
 
 
 def _default_text(d: Declared) -> str | None:
@@ -325,7 +328,7 @@ def _extract_command(cls: type[FeatureParams]) -> click.Command:
     def command(**kw: Any) -> None:
         _extract(cls, kw)
 
-    for option in reversed([*_run_options(), *map(feature_option, declared(cls))]):
+    for option in reversed([*RUN_OPTIONS, *map(feature_option, declared(cls))]):
         command = option(command)
     examples = "\n".join(f"  {e}" for e in getattr(cls, "EXAMPLES", ()))
     doc = _DOC.format(summary=getattr(cls, "SUMMARY", cls.NAME), examples=examples)
@@ -546,16 +549,27 @@ def _apply_like(
 
 
 def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
+    """A kind's command: parameters, output, inputs -> `runner.execute` -> exit code."""
     given = given_params(cls, kw)
     if kw["like"]:
         given = _apply_like(cls, kw["like"], given, kw["quiet"])
     params = build_params(cls, given)
+    reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
+    opts = _run_options_of(kw, reporter)
+    sources, unreadable = _find_inputs(kw, reporter)
+    started = time.perf_counter()
+    report = _run(sources, params, opts, reporter, unreadable)
+    _conclude(report, opts, kw, started)
+
+
+def _run_options_of(kw: dict[str, Any], reporter: _CliReporter) -> RunOptions:
+    """The `runner.RunOptions` of the command line; usage errors about the output."""
+    from melcli import runner, store
+    from melcli.pipeline import default_jobs
+
     output = Path(kw["output"])
     if output.absolute().name in ("", ".."):  # '/', '..': nothing to create or replace
         _usage(f"--output {output} names no file or directory to write: give one, e.g. -o feats.h5")
-    from melcli import runner, store
-    from melcli.discover import discover, parse_extensions
-
     fmt = kw["fmt"] or store.guess_format(output)
     if kw["manifest"] and fmt != "h5":
         _usage("--manifest applies to HDF5 outputs (an npy output keeps manifest.json inside)")
@@ -563,13 +577,27 @@ def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
     if compression != "none" and fmt != "h5":
         _usage(f"--compression {compression} applies to HDF5 outputs; {output} is a directory "
                "of .npy files, which are not compressed: use an .h5 output")  # fmt: skip
-    reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
     if not kw["fmt"] and fmt == "npy" and output.suffix and not output.is_dir():
         reporter.problem(
             f"--output {output} has the suffix {output.suffix!r}, which is not an HDF5 suffix "
             f"({', '.join(store.H5_SUFFIXES)}): writing a directory of .npy files "
             "(say --format npy or --format h5 to choose)"
         )
+    return runner.RunOptions(
+        output=output, format=fmt, command=_command_line(), jobs=kw["jobs"] or default_jobs(),
+        overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
+        dry_run=kw["dry_run"], backend=kw["backend"],
+        manifest=Path(kw["manifest"]) if kw["manifest"] else None,
+        inputs=kw["inputs"], prune=kw["prune"], compression=compression, root=kw["root"],
+    )  # fmt: skip
+
+
+def _find_inputs(
+    kw: dict[str, Any], reporter: _CliReporter
+) -> tuple[list[Source], list[UnreadableDir]]:
+    """The sources and unreadable directories of the inputs; exit 1 when there is no audio."""
+    from melcli.discover import discover, parse_extensions
+
     try:
         found = discover(
             kw["inputs"], extensions=parse_extensions(kw["exts"]),
@@ -583,25 +611,29 @@ def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
         for error in found.errors:  # otherwise the run says it (and what it keeps)
             _say(f"melcli: error: {error}")
         _fail(ExitCode.FAILED, f"no audio found in {' '.join(kw['inputs'])}")
-    from melcli.pipeline import default_jobs
+    return found.sources, found.unreadable_dirs
 
-    opts = runner.RunOptions(
-        output=output, format=fmt, command=_command_line(), jobs=kw["jobs"] or default_jobs(),
-        overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
-        dry_run=kw["dry_run"], backend=kw["backend"],
-        manifest=Path(kw["manifest"]) if kw["manifest"] else None,
-        inputs=kw["inputs"], prune=kw["prune"], compression=compression, root=kw["root"],
-    )  # fmt: skip
+
+def _run(
+    sources: Sequence[Source],
+    params: FeatureParams,
+    opts: RunOptions,
+    reporter: _CliReporter,
+    unreadable: Sequence[UnreadableDir],
+) -> RunReport:
+    """`runner.execute` under melcli's stop-signal handlers; its errors as exit codes."""
+    from melcli import runner
+
+    output = opts.output
     work = f".{runner.resolve_output(output).name}.melcli-work"  # a symlink: beside its target
     resume = f"finished work is kept in {work}; rerun the same command to resume"
-    started = time.perf_counter()
-    _preload(fmt, params, opts)
+    _preload(opts.format, params, opts)
     previous = _install_stop_handlers()
     previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     # joblib warns about tasks it cancels on Ctrl-C; our own message says it better
     warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
     try:
-        report = runner.execute(found.sources, params, opts, reporter, found.unreadable_dirs)
+        return runner.execute(sources, params, opts, reporter, unreadable)
     except (UsageOutputError, ParameterError) as exc:
         _usage(str(exc))
     except runner.FailFast as exc:
@@ -624,6 +656,11 @@ def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
             signal.signal(sig, handler)
         sys.unraisablehook = previous_hook
         reporter.close()
+
+
+def _conclude(report: RunReport, opts: RunOptions, kw: dict[str, Any], started: float) -> NoReturn:
+    """Say what the run did (or, with --dry-run, would do) and exit with its code."""
+    output = opts.output
     if report.repaired:  # shown even with -q: the output was damaged
         _say(
             f"melcli: repaired: {report.repaired} entries missing from the output "

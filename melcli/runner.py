@@ -423,7 +423,7 @@ def execute(
     if not opts.dry_run:
         lock.acquire(opts.command)
     try:
-        return _execute(sources, params, opts, reporter, output, unreadable)
+        return Run(sources, params, opts, reporter, output, unreadable).execute()
     except OutputError:
         work = WorkDir(output)
         with contextlib.suppress(OutputError):
@@ -477,201 +477,6 @@ def remove_stale(output: Path, work: WorkDir) -> None:
         if olds:
             os.rename(olds[-1], output)
     work.remove_temporaries()
-
-
-def _execute(
-    sources: Sequence[Source],
-    params: FeatureParams,
-    opts: RunOptions,
-    reporter: Reporter,
-    output: Path,
-    unreadable: Sequence[UnreadableDir] = (),
-) -> RunReport:
-    work = WorkDir(output)
-    if not opts.dry_run:
-        remove_stale(output, work)
-    check_inputs_outside(sources, output)
-    inputs = recorded_inputs(opts.inputs)
-    root = recorded_root(opts.root)
-    existing = _old_output(output, opts, params, inputs, root)
-    old = existing.plan
-    side = sidecar_path(output, opts, existing.sidecar)
-    if side is not None:
-        check_sidecar(side, output, opts, existing.manifest)
-        if old is not None and not opts.dry_run:
-            warning = repair_sidecar(side, old)
-            if warning:
-                reporter.warning(warning)
-    state = {"params": params.to_dict(), "format": opts.format}
-    prior = work.read_state() if work.exists() else None
-    resume = (
-        prior is not None
-        and prior.get("params") == state["params"]
-        and prior.get("format") == opts.format
-    )
-    dropped = _dropped_work(work, prior, state) if prior is not None and not resume else ""
-    plan = make_plan(
-        sources,
-        unreadable=unreadable,
-        old_manifest=old,
-        work_records=work.records() if resume else (),
-        checksum=opts.checksum,
-        missing=None
-        if old is not None and old["entries"].untouched
-        else lambda table, rows: store.missing_entries(output, opts.format, table, rows),
-    )
-    for chunk, why in work.damaged:
-        reporter.warning(
-            f"discarded damaged checkpoint {chunk.name} in {work.path.name} ({why}); "
-            "its entries are computed again"
-        )
-        if not opts.dry_run:
-            chunk.unlink(missing_ok=True)
-    if old is not None:
-        _check_prune(output, plan, opts, old)
-    fault_point("planned")
-    if dropped:
-        reporter.warning(
-            dropped if not opts.dry_run else dropped.replace("are dropped", "would be dropped")
-        )
-    for d in unreadable:
-        kept = sum(1 for k in plan.kept_keys() if is_under(k, d.prefix))
-        reporter.error(
-            f"cannot read directory {d.path}: {d.reason}; recorded as a failure"
-            + (f"; its {kept} entries in the output are kept as they were" if kept else "")
-        )
-    report = RunReport(
-        removed=plan.removed, resumed=len(plan.keep_work), repaired=len(plan.repaired)
-    )
-    report.manifest_file = side or store.manifest_path(output, opts.format)
-    report.unchanged = len(plan.keep_old)
-    for rec in plan.unverified:  # shown like a directory that cannot be listed
-        reporter.skipped(Failure(rec["key"], rec["source"], f"{rec['reason']}; its entry is kept"))
-
-    # Headers first: cheap, and they give sizes, rates and early failures.
-    from melcli import audio
-
-    failures: list[dict[str, Any]] = list(plan.failures)
-    todo: list[Todo] = []
-    in_rates: list[int] = []  # per probed input: the rate of its features, its samples there
-    in_samples: list[int] = []
-    in_keys: list[str] = []
-    for src in plan.compute:
-        try:
-            info = audio.probe(src.path)
-        except DecodeError as exc:
-            fail = Failure(src.key, printable(src.path), str(exc), exc.permanent)
-            reporter.skipped(fail)
-            failures.append(failure_record(fail, src.path, checksum=opts.checksum))
-            if opts.fail_fast and not opts.dry_run:
-                raise FailFast(f"stopped at the first failure (--fail-fast): {src.key}") from None
-            continue
-        tasks = make_tasks(src, info, params)
-        samples = info.frames * info.channels // len(tasks)
-        todo.extend(Todo(samples, task_cost(t, info, params), t) for t in tasks)
-        rate = params.sr or info.sample_rate
-        in_rates.append(rate)
-        in_samples.append(-(-info.frames * rate // info.sample_rate))
-        in_keys.append(src.key)
-        report.estimated_bytes += _estimate_bytes(
-            params, info.frames, info.channels, info.sample_rate
-        )
-    kept_bytes = int(plan.old.nbytes[plan.kept].sum())
-    report.estimated_bytes += kept_bytes
-    report.estimated_bytes += sum(store.entry_nbytes(r.record) for r in plan.keep_work.values())
-
-    if not len(plan.keep_old) and not plan.keep_work:  # one line instead of N equal failures
-        everywhere = params.fails_everywhere(in_rates)
-        if everywhere:
-            raise ParameterError(everywhere)
-    if opts.dry_run:  # what the run would do: inputs whose header failed are failures, not adds
-        probed = {t.task.source.key for t in todo}
-        report.added = sorted(k for k in probed if not plan.was_there(k))
-        report.updated = sorted(k for k in probed if plan.was_there(k))
-        report.failures = failures
-        report.entries = (
-            len(plan.keep_old) + len(plan.keep_work) + len({t.task.source.key for t in todo})
-        )
-        return report
-    if (
-        plan.nothing_to_do
-        and old is not None
-        and not failures_changed(old, failures)
-        and (bool(old.get("inputs")) or not inputs)  # an older output gets its inputs now
-        and old.get("root") == root
-    ):
-        work.remove()
-        report.failures = failures
-        report.entries = len(plan.keep_old)
-        report.audio_seconds = float(plan.old.duration[plan.kept].sum())
-        return report
-
-    kept_rows = plan.kept
-    for warning in advice.data_warnings(
-        params,
-        np.concatenate([plan.old.sample_rate[kept_rows], np.asarray(in_rates, np.int64)]),
-        np.concatenate([plan.old.n_samples[kept_rows], np.asarray(in_samples, np.int64)]),
-        [*plan.kept_keys(), *in_keys],
-    ):
-        reporter.problem(warning)
-    if opts.format == "npy":
-        check_unlisted(output, existing.manifest)
-    # Hard links carry an npy output's kept entries over: they need no new space.
-    needed = report.estimated_bytes - (kept_bytes if opts.format == "npy" else 0)
-    if needed > free_bytes(output):  # fail now, not after computing what cannot be stored
-        raise disk_error("writing", output, OSError(errno.ENOSPC, "no space"), needed=needed)
-    inflight = work.path / INFLIGHT_LOG
-    suspects = InflightLog.read(inflight) if resume else set()
-    work.start(state, keep=resume)
-    # Inputs that were being decoded when an earlier run died: one of them may
-    # crash the decoder, so they are computed first, one by one, in a separate
-    # process (a crash there costs that input only).
-    checked: list[Result] = []
-    if suspects:
-        first = [t for t in todo if (t.task.source.key, t.task.part) in suspects]
-        if first:
-            reporter.warning(
-                f"the previous run stopped while decoding {len(first)} inputs; "
-                "checking them in a separate process first"
-            )
-            todo = [t for t in todo if (t.task.source.key, t.task.part) not in suspects]
-            checked = list(isolated_results([t.task for t in first], params))
-    # Workers start before the output is opened: none of them holds it.
-    pool = _pool(todo, params, opts, InflightLog(inflight)).start()
-    # New entries go straight into the new output (under its temporary name, in
-    # the work directory); the spool checkpoints them for a resume. Kept and
-    # resumed entries are added at the end (`_assemble`).
-    try:
-        base = _reuse(output, opts, plan, old)
-        writer = store.open_writer(output, opts.format, work, side, base, opts.compression)
-    except WriteFailed as exc:
-        pool.close(ok=False)
-        raise disk_error("writing", output, exc, needed=needed) from None
-    except BaseException:
-        pool.close(ok=False)
-        raise
-    spool = Spool(work, read_back=writer.read_piece)
-    try:
-        for rec in failures[len(plan.failures) :]:
-            spool.add_failure(rec)
-        totals = RowStats(params.n_bins) if not params.stores_complex else None
-        written, new_failures = _compute(
-            checked, pool, params, opts, reporter, spool, plan, writer, totals
-        )
-        failures.extend(new_failures)
-        return _assemble(
-            params, opts, plan, work, failures, report, reporter, writer, written, totals
-        )
-    except (OSError, WriteFailed) as exc:  # a write failed: clean up, then say how much space
-        pool.close(ok=False)
-        writer.abort()
-        raise disk_error("writing", output, exc, needed=needed) from None
-    except BaseException:
-        pool.close(ok=False)
-        writer.abort()
-        if writer.committed:
-            reporter.committed()
-        raise
 
 
 def _dropped_work(work: WorkDir, prior: dict[str, Any], state: dict[str, Any]) -> str:
@@ -755,95 +560,6 @@ def _reuse(
     )
 
 
-def _compute(
-    checked: list[Result],
-    pool: WorkerPool,
-    params: FeatureParams,
-    opts: RunOptions,
-    reporter: Reporter,
-    spool: Spool,
-    plan: Plan,
-    writer: store.Writer,
-    totals: RowStats | None = None,
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Run the tasks, writing each result into ``writer`` as it arrives.
-
-    ``totals`` gets the frames of every entry written whole (a long file's
-    parts once all of them are in).
-
-    ``checked`` are results computed before (in an isolated process). Returns
-    the records of the entries written whole, and the failures. On any
-    exception the finished work is checkpointed first, for a resume, and the
-    workers are stopped.
-    """
-    tasks = [r.task for r in checked] + list(pool.tasks)
-    parts = {t.source.key: t.parts for t in tasks}
-    reporter.start(len(tasks))
-    failures: dict[str, dict[str, Any]] = {}
-    done: dict[str, int] = {}  # key -> parts written
-    written: dict[str, dict[str, Any]] = {}
-    partial: dict[str, RowStats] = {}  # a long file's parts, until all are in
-    try:
-        for res in itertools.chain(checked, pool.results()):
-            key = res.source.key
-            state = plan.states[key].fields()
-            if key in failures:  # another part of this file already failed: count it, quietly
-                reporter.advance(dataclasses.replace(res, meta=None, data=None, failure=None))
-                continue
-            if res.failure is None:
-                if res.meta is None or res.data is None:
-                    raise RuntimeError("extract returned neither features nor a failure")
-                rec, data, task = {**res.meta.to_dict(), **state}, res.data, res.task
-                try:
-                    writer.write_piece(rec, task.frame_start, data)
-                except EntryError as exc:  # its name cannot be stored: a failure of this input
-                    failure = Failure(key, res.meta.source, str(exc), permanent=True)
-                    res = dataclasses.replace(res, meta=None, data=None, failure=failure)
-            if res.failure is not None:
-                rec = failure_record(res.failure, res.source.path, checksum=opts.checksum)
-                failures[key] = rec
-                partial.pop(key, None)
-                if done.pop(key, 0):
-                    writer.discard(key)
-                    spool.discard(key)
-                spool.add_failure(rec)
-                reporter.advance(res)
-                if opts.fail_fast:
-                    raise FailFast(
-                        f"stopped at the first failure (--fail-fast): {key}: {res.failure.reason}"
-                    )
-                continue
-            if task.parts > 1:
-                part = {"part": task.part, "parts": task.parts, "frame_start": task.frame_start}
-                spool.add_entry({**rec, **part}, data)
-            else:
-                spool.add_entry(rec, data)
-            done[key] = done.get(key, 0) + 1
-            if totals is not None:
-                sums = res.sums if res.sums is not None else row_sums(data)
-                if parts[key] == 1:
-                    totals.add_sums(sums)
-                else:
-                    partial.setdefault(key, RowStats(params.n_bins)).add_sums(sums)
-            if done[key] == parts[key]:
-                written[key] = rec
-                if key in partial and totals is not None:
-                    totals.merge(partial.pop(key))
-            reporter.advance(res)
-    except BaseException as exc:
-        try:
-            # stop the workers now, not when the generator is collected; a worker
-            # that died leaves its batches in the in-flight log for the next run
-            pool.close(ok=False, keep_log=isinstance(exc, WorkerError))
-            reporter.finish()
-        finally:
-            _checkpoint_quietly(spool)
-        raise
-    pool.close(ok=True)  # workers reaped before the commit
-    reporter.finish()
-    return written, list(failures.values())
-
-
 def _kept_stats(plan: Plan, kept: list[int], old_output: Path, fmt: str, rows: int) -> RowStats:
     """Statistics of the kept entries: the old totals minus the entries dropped
     (read back from the old output), or, when the old output has no totals or
@@ -899,51 +615,431 @@ class _ChunkReader:
         self.open.clear()
 
 
-def _assemble(
-    params: FeatureParams,
-    opts: RunOptions,
-    plan: Plan,
-    work: WorkDir,
-    failures: list[dict[str, Any]],
-    report: RunReport,
-    reporter: Reporter,
-    writer: store.Writer,
-    written: dict[str, dict[str, Any]],
-    totals: RowStats | None = None,
-) -> RunReport:
-    """Complete the new output (resumed and kept entries, frequencies, manifest), commit.
+@dataclass
+class _Probed:
+    """What the headers of the inputs to compute said (`Run.probe`)."""
 
-    ``totals`` holds the statistics of the entries computed now; those of the
-    kept ones come from the old totals minus what is dropped (`_kept_stats`).
+    todo: list[Todo] = field(default_factory=list)
+    rates: list[int] = field(default_factory=list)  # per input: the rate of its features
+    samples: list[int] = field(default_factory=list)  # its samples per channel at that rate
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Progress:
+    """The computing phase's bookkeeping (`Run.compute`)."""
+
+    parts: dict[str, int]  # key -> its number of tasks
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)  # key -> parts written
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)  # entries written whole
+    partial: dict[str, RowStats] = field(default_factory=dict)  # a long file's parts, until all in
+
+
+class Run:
+    """One extraction in the parent process, from the old output to the commit.
+
+    Holds what the steps share (the plan, the failures, the report, the writer,
+    the worker pool); `execute` runs them in order: `read_existing`, `make_plan`,
+    `probe`, then (unless a dry run or nothing to do) `start`, `compute`,
+    `assemble`. The output lock is held by the caller (`execute`, the function).
     """
 
-    old = plan.old
-    new = {k: rec for k, rec in written.items() if k in plan.states}
-    resumed = {k: r for k, r in plan.keep_work.items() if k in plan.states and k not in new}
-    kept = [r for r in plan.keep_old if old.keys[r] not in new and old.keys[r] not in resumed]
-    fresh = new.keys() | resumed.keys()
-    report.added = sorted(k for k in fresh if not plan.was_there(k))
-    report.updated = sorted(k for k in fresh if plan.was_there(k))
-    report.unchanged = len(kept)
-    report.repointed = sum(1 for r in kept if old.keys[r] in plan.repointed)
-    report.failures = sorted((f for f in failures if f["key"] not in fresh), key=lambda f: f["key"])
-    report.entries = len(fresh) + len(kept)
-    if not report.entries:
-        writer.abort()
-        work.remove()
+    # set by the steps, in this order
+    existing: _Existing  # read_existing
+    old: dict[str, Any] | None  # the old output's manifest, to plan against
+    side: Path | None  # the HDF5 output's JSON sidecar
+    resume: bool  # make_plan: an interrupted run's work is kept
+    plan: Plan
+    report: RunReport
+    kept_bytes: int  # probe
+    pool: WorkerPool  # start
+    writer: store.Writer
+    spool: Spool
+    written: dict[str, dict[str, Any]]  # compute: records of the entries written whole
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        params: FeatureParams,
+        opts: RunOptions,
+        reporter: Reporter,
+        output: Path,
+        unreadable: Sequence[UnreadableDir] = (),
+    ) -> None:
+        self.sources, self.params, self.opts = sources, params, opts
+        self.reporter, self.output, self.unreadable = reporter, output, unreadable
+        self.work = WorkDir(output)
+        self.inputs = recorded_inputs(opts.inputs)
+        self.root = recorded_root(opts.root)
+        self.state = {"params": params.to_dict(), "format": opts.format}
+        self.failures: list[dict[str, Any]] = []
+        self.totals = RowStats(params.n_bins) if not params.stores_complex else None
+
+    def execute(self) -> RunReport:
+        """Run every step; with ``opts.dry_run``, only say what would be done."""
+        self.read_existing()
+        self.make_plan()
+        probed = self.probe()
+        if self.opts.dry_run:
+            return self.dry_run_report(probed)
+        if self.up_to_date():
+            return self.report
+        self.warn_about_data(probed)
+        needed = self.check_space()
+        resume_first = self.start(probed, needed)
+        try:
+            self.compute(resume_first)
+            return self.assemble()
+        except (OSError, WriteFailed) as exc:  # a write failed: clean up, say how much space
+            self.pool.close(ok=False)
+            self.writer.abort()
+            raise disk_error("writing", self.output, exc, needed=needed) from None
+        except BaseException:
+            self.pool.close(ok=False)
+            self.writer.abort()
+            if self.writer.committed:
+                self.reporter.committed()
+            raise
+
+    # -- before computing --------------------------------------------------------------
+    def read_existing(self) -> None:
+        """Clean up after a killed run, read the old output, check its sidecar."""
+        output, opts = self.output, self.opts
+        if not opts.dry_run:
+            remove_stale(output, self.work)
+        check_inputs_outside(self.sources, output)
+        self.existing = _old_output(output, opts, self.params, self.inputs, self.root)
+        self.old = self.existing.plan
+        self.side = sidecar_path(output, opts, self.existing.sidecar)
+        if self.side is not None:
+            check_sidecar(self.side, output, opts, self.existing.manifest)
+            if self.old is not None and not opts.dry_run:
+                warning = repair_sidecar(self.side, self.old)
+                if warning:
+                    self.reporter.warning(warning)
+
+    def make_plan(self) -> None:
+        """What to compute, keep and remove; whether an interrupted run is resumed."""
+        work, opts, old, reporter = self.work, self.opts, self.old, self.reporter
+        prior = work.read_state() if work.exists() else None
+        self.resume = (
+            prior is not None
+            and prior.get("params") == self.state["params"]
+            and prior.get("format") == opts.format
+        )
+        dropped = "" if prior is None or self.resume else _dropped_work(work, prior, self.state)
+        output, fmt = self.output, opts.format
+        self.plan = plan = make_plan(
+            self.sources, unreadable=self.unreadable, old_manifest=old,
+            work_records=work.records() if self.resume else (), checksum=opts.checksum,
+            missing=None if old is not None and old["entries"].untouched
+            else lambda table, rows: store.missing_entries(output, fmt, table, rows),
+        )  # fmt: skip
+        for chunk, why in work.damaged:
+            reporter.warning(f"discarded damaged checkpoint {chunk.name} in {work.path.name} "
+                             f"({why}); its entries are computed again")  # fmt: skip
+            if not opts.dry_run:
+                chunk.unlink(missing_ok=True)
+        if old is not None:
+            _check_prune(output, plan, opts, old)
+        fault_point("planned")
+        if dropped:
+            reporter.warning(dropped if not opts.dry_run
+                             else dropped.replace("are dropped", "would be dropped"))  # fmt: skip
+        for d in self.unreadable:
+            kept = sum(1 for k in plan.kept_keys() if is_under(k, d.prefix))
+            reporter.error(
+                f"cannot read directory {d.path}: {d.reason}; recorded as a failure"
+                + (f"; its {kept} entries in the output are kept as they were" if kept else "")
+            )
+        self.report = RunReport(
+            removed=plan.removed, resumed=len(plan.keep_work), repaired=len(plan.repaired),
+            unchanged=len(plan.keep_old),
+            manifest_file=self.side or store.manifest_path(output, fmt),
+        )  # fmt: skip
+        for rec in plan.unverified:  # shown like a directory that cannot be listed
+            reporter.skipped(
+                Failure(rec["key"], rec["source"], f"{rec['reason']}; its entry is kept")
+            )
+        self.failures = list(plan.failures)
+
+    def probe(self) -> _Probed:
+        """Read the headers of the inputs to compute: cheap, and they give sizes, rates
+        and early failures. Raises ParameterError when a parameter fails them all."""
+        from melcli import audio
+
+        params, plan, report = self.params, self.plan, self.report
+        out = _Probed()
+        for src in plan.compute:
+            try:
+                info = audio.probe(src.path)
+            except DecodeError as exc:
+                self.fail(Failure(src.key, printable(src.path), str(exc), exc.permanent), src.path)
+                continue
+            tasks = make_tasks(src, info, params)
+            samples = info.frames * info.channels // len(tasks)
+            out.todo.extend(Todo(samples, task_cost(t, info, params), t) for t in tasks)
+            rate = params.sr or info.sample_rate
+            out.rates.append(rate)
+            out.samples.append(-(-info.frames * rate // info.sample_rate))
+            out.keys.append(src.key)
+            report.estimated_bytes += _estimate_bytes(
+                params, info.frames, info.channels, info.sample_rate
+            )
+        self.kept_bytes = int(plan.old.nbytes[plan.kept].sum())
+        report.estimated_bytes += self.kept_bytes
+        report.estimated_bytes += sum(store.entry_nbytes(r.record) for r in plan.keep_work.values())
+        if not len(plan.keep_old) and not plan.keep_work:  # one line, not N equal failures
+            everywhere = params.fails_everywhere(out.rates)
+            if everywhere:
+                raise ParameterError(everywhere)
+        return out
+
+    def fail(self, failure: Failure, path: str) -> None:
+        """An input failed before computing: said, recorded; --fail-fast stops here."""
+        self.reporter.skipped(failure)
+        self.failures.append(failure_record(failure, path, checksum=self.opts.checksum))
+        if self.opts.fail_fast and not self.opts.dry_run:
+            raise FailFast(f"stopped at the first failure (--fail-fast): {failure.key}")
+
+    def dry_run_report(self, probed: _Probed) -> RunReport:
+        """What the run would do: inputs whose header failed are failures, not adds."""
+        plan, report = self.plan, self.report
+        keys = {t.task.source.key for t in probed.todo}
+        report.added = sorted(k for k in keys if not plan.was_there(k))
+        report.updated = sorted(k for k in keys if plan.was_there(k))
+        report.failures = self.failures
+        report.entries = len(plan.keep_old) + len(plan.keep_work) + len(keys)
         return report
-    reader = _ChunkReader()
-    try:
-        for key in sorted(resumed):
-            for frame, data in reader.pieces(resumed[key]):
-                writer.write_piece(resumed[key].record, frame, data)
-                if totals is not None:
-                    totals.add(data)
-            fault_point("assemble")
-        if totals is not None:
-            totals.merge(_kept_stats(plan, kept, writer.path, opts.format, params.n_bins))
+
+    def up_to_date(self) -> bool:
+        """True (and the report filled in) when the output already is what this run makes."""
+        plan, old = self.plan, self.old
+        if not (
+            plan.nothing_to_do
+            and old is not None
+            and not failures_changed(old, self.failures)
+            and (bool(old.get("inputs")) or not self.inputs)  # an older output gets its inputs
+            and old.get("root") == self.root
+        ):
+            return False
+        self.work.remove()
+        self.report.failures = self.failures
+        self.report.entries = len(plan.keep_old)
+        self.report.audio_seconds = float(plan.old.duration[plan.kept].sum())
+        return True
+
+    def warn_about_data(self, probed: _Probed) -> None:
+        """The data warnings (`melcli.advice`) over the kept and the new inputs."""
+        plan = self.plan
+        rows = plan.kept
+        for warning in advice.data_warnings(
+            self.params,
+            np.concatenate([plan.old.sample_rate[rows], np.asarray(probed.rates, np.int64)]),
+            np.concatenate([plan.old.n_samples[rows], np.asarray(probed.samples, np.int64)]),
+            [*plan.kept_keys(), *probed.keys],
+        ):
+            self.reporter.problem(warning)
+
+    def check_space(self) -> int:
+        """Refuse before computing what cannot be stored; return the bytes needed."""
+        if self.opts.format == "npy":
+            check_unlisted(self.output, self.existing.manifest)
+        # Hard links carry an npy output's kept entries over: they need no new space.
+        needed = self.report.estimated_bytes - (self.kept_bytes if self.opts.format == "npy" else 0)
+        if needed > free_bytes(self.output):
+            raise disk_error(
+                "writing", self.output, OSError(errno.ENOSPC, "no space"), needed=needed
+            )
+        return needed
+
+    def start(self, probed: _Probed, needed: int) -> list[Result]:
+        """Start the work directory, the workers, the writer and the spool.
+
+        Inputs that were being decoded when an earlier run died are computed first,
+        one by one, in a separate process (one of them may crash the decoder; a
+        crash there costs that input only): their results are returned.
+        """
+        work, params, todo = self.work, self.params, probed.todo
+        inflight = work.path / INFLIGHT_LOG
+        suspects = InflightLog.read(inflight) if self.resume else set()
+        work.start(self.state, keep=self.resume)
+        checked: list[Result] = []
+        first = [t for t in todo if (t.task.source.key, t.task.part) in suspects]
+        if first:
+            self.reporter.warning(
+                f"the previous run stopped while decoding {len(first)} inputs; "
+                "checking them in a separate process first"
+            )
+            todo = [t for t in todo if (t.task.source.key, t.task.part) not in suspects]
+            checked = list(isolated_results([t.task for t in first], params))
+        # Workers start before the output is opened: none of them holds it.
+        self.pool = _pool(todo, params, self.opts, InflightLog(inflight)).start()
+        # New entries go straight into the new output (under its temporary name, in
+        # the work directory); the spool checkpoints them for a resume. Kept and
+        # resumed entries are added at the end (`assemble`).
+        try:
+            base = _reuse(self.output, self.opts, self.plan, self.old)
+            self.writer = store.open_writer(
+                self.output, self.opts.format, work, self.side, base, self.opts.compression
+            )
+        except WriteFailed as exc:
+            self.pool.close(ok=False)
+            raise disk_error("writing", self.output, exc, needed=needed) from None
+        except BaseException:
+            self.pool.close(ok=False)
+            raise
+        self.spool = Spool(work, read_back=self.writer.read_piece)
+        for rec in self.failures[len(self.plan.failures) :]:
+            self.spool.add_failure(rec)
+        return checked
+
+    # -- computing -----------------------------------------------------------------------
+    def compute(self, checked: list[Result]) -> None:
+        """Run the tasks, writing each result into the writer as it arrives.
+
+        ``checked`` are results computed before (in an isolated process). On any
+        exception the finished work is checkpointed first, for a resume, and the
+        workers are stopped.
+        """
+        pool, reporter = self.pool, self.reporter
+        tasks = [r.task for r in checked] + list(pool.tasks)
+        progress = _Progress({t.source.key: t.parts for t in tasks})
+        reporter.start(len(tasks))
+        try:
+            for res in itertools.chain(checked, pool.results()):
+                self.take(res, progress)
+        except BaseException as exc:
+            try:
+                # stop the workers now, not when the generator is collected; a worker
+                # that died leaves its batches in the in-flight log for the next run
+                pool.close(ok=False, keep_log=isinstance(exc, WorkerError))
+                reporter.finish()
+            finally:
+                _checkpoint_quietly(self.spool)
+            raise
+        pool.close(ok=True)  # workers reaped before the commit
+        reporter.finish()
+        self.written = progress.written
+        self.failures.extend(progress.failures.values())
+
+    def take(self, res: Result, progress: _Progress) -> None:
+        """One result: written (and checkpointed), or recorded as its input's failure.
+
+        ``totals`` gets the frames of every entry written whole (a long file's
+        parts once all of them are in).
+        """
+        key, writer, spool = res.source.key, self.writer, self.spool
+        if key in progress.failures:  # another part of this file already failed: count it
+            self.reporter.advance(dataclasses.replace(res, meta=None, data=None, failure=None))
+            return
+        state = self.plan.states[key].fields()
+        if res.failure is None:
+            if res.meta is None or res.data is None:
+                raise RuntimeError("extract returned neither features nor a failure")
+            rec, data, task = {**res.meta.to_dict(), **state}, res.data, res.task
+            try:
+                writer.write_piece(rec, task.frame_start, data)
+            except EntryError as exc:  # its name cannot be stored: a failure of this input
+                failure = Failure(key, res.meta.source, str(exc), permanent=True)
+                res = dataclasses.replace(res, meta=None, data=None, failure=failure)
+        if res.failure is not None:
+            rec = failure_record(res.failure, res.source.path, checksum=self.opts.checksum)
+            progress.failures[key] = rec
+            progress.partial.pop(key, None)
+            if progress.done.pop(key, 0):
+                writer.discard(key)
+                spool.discard(key)
+            spool.add_failure(rec)
+            self.reporter.advance(res)
+            if self.opts.fail_fast:
+                raise FailFast(
+                    f"stopped at the first failure (--fail-fast): {key}: {res.failure.reason}"
+                )
+            return
+        if task.parts > 1:
+            part = {"part": task.part, "parts": task.parts, "frame_start": task.frame_start}
+            spool.add_entry({**rec, **part}, data)
+        else:
+            spool.add_entry(rec, data)
+        progress.done[key] = progress.done.get(key, 0) + 1
+        self.add_stats(key, data, res.sums, progress)
+        if progress.done[key] == progress.parts[key]:
+            progress.written[key] = rec
+        self.reporter.advance(res)
+
+    def add_stats(self, key: str, data: np.ndarray, sums: Any, progress: _Progress) -> None:
+        """Add a piece's row sums to the totals (a long file's once all its parts are in)."""
+        if self.totals is None:
+            return
+        sums = sums if sums is not None else row_sums(data)
+        if progress.parts[key] == 1:
+            self.totals.add_sums(sums)
+            return
+        progress.partial.setdefault(key, RowStats(self.params.n_bins)).add_sums(sums)
+        if progress.done[key] == progress.parts[key]:
+            self.totals.merge(progress.partial.pop(key))
+
+    # -- after computing -------------------------------------------------------------------
+    def assemble(self) -> RunReport:
+        """Complete the new output (resumed and kept entries, frequencies, manifest), commit.
+
+        ``totals`` holds the statistics of the entries computed now; those of the
+        kept ones come from the old totals minus what is dropped (`_kept_stats`).
+        """
+        plan, old, report, writer = self.plan, self.plan.old, self.report, self.writer
+        new = {k: rec for k, rec in self.written.items() if k in plan.states}
+        resumed = {k: r for k, r in plan.keep_work.items() if k in plan.states and k not in new}
+        kept = [r for r in plan.keep_old if old.keys[r] not in new and old.keys[r] not in resumed]
+        fresh = new.keys() | resumed.keys()
+        report.added = sorted(k for k in fresh if not plan.was_there(k))
+        report.updated = sorted(k for k in fresh if plan.was_there(k))
+        report.unchanged = len(kept)
+        report.repointed = sum(1 for r in kept if old.keys[r] in plan.repointed)
+        report.failures = sorted((f for f in self.failures if f["key"] not in fresh),
+                                 key=lambda f: f["key"])  # fmt: skip
+        report.entries = len(fresh) + len(kept)
+        if not report.entries:
+            writer.abort()
+            self.work.remove()
+            return report
+        self.add_resumed(resumed)
+        if self.totals is not None:
+            self.totals.merge(
+                _kept_stats(plan, kept, writer.path, self.opts.format, self.params.n_bins)
+            )
+        fixed = self.add_kept(kept)
+        made = manifest_mod.EntryTable.from_records(
+            [*new.values(), *(r.record for r in resumed.values()), *fixed]
+        )
+        entries = old.merged([r for r in kept if r not in plan.restamped], made)
+        writer.commit(self.manifest(entries))
+        for warning in writer.warnings:
+            self.reporter.warning(warning)
+        report.wrote = True
+        report.audio_seconds = float(entries.duration.sum())
+        self.work.remove()
+        return report
+
+    def add_resumed(self, resumed: dict[str, ChunkRecord]) -> None:
+        """Copy the entries an interrupted run finished from its checkpoint chunks."""
+        reader = _ChunkReader()
+        try:
+            for key in sorted(resumed):
+                for frame, data in reader.pieces(resumed[key]):
+                    self.writer.write_piece(resumed[key].record, frame, data)
+                    if self.totals is not None:
+                        self.totals.add(data)
+                fault_point("assemble")
+        finally:
+            reader.close()
+
+    def add_kept(self, kept: list[int]) -> list[dict[str, Any]]:
+        """Carry the kept entries over; return the records updated (`Plan.restamped`)."""
+        plan, old, writer = self.plan, self.plan.old, self.writer
         copies = writer.base is None  # else the kept entries are in the copy it started from
-        fixed: list[dict[str, Any]] = []  # kept features, updated records (`Plan.restamped`)
+        fixed: list[dict[str, Any]] = []
         for r in kept:
             fix = plan.restamped.get(r)
             if copies or fix is not None:
@@ -952,30 +1048,22 @@ def _assemble(
                 if fix is not None:
                     fixed.append(rec)
             fault_point("assemble")
-        made = manifest_mod.EntryTable.from_records(
-            [*new.values(), *(r.record for r in resumed.values()), *fixed]
-        )
-        entries = old.merged([r for r in kept if r not in plan.restamped], made)
+        return fixed
+
+    def manifest(self, entries: manifest_mod.EntryTable) -> dict[str, Any]:
+        """The new output's manifest (and its rows' frequencies, added to the writer)."""
+        params, opts = self.params, self.opts
         freqs: dict[int, list[float]] = {}
         for sr in np.unique(entries.sample_rate).tolist():
             row = params.row_frequencies(sr)
-            writer.add_frequencies(sr, row)
+            self.writer.add_frequencies(sr, row)
             freqs[sr] = [float(x) for x in row]
-        man = manifest_mod.build(
+        return manifest_mod.build(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
-            entries=entries, failures=report.failures, frequencies=freqs,
-            inputs=recorded_inputs(opts.inputs), root=recorded_root(opts.root),
-            compression=opts.compression, stats=totals.to_dict() if totals else None,
+            entries=entries, failures=self.report.failures, frequencies=freqs,
+            inputs=self.inputs, root=self.root, compression=opts.compression,
+            stats=self.totals.to_dict() if self.totals else None,
             warnings=advice.data_warnings(
                 params, entries.sample_rate, entries.n_samples, entries.keys
             ),
         )  # fmt: skip
-        writer.commit(man)
-        for warning in writer.warnings:
-            reporter.warning(warning)
-    finally:
-        reader.close()
-    report.wrote = True
-    report.audio_seconds = float(entries.duration.sum())
-    work.remove()
-    return report

@@ -200,8 +200,9 @@ def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
     return run
 
 
-def feature_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every /features dataset of an HDF5 output, read back: key -> array."""
+def h5py_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every /features dataset of an HDF5 output, read with h5py alone: key -> array
+    (the reference that melcli.open is tested against)."""
     import h5py
 
     out: dict[str, np.ndarray] = {}
@@ -213,6 +214,28 @@ def feature_arrays(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         f["features"].visititems(visit)
     return out
+
+
+def feature_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every entry of an output (HDF5 file, npy directory or manifest), read through
+    melcli.open: key -> array. The output stores nothing its manifest does not list."""
+    import h5py
+
+    import melcli
+
+    with melcli.open(path) as feats:
+        arrays = {key: feats[key] for key in feats}
+        fmt, root = feats.format, feats.path
+    if fmt == "h5":
+        names: list[str] = []
+        with h5py.File(root, "r") as f:
+            f["features"].visititems(
+                lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None
+            )
+    else:
+        names = [p.relative_to(root).as_posix()[: -len(".npy")] for p in root.rglob("*.npy")]
+    assert sorted(names) == sorted(arrays), "stored entries differ from the manifest's"
+    return arrays
 
 
 def assert_same_manifest(a: dict[str, Any], b: dict[str, Any], *skip: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 import melcli as melcli_lib
 from melcli.errors import OutputError
 from melcli.params import FeatureParams
-from tests.conftest import AudioFactory, RunMelcli, feature_arrays
+from tests.conftest import AudioFactory, RunMelcli, h5py_arrays
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_open_reads_what_h5py_and_numpy_read(
 ) -> None:
     out = tmp_path / ("o.h5" if fmt == "h5" else "o")
     assert melcli("mel", "in", "-o", out, "--n-mels", "40").returncode == 3
-    want = feature_arrays(out) if fmt == "h5" else _npy_arrays(out)
+    want = h5py_arrays(out) if fmt == "h5" else _npy_arrays(out)
     man_path = out.with_suffix(".json") if fmt == "h5" else out / "manifest.json"
     man = json.loads(man_path.read_text())
     for path in (out, man_path):
@@ -147,7 +147,7 @@ def test_reopened_after_incremental_reruns(
     audio.mix("spk3/d.wav", sr=16000, seconds=0.5)
     audio.tone("spk1/a.wav", freq=1234, sr=16000, seconds=0.6)  # changed
     assert melcli("mel", "in", "-o", "o.h5").returncode == 3
-    want = feature_arrays(tmp_path / "o.h5")
+    want = h5py_arrays(tmp_path / "o.h5")
     with melcli_lib.open(tmp_path / "o.h5") as feats:
         assert list(feats) == ["spk1/a.wav", "spk1/b.flac", "spk3/d.wav"] == sorted(want)
         for key in feats:
@@ -226,7 +226,7 @@ def test_readme_dataset_example_runs(data: Path, melcli: RunMelcli, tmp_path: Pa
     assert melcli("mel", "in", "-o", "o.h5").returncode == 3
     dataset = space["Features"](tmp_path / "o.h5", frames=5)  # type: ignore[operator]
     assert len(dataset) == 3
-    full = feature_arrays(tmp_path / "o.h5")
+    full = h5py_arrays(tmp_path / "o.h5")
     for i, key in enumerate(sorted(full)):
         crop = dataset[i]
         assert crop.shape == (*full[key].shape[:-1], min(5, full[key].shape[-1]))
@@ -264,7 +264,7 @@ def test_dataset_statistics_equal_numpy_through_reruns(
     out = tmp_path / ("o.h5" if fmt == "h5" else "o")
 
     def arrays() -> dict[str, np.ndarray]:
-        return feature_arrays(out) if fmt == "h5" else _npy_arrays(out)
+        return h5py_arrays(out) if fmt == "h5" else _npy_arrays(out)
 
     assert melcli("mel", "in", "-o", out, *extra).returncode == 3
     _assert_stats(out, arrays())
@@ -296,12 +296,12 @@ def test_statistics_after_a_resume_and_a_repair(
     assert killed.returncode == -9
     proc = melcli("mel", "in", "-o", "o.h5", "-j", "1")
     assert proc.returncode == 3 and "resumed:" in proc.stderr, proc.stderr
-    _assert_stats(tmp_path / "o.h5", feature_arrays(tmp_path / "o.h5"))
+    _assert_stats(tmp_path / "o.h5", h5py_arrays(tmp_path / "o.h5"))
     with h5py.File(tmp_path / "o.h5", "r+") as f:
         del f["features/more/m2.wav"]  # deleted by hand: its frames cannot be subtracted
     proc = melcli("mel", "in", "-o", "o.h5", "-j", "1")
     assert "repaired: 1 entries" in proc.stderr
-    _assert_stats(tmp_path / "o.h5", feature_arrays(tmp_path / "o.h5"))
+    _assert_stats(tmp_path / "o.h5", h5py_arrays(tmp_path / "o.h5"))
 
 
 def test_complex_stft_has_no_statistics(data: Path, melcli: RunMelcli, tmp_path: Path) -> None:

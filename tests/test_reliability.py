@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from melcli import audio, store, workdir
 from melcli.cli import cli
 from melcli.workdir import ChunkFile, Spool, WorkDir
-from tests.conftest import assert_same_manifest
+from tests.conftest import assert_same_manifest, feature_arrays
 
 MELCLI = [sys.executable, "-m", "melcli"]
 
@@ -52,25 +52,10 @@ def run(
     )  # type: ignore[call-overload]
 
 
-def h5_content(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    """All datasets under /features and the manifest without run-specific fields."""
-    data: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        f["features"].visititems(
-            lambda name, obj: (
-                data.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
-            )
-        )
-        man = json.loads(f["manifest"][()])
-    return data, strip(man)
-
-
-def npy_content(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    data = {
-        p.relative_to(path).as_posix()[: -len(".npy")]: np.load(p, allow_pickle=False)
-        for p in sorted(path.rglob("*.npy"))
-    }
-    return data, strip(json.loads((path / "manifest.json").read_text()))
+def _manifest(path: Path) -> dict[str, object]:
+    return json.loads(
+        (path.with_suffix(".json") if path.suffix == ".h5" else path / "manifest.json").read_text()
+    )
 
 
 def strip(man: dict[str, object]) -> dict[str, object]:
@@ -78,7 +63,8 @@ def strip(man: dict[str, object]) -> dict[str, object]:
 
 
 def content(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    return h5_content(path) if path.suffix == ".h5" else npy_content(path)
+    """Entries (read through melcli.open) and the manifest without run-specific fields."""
+    return feature_arrays(path), strip(_manifest(path))
 
 
 def assert_same(a: Path, b: Path) -> None:
@@ -167,7 +153,7 @@ def test_run_shorter_than_a_checkpoint_writes_features_once(tmp_path: Path) -> N
     work = tmp_path / ".feats.h5.melcli-work"
     assert (work / "state.json").is_file() and not list(work.glob("chunk-*"))
     temp = list(work.glob("new-*.h5"))  # the new output is built inside the work directory
-    assert len(temp) == 1 and len(h5_content(temp[0])[0]) == 6  # complete, just not renamed
+    assert len(temp) == 1 and len(feature_arrays(temp[0])) == 6  # complete, just not renamed
     again = run("mel", data, "-o", out, "-j", "1")
     assert again.returncode == 0, again.stderr
     assert "resumed" not in again.stderr
