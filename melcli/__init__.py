@@ -1,9 +1,10 @@
 """melcli: batch STFT / mel spectrogram extraction with librosa-exact numbers.
 
 The command line is ``melcli``; `open` reads an output back. The library is
-split into `params` (validated parameters), `discover`, `audio`, `features`
-(pure array functions), `pipeline` (per-file job and run loop), `writers`,
-`manifest` and `reader`.
+split into `params` (parameters, each declared once), `kinds` (one module per
+feature kind), `discover`, `audio`, `features` (pure array functions),
+`pipeline` (per-file job and executors), `runner` (one run), `store` (the output
+formats, written and read), `manifest` and `reader`.
 """
 
 from __future__ import annotations
