@@ -1,15 +1,18 @@
-"""Analysis windows and the mel filterbank, in numpy only.
+"""Analysis windows, the mel filterbank, the DCT and Savitzky-Golay deltas, in numpy only.
 
-These are the formulas of ``scipy.signal.get_window(..., fftbins=True)`` and
-``librosa.filters.mel`` / ``librosa.mel_frequencies``, written here because
-importing ``scipy.signal`` and ``librosa.filters`` costs 0.7-1.6 s per process
-(scipy.signal parses docstrings at import; librosa.filters pulls in numba),
-more than computing the features of a thousand one-second clips. The tests
-check both functions against scipy and librosa themselves over many parameter
-sets (tests/test_dsp.py).
+These are the formulas of ``scipy.signal.get_window(..., fftbins=True)``,
+``librosa.filters.mel`` / ``librosa.mel_frequencies``, ``scipy.fft.dct(norm="ortho")``
+and ``scipy.signal.savgol_filter(mode="interp")`` (``librosa.feature.delta``),
+written here because importing ``scipy.signal``, ``scipy.fft`` and
+``librosa.filters`` costs 0.6-1.6 s per process (scipy.signal parses docstrings
+at import; librosa.filters pulls in numba), more than computing the features of
+a thousand one-second clips. The tests check them against scipy and librosa
+themselves (tests/test_dsp.py, tests/test_mfcc.py).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -132,3 +135,63 @@ def mel_filterbank(
         weights *= enorm[:, np.newaxis]
     empty = not np.all((mel_f[:-2] == 0) | (weights.max(axis=1) > 0))
     return weights, bool(empty)
+
+
+def dct_matrix(n_in: int, n_out: int, dct_type: int) -> np.ndarray:
+    """The first ``n_out`` rows of the orthonormal DCT of type 2 or 3 of length ``n_in``.
+
+    ``dct_matrix(n, k, t) @ x == scipy.fft.dct(x, type=t, norm="ortho")[:k]`` for
+    x of length n: type 2 is ``sqrt(2/n) cos(pi k (2 i + 1) / (2 n))`` with row 0
+    scaled by ``1/sqrt(2)``; type 3 (orthonormal) is its transpose, the inverse.
+
+    Returns
+    -------
+    np.ndarray, shape (n_out, n_in), float64
+    """
+    k = np.arange(n_in)[:, None]
+    i = np.arange(n_in)[None, :]
+    d2 = np.sqrt(2.0 / n_in) * np.cos(np.pi * k * (2 * i + 1) / (2 * n_in))
+    d2[0] /= np.sqrt(2.0)
+    full = d2 if dct_type == 2 else d2.T
+    return np.ascontiguousarray(full[:n_out])
+
+
+def savgol_deltas(x: np.ndarray, order: int, width: int = 9) -> np.ndarray:
+    """``librosa.feature.delta(x, width=width, order=order, axis=-1)``.
+
+    That is ``scipy.signal.savgol_filter(x, width, polyorder=order, deriv=order,
+    mode="interp")``: inside, a least-squares polynomial of degree ``order`` over
+    ``width`` frames centred on each frame, differentiated ``order`` times; the
+    first and last ``width // 2`` frames take the derivative of the polynomial
+    fitted to the first (last) ``width`` frames, at their own position.
+
+    Parameters
+    ----------
+    x : np.ndarray, (..., frames) with frames >= width
+    order : int >= 1
+    width : int, odd, > order
+
+    Returns
+    -------
+    np.ndarray
+        Same shape and dtype as ``x``.
+    """
+    half = width // 2
+    pos = np.arange(width, dtype=np.float64)
+    # rows: the derivative of order `order` at each position of a window, as
+    # weights on the window's values (pinv of the Vandermonde matrix)
+    vander = pos[:, None] ** np.arange(order + 1)[None, :]
+    fit = np.linalg.pinv(vander)  # (order + 1, width): coefficients from values
+    powers = np.arange(order + 1)
+    fact = np.array([math.perm(int(j), order) for j in powers], dtype=np.float64)
+    expo = np.clip(powers - order, 0, None)
+    at = fact[None, :] * pos[:, None] ** expo[None, :]  # d^order/dx^order of x^j at pos
+    weights = at @ fit  # (width, width): derivative at position p from the window's values
+    data = np.asarray(x, dtype=np.float64)
+    out = np.empty(data.shape, dtype=np.float64)
+    frames = data.shape[-1]
+    windows = np.lib.stride_tricks.sliding_window_view(data, width, axis=-1)
+    out[..., half : frames - half] = windows @ weights[half]
+    out[..., :half] = data[..., :width] @ weights[:half].T
+    out[..., frames - half :] = data[..., frames - width :] @ weights[half + 1 :].T
+    return out.astype(x.dtype, copy=False)

@@ -153,7 +153,7 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
     stage = params.block_stage(sr)  # the kind's own (mel: the filterbank)
     stores_complex = params.stores_complex
     out_dtype = np.complex64 if stores_complex else np.float32
-    out = np.empty((x.shape[0], params.n_bins, n_frames), dtype=out_dtype)
+    out = np.empty((x.shape[0], params.stage_bins, n_frames), dtype=out_dtype)
     block = max(1, BLOCK_SAMPLES // n_fft)
     for c in range(x.shape[0]):
         frames = np.lib.stride_tricks.sliding_window_view(x[c], n_fft)[::hop][:n_frames]
@@ -237,7 +237,7 @@ def scale_values(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
     floored = np.maximum(spec, np.float32(params.amin))
     if params.scale == "log":
         return np.log(floored)
-    return np.float32(20.0 / params.power) * np.log10(floored)
+    return np.float32(params.db_multiplier) * np.log10(floored)
 
 
 def clip_top_db(db: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -406,7 +406,7 @@ def compute_stream(
             n_samples=n,
         )
         out.add(scale_values(frames_spectrogram(x, sr, params, total - done), params))
-    return _cast(clip_top_db(out.array(), params), params)
+    return _cast(params.entry_stage(clip_top_db(out.array(), params)), params)
 
 
 class _Frames:
@@ -436,7 +436,7 @@ class _Frames:
 
 
 def _finish(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
-    return _cast(scale(spec, params), params)
+    return _cast(params.entry_stage(scale(spec, params)), params)
 
 
 def _cast(out: np.ndarray, params: FeatureParams) -> np.ndarray:

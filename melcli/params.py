@@ -341,6 +341,17 @@ class FeatureParams:
         raise NotImplementedError
 
     @property
+    def stage_bins(self) -> int:
+        """Rows out of `block_stage` (before `entry_stage`; n_bins unless that changes them)."""
+        return self.n_bins
+
+    @property
+    def db_multiplier(self) -> float:
+        """``--scale db`` is ``db_multiplier * log10(max(amin, S))``: 10 for power, 20 for
+        amplitude (``librosa.power_to_db`` / ``amplitude_to_db``)."""
+        return 20.0 / self.power
+
+    @property
     def stores_complex(self) -> bool:
         """True when entries are the complex STFT (no magnitude, scaling or statistics)."""
         return False
@@ -401,6 +412,16 @@ class FeatureParams:
         and returns (frames, n_bins); frames are independent of each other.
         """
         return None
+
+    def entry_stage(self, features: Any) -> Any:
+        """The kind's last stage, on a whole entry after scaling (np.ndarray,
+        (channels, stage_bins, frames) -> (channels, n_bins, frames)).
+
+        It runs on parts of a long file when `needs_whole_entry` is False (it must
+        then treat frames independently). Raises DecodeError for an entry it
+        cannot apply to.
+        """
+        return features
 
     def warnings(self, rates: Sequence[int]) -> list[str]:
         """Warnings about these parameters for inputs at these rates (said before any work)."""

@@ -96,7 +96,8 @@ class Features(Mapping[str, np.ndarray]):
         return self._table.record(row)
 
     def frequencies(self, key: str) -> np.ndarray:
-        """Frequency in Hz of each row of entry ``key`` (FFT bins or mel band centres)."""
+        """Frequency in Hz of each row of entry ``key`` (FFT bins or mel band centres; for
+        mfcc, not frequencies but each row's coefficient number)."""
         rate = self.entry(key)["sample_rate"]
         return np.asarray(self.manifest["frequencies"][str(rate)], dtype=np.float64)
 

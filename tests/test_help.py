@@ -10,6 +10,7 @@ import click
 import pytest
 
 from melcli.cli import KIND_GROUPS, OPTION_GROUPS, ExtractCommand, cli
+from melcli.kinds import KINDS
 from tests.conftest import RunMelcli
 
 ORDER = ["Input", "Framing", "Spectrum", "Scaling", "Output", "Run"]
@@ -19,7 +20,7 @@ def _sections(text: str) -> list[str]:
     return [line[:-1] for line in text.splitlines() if re.fullmatch(r"[A-Z][\w ]*:", line)]
 
 
-@pytest.mark.parametrize("kind", ["mel", "stft"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_options_are_grouped_by_stage_with_the_kinds_own_first(
     kind: str, melcli: RunMelcli
 ) -> None:
@@ -33,12 +34,12 @@ def test_options_are_grouped_by_stage_with_the_kinds_own_first(
     assert list(OPTION_GROUPS) == ORDER
     # the kind's options come before -q / -v, which are in Run, last
     text = proc.stdout
-    first_own = "--n-mels" if kind == "mel" else "--complex"
+    first_own = "--" + KIND_GROUPS[kind][1][0].replace("_", "-")
     assert text.index(f"\n  {first_own}") < text.index("\n  --n-fft") < text.index("--quiet")
     assert text.index("INPUTS...  ") > text.index("Input:")
 
 
-@pytest.mark.parametrize("kind", ["mel", "stft"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_every_option_is_in_exactly_one_section(kind: str) -> None:
     command = cli.commands[kind]
     assert isinstance(command, ExtractCommand)

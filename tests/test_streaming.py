@@ -45,6 +45,8 @@ def _whole(path: Path, params: FeatureParams) -> np.ndarray:
         {"kind": "mel", "center": False, "n_fft": 512, "win_length": 400, "hop_length": 160},
         {"kind": "stft", "complex": True, "mono": False, "pad_mode": "edge", "n_fft": 511},
         {"kind": "mel", "mono": False, "scale": "log", "window": "kaiser:8"},
+        # the DCT is frame by frame: without top_db (--scale log) an mfcc file is split too
+        {"kind": "mfcc", "mono": False, "scale": "log", "n_mfcc": 13, "lifter": 22.0},
         # librosa's separately reflected tail (hop > n_fft / 2): features._librosa_tail
         {
             "kind": "stft",
@@ -213,6 +215,8 @@ def test_resampled_blocks_are_the_whole_file_bit_for_bit(
             FeatureParams(kind="mel", sr=sr, mono=mono, scale="db", top_db=60.0),
             FeatureParams(kind="stft", sr=sr, mono=mono, complex=True, n_fft=511, hop_length=100),
             FeatureParams(kind="mel", sr=sr, mono=mono, center=False, dtype="float16"),
+            # top_db over the whole entry, then the DCT, then deltas across frames
+            FeatureParams(kind="mfcc", sr=sr, mono=mono, deltas=2),
         ):
             got = features.compute_stream(iter(blocks), sr, params, expected_samples=n)
             want = features.compute(whole, sr, params)

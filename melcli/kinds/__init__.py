@@ -14,11 +14,14 @@ from typing import Any
 
 from melcli.errors import ParameterError
 from melcli.kinds.mel import MelParams
+from melcli.kinds.mfcc import MfccParams
 from melcli.kinds.stft import StftParams
 from melcli.params import FeatureParams
 
 #: Every feature kind by name (its command), in the order of ``melcli --help``.
-KINDS: dict[str, type[FeatureParams]] = {cls.NAME: cls for cls in (MelParams, StftParams)}
+KINDS: dict[str, type[FeatureParams]] = {
+    cls.NAME: cls for cls in (MelParams, StftParams, MfccParams)
+}
 
 
 def kind_class(name: Any) -> type[FeatureParams]:

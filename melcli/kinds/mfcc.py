@@ -1,0 +1,143 @@
+"""The ``mfcc`` kind: ``librosa.feature.mfcc``, the orthonormal DCT of a dB mel spectrogram.
+
+On top of the mel kind: the mel spectrogram in dB (``power_to_db``: 10 log10
+whatever ``--power``, with ``top_db`` 80 over the whole entry, as librosa), the
+first ``n_mfcc`` rows of its orthonormal DCT-II along the mel axis, librosa's
+lifter, and optionally the deltas of ``librosa.feature.delta`` stacked under
+the coefficients (``--deltas 2``: rows [static; delta; delta-delta]). The DCT
+and the deltas are numpy (`melcli.dsp`): importing scipy.fft costs 0.6 s.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from melcli.errors import DecodeError, ParameterError
+from melcli.kinds.mel import MelParams
+from melcli.params import SCALES, setting
+
+#: The window of ``librosa.feature.delta`` (frames).
+DELTA_WIDTH = 9
+
+
+@dataclass(frozen=True, kw_only=True)
+class MfccParams(MelParams):
+    """MFCCs: `MelParams` plus the DCT, the lifter and the deltas.
+
+    Parameters
+    ----------
+    n_mfcc : int in [1, n_mels]
+        Coefficients kept.
+    dct_type : {2, 3}
+        Orthonormal DCT type (librosa's ``dct_type``; type 1 is not offered).
+    lifter : float >= 0
+        Liftering: coefficient k (from 0) times ``1 + (lifter / 2) sin(pi (k + 1) / lifter)``.
+    deltas : {0, 1, 2}
+        Also store the deltas of order 1 .. ``deltas`` (``librosa.feature.delta``,
+        width 9, ``mode="interp"``) below the coefficients.
+    """
+
+    NAME: ClassVar[str] = "mfcc"
+    TITLE: ClassVar[str] = "MFCC options"
+    SUMMARY: ClassVar[str] = "Compute MFCCs (librosa.feature.mfcc) of every input."
+    EXAMPLES: ClassVar[tuple[str, ...]] = (
+        "melcli mfcc data/ -o mfcc.h5",
+        "melcli mfcc data/ -o mfcc.h5 --sr 16000 --n-mfcc 13 --deltas 2",
+    )
+    LEGACY: ClassVar[dict[str, Any]] = {}
+
+    kind: str = "mfcc"
+    scale: str = setting(
+        "db", "The mel spectrogram's scaling before the DCT: db (librosa.power_to_db, "
+        "10*log10 whatever --power) or log (natural log of max(x, amin)).",
+        stage="Scaling", choices=SCALES,
+    )  # fmt: skip
+    top_db: float | None = setting(
+        None, "With --scale db: clip at max - TOP_DB over the whole entry, before the DCT.",
+        stage="Scaling", check="non_negative",
+        default_text="80 with --scale db, as librosa.feature.mfcc's power_to_db",
+    )  # fmt: skip
+    n_mfcc: int = setting(20, "Cepstral coefficients kept (at most --n-mels).",
+                          check="positive_int")  # fmt: skip
+    dct_type: int = setting(2, "Orthonormal DCT type: 2 (librosa's default) or 3.")
+    lifter: float = setting(
+        0.0, "Liftering: coefficient k times 1 + (L/2) sin(pi (k+1) / L); 0 = none.",
+        check="non_negative",
+    )  # fmt: skip
+    deltas: int = setting(
+        0, "Also store deltas of order 1..N (librosa.feature.delta, width 9), stacked "
+        "below the coefficients: rows [static; delta; delta-delta]. 0-2.",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.top_db is None and self.scale == "db":
+            self._fix("top_db", 80.0)  # librosa.feature.mfcc always clips
+        super().__post_init__()
+
+    def validate(self) -> None:  # noqa: D102
+        super().validate()
+        if self.scale == "linear":
+            raise ParameterError("is not a cepstrum: mfcc needs --scale db or log",
+                                 param="scale", value=self.scale)  # fmt: skip
+        if self.n_mfcc > self.n_mels:
+            raise ParameterError(f"must not exceed n_mels={self.n_mels}", param="n_mfcc",
+                                 value=self.n_mfcc)  # fmt: skip
+        if self.dct_type not in (2, 3):
+            raise ParameterError("must be 2 or 3", param="dct_type", value=self.dct_type)
+        if self.deltas not in (0, 1, 2):
+            raise ParameterError("must be 0, 1 or 2", param="deltas", value=self.deltas)
+
+    @property
+    def n_bins(self) -> int:  # noqa: D102
+        return self.n_mfcc * (1 + self.deltas)
+
+    @property
+    def stage_bins(self) -> int:  # noqa: D102
+        return self.n_mels
+
+    @property
+    def db_multiplier(self) -> float:  # noqa: D102
+        return 10.0  # librosa.feature.mfcc calls power_to_db whatever the power
+
+    @property
+    def needs_whole_entry(self) -> bool:  # noqa: D102
+        return super().needs_whole_entry or self.deltas > 0
+
+    def row_frequencies(self, sr: int) -> Any:
+        """Not frequencies: each row's coefficient number (0 .. n_mfcc - 1, again for each
+        delta order)."""
+        import numpy as np
+
+        return np.tile(np.arange(self.n_mfcc, dtype=np.float64), 1 + self.deltas)
+
+    def entry_stage(self, features: Any) -> Any:
+        """dB mel (channels, n_mels, frames) -> DCT, lifter, deltas: (channels, n_bins, frames)."""
+        import numpy as np
+
+        from melcli import dsp
+
+        frames = features.shape[-1]
+        if self.deltas and frames < DELTA_WIDTH:
+            raise DecodeError(
+                f"{frames} frames are too few for --deltas (librosa.feature.delta needs at "
+                f"least {DELTA_WIDTH})"
+            )
+        mfcc = np.einsum("kr,crt->ckt", _dct(self.n_mels, self.n_mfcc, self.dct_type), features)
+        if self.lifter > 0:
+            k = np.arange(1, 1 + self.n_mfcc, dtype=np.float64)
+            mfcc *= (1 + (self.lifter / 2) * np.sin(np.pi * k / self.lifter))[:, None]
+        mfcc = mfcc.astype(np.float32)
+        parts = [mfcc] + [dsp.savgol_deltas(mfcc, order, DELTA_WIDTH)
+                          for order in range(1, self.deltas + 1)]  # fmt: skip
+        return np.concatenate(parts, axis=-2) if len(parts) > 1 else mfcc
+
+
+@functools.lru_cache(maxsize=8)
+def _dct(n_mels: int, n_mfcc: int, dct_type: int) -> Any:
+    from melcli import dsp
+
+    basis = dsp.dct_matrix(n_mels, n_mfcc, dct_type)
+    basis.flags.writeable = False
+    return basis
