@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from melcli import presets
 from melcli._version import __version__
 from melcli.discover import AUDIO_EXTENSIONS
 from melcli.errors import (
@@ -126,7 +127,7 @@ def _usage(message: str) -> NoReturn:
 @click.group(cls=MelcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="melcli")
 def cli() -> None:
-    """Batch STFT / mel spectrogram extraction with librosa-exact numbers.
+    """Batch STFT / mel spectrogram / MFCC extraction with librosa-exact numbers.
 
     Walks directories of audio (or reads a file list on stdin), computes the
     features in parallel and writes one HDF5 file or a tree of .npy files plus
@@ -143,7 +144,7 @@ def cli() -> None:
 #: every option is in exactly one (tested), positional arguments in "Input". The
 #: feature parameters' sections come from their declarations (`Setting.stage`).
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
-    "Input": ("inputs", "null", "exts", "root", "like"),
+    "Input": ("inputs", "null", "exts", "root", "like", "preset"),
     **{stage: () for stage in STAGES if stage != "Input"},
     "Output": ("output", "fmt", "compression", "manifest", "overwrite", "prune", "checksum"),
     "Run": ("jobs", "backend", "dry_run", "fail_fast", "progress", "quiet", "verbose", "help"),
@@ -328,7 +329,15 @@ def _extract_command(cls: type[FeatureParams]) -> click.Command:
     def command(**kw: Any) -> None:
         _extract(cls, kw)
 
-    for option in reversed([*RUN_OPTIONS, *map(feature_option, declared(cls))]):
+    options = [*RUN_OPTIONS, *map(feature_option, declared(cls))]
+    if presets.names(cls.NAME):
+        options.append(click.option(
+            "--preset", type=_choice(presets.names(cls.NAME)), default=None,
+            help="Start from the parameters that reproduce another front end (melcli presets "
+                 "lists each preset, every value it sets and the call it equals); options "
+                 "given here override it, each said on stderr. Recorded in the manifest.",
+        ))  # fmt: skip
+    for option in reversed(options):
         command = option(command)
     examples = "\n".join(f"  {e}" for e in getattr(cls, "EXAMPLES", ()))
     doc = _DOC.format(summary=getattr(cls, "SUMMARY", cls.NAME), examples=examples)
@@ -548,11 +557,27 @@ def _apply_like(
     return merged
 
 
+def _apply_preset(
+    cls: type[FeatureParams], name: str, given: dict[str, Any], quiet: bool
+) -> dict[str, Any]:
+    """``--preset NAME``: its values, except those ``given`` on the command line."""
+    merged = dict(presets.get(cls.NAME, name.lower()).values)
+    for key, value in given.items():
+        if key in merged and merged[key] != value and not quiet:
+            _say(f"melcli: --preset {name}, overriding {key} {merged[key]} -> {value}")
+        merged[key] = value
+    return merged
+
+
 def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
     """A kind's command: parameters, output, inputs -> `runner.execute` -> exit code."""
     given = given_params(cls, kw)
+    if kw["like"] and kw.get("preset"):
+        _usage("--like and --preset both set every parameter: give one of them")
     if kw["like"]:
         given = _apply_like(cls, kw["like"], given, kw["quiet"])
+    if kw.get("preset"):
+        given = _apply_preset(cls, kw["preset"], given, kw["quiet"])
     params = build_params(cls, given)
     reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
     opts = _run_options_of(kw, reporter)
@@ -589,6 +614,7 @@ def _run_options_of(kw: dict[str, Any], reporter: _CliReporter) -> RunOptions:
         dry_run=kw["dry_run"], backend=kw["backend"],
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
         inputs=kw["inputs"], prune=kw["prune"], compression=compression, root=kw["root"],
+        preset=kw["preset"].lower() if kw.get("preset") else None,
     )  # fmt: skip
 
 
@@ -721,6 +747,34 @@ def _print_plan(report: Any, output: Path) -> None:
     )
 
 
+@cli.command("presets", short_help="List every preset and the call it reproduces.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of text.")
+def presets_command(as_json: bool) -> None:
+    """List every preset: its command, the call it reproduces, every value it sets.
+
+    \b
+    Use one with --preset NAME on its command; options given there override it:
+      melcli mel data/ -o feats.h5 --preset torchaudio
+      melcli mfcc data/ -o mfcc.h5 --preset torchaudio --n-mfcc 13
+    """
+    rows: list[dict[str, Any]] = [
+        {"kind": p.kind, "name": p.name, "reference": p.reference, "values": p.values,
+         "note": p.note} for p in presets.PRESETS.values()
+    ]  # fmt: skip
+    with _best_effort(1):
+        if as_json:
+            click.echo(json.dumps(rows, indent=1))
+            return
+        for row in rows:
+            click.echo(f"melcli {row['kind']} --preset {row['name']}")
+            click.echo(f"  = {row['reference']}")
+            values = " ".join(f"{k}={v}" for k, v in row["values"].items())
+            click.echo(f"  sets: {values}")
+            if row["note"]:
+                click.echo(f"  note: {row['note']}")
+            click.echo("")
+
+
 def _preview_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """inspect's preview options: every kind's feature parameters, each once."""
     seen: dict[str, Declared] = {}
@@ -839,6 +893,8 @@ def _print_output(info: dict[str, Any]) -> None:
          f"{_fmt_bytes(info['size_bytes'])} on disk")  # fmt: skip
     echo(f"created:    {info['created']} by melcli {info['melcli_version']}")
     echo(f"command:    {info['command']}")
+    if info.get("preset"):
+        echo(f"preset:     {info['preset']}")
     echo("parameters: " + " ".join(f"{k}={v}" for k, v in p.items() if k != "kind"))
     if info["shape_min"] is not None:
         lo, hi = tuple(info["shape_min"]), tuple(info["shape_max"])

@@ -46,6 +46,7 @@ def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
         "compression": man.get("compression", "none"),
         "melcli_version": man["melcli_version"],
         "command": man["command"],
+        "preset": man.get("preset"),
         "created": man["created"],
         "params": man["params"],
         "total_entries": len(entries),

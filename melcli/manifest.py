@@ -38,6 +38,7 @@ def build(
     warnings: list[str] | None = None,
     compression: str = "none",
     stats: dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Assemble the manifest of one output.
 
@@ -68,6 +69,8 @@ def build(
     stats : dict, optional
         Per-row count / sum / sum of squares over every frame of every entry
         (`melcli.stats.RowStats`; None for complex STFT).
+    preset : str, optional
+        The ``--preset`` the parameters started from (`melcli.presets`).
 
     Returns
     -------
@@ -85,6 +88,7 @@ def build(
         "created": created or utc_now(),
         "output_format": output_format,
         "compression": compression,
+        "preset": preset,
         "params": params,
         "frequencies": {str(sr): freqs for sr, freqs in sorted(frequencies.items())},
         "entries": table,

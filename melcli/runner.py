@@ -111,6 +111,7 @@ class RunOptions:
     prune: bool = False
     compression: str = "none"  # HDF5 only (`melcli.params.COMPRESSIONS`)
     root: str | None = None  # --root: keys are paths relative to it
+    preset: str | None = None  # --preset the parameters started from (recorded)
 
 
 @dataclass
@@ -1061,7 +1062,7 @@ class Run:
         return manifest_mod.build(
             params=params.to_dict(), command=opts.command, output_format=opts.format,
             entries=entries, failures=self.report.failures, frequencies=freqs,
-            inputs=self.inputs, root=self.root, compression=opts.compression,
+            inputs=self.inputs, root=self.root, compression=opts.compression, preset=opts.preset,
             stats=self.totals.to_dict() if self.totals else None,
             warnings=advice.data_warnings(
                 params, entries.sample_rate, entries.n_samples, entries.keys

@@ -1,0 +1,108 @@
+"""Presets: the parameters that make melcli's features equal another front end's.
+
+A preset names a reference implementation and sets every parameter of one kind
+that matters for it, explicitly (defaults included), so the manifest records
+the resolved values and a preset never depends on melcli's own defaults.
+Options given on the command line override a preset (each override is said on
+stderr). ``melcli presets`` lists them; docs/presets.md has every difference
+from each reference that we found and how it is handled. Each preset is tested
+against its reference's own output (tests/test_presets.py, golden files made by
+tests/reference/make_golden.py). No numerical library is imported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from melcli.errors import ParameterError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset of one feature kind.
+
+    Attributes
+    ----------
+    kind : str
+        The command it applies to (``mel``, ``mfcc``, ...).
+    name : str
+    reference : str
+        The call whose output it reproduces.
+    values : dict
+        Parameter name -> value; applied before the command line's options.
+    note : str
+        What to know (the rates it is exact at, what it cannot reproduce).
+    """
+
+    kind: str
+    name: str
+    reference: str
+    values: dict[str, Any]
+    note: str = ""
+
+
+_TORCHAUDIO_MEL: dict[str, Any] = {
+    # the waveform as torchaudio.load gives it: native rate, every channel
+    "sr": None, "mono": False,
+    # torchaudio.transforms.Spectrogram defaults: n_fft 400, hop = win // 2, periodic
+    # Hann, centred with reflect padding (no edge repeat), power 2
+    "n_fft": 400, "win_length": 400, "hop_length": 200, "window": "hann", "center": True,
+    "pad_mode": "reflect", "power": 2.0,
+    # MelSpectrogram: 128 HTK mels over [0, sr // 2], triangles linear in Hz, no norm
+    "n_mels": 128, "fmin": 0.0, "fmax": None, "mel_scale": "htk", "norm": "none",
+}  # fmt: skip
+
+_TORCHAUDIO_NOTE = (
+    "Every channel is kept, as torchaudio computes per channel (--mono for the mean). "
+    "Exact at even sample rates. torchaudio builds its filters over linspace(0, sr // 2) "
+    "and up to sr // 2; at an odd rate (11025 Hz) those are half a hertz off librosa's "
+    "rfftfreq grid, which melcli uses. Pass each file's rate as torchaudio's sample_rate "
+    "(melcli does, per file). With n_fft 400, 4 of the 128 filters are empty at 16 kHz "
+    "(torchaudio warns too)."
+)
+
+#: Every preset, by (kind, name).
+PRESETS: dict[tuple[str, str], Preset] = {
+    (p.kind, p.name): p
+    for p in (
+        Preset(
+            "mel", "torchaudio",
+            "torchaudio.transforms.MelSpectrogram(sample_rate=sr)(torchaudio.load(path)[0])",
+            {**_TORCHAUDIO_MEL, "scale": "linear", "top_db": None},
+            _TORCHAUDIO_NOTE,
+        ),
+        Preset(
+            "mfcc", "torchaudio",
+            "torchaudio.transforms.MFCC(sample_rate=sr)(torchaudio.load(path)[0])",
+            {**_TORCHAUDIO_MEL, "n_mfcc": 40, "dct_type": 2, "lifter": 0.0, "deltas": 0,
+             "scale": "db", "top_db": 80.0, "amin": 1e-10},
+            "MFCC's AmplitudeToDB('power', top_db=80) clips at the max over the whole "
+            "(channels, mels, frames) tensor, as melcli over the whole entry. "
+            + _TORCHAUDIO_NOTE,
+        ),
+    )
+}  # fmt: skip
+
+
+def names(kind: str) -> list[str]:
+    """The presets of kind ``kind``, sorted."""
+    return sorted(name for k, name in PRESETS if k == kind)
+
+
+def get(kind: str, name: str) -> Preset:
+    """The preset ``name`` of ``kind``.
+
+    Raises
+    ------
+    ParameterError
+        No such preset for this kind (the message lists those there are).
+    """
+    try:
+        return PRESETS[kind, name]
+    except KeyError:
+        have = ", ".join(names(kind)) or "none"
+        raise ParameterError(
+            f"is not a preset of {kind} (its presets: {have}; melcli presets lists all)",
+            param="preset", value=name,
+        ) from None  # fmt: skip
