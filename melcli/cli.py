@@ -22,6 +22,7 @@ import click
 
 from melcli import presets
 from melcli._version import __version__
+from melcli.backends import BACKENDS  # numpy-free, for --help
 from melcli.discover import AUDIO_EXTENSIONS
 from melcli.errors import (
     ExitCode,
@@ -40,8 +41,6 @@ if TYPE_CHECKING:  # numpy-heavy modules: imported by the commands that run
     from melcli.runner import RunOptions, RunReport
 
 DEFAULT_EXTS = ",".join(AUDIO_EXTENSIONS)
-#: melcli.pipeline.BACKENDS, spelled out so that --help need not import numpy (tested)
-BACKENDS = ("auto", "threading", "fork", "loky")
 
 
 def _choice(values: Any) -> click.Choice:

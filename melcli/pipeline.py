@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from melcli import audio, features
+from melcli.backends import BACKENDS as BACKENDS  # for callers of pipeline.BACKENDS
+from melcli.backends import SERIAL, executor_class
 from melcli.discover import Source, os_reason, printable
 from melcli.errors import DecodeError, WorkerError
 from melcli.params import FeatureParams
@@ -371,15 +373,6 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-#: Executors for -j > 1 (``--backend``), all run by `WorkerPool`. ``threading``:
-#: decoding (libsndfile), the FFT, the matmul and most array work release the
-#: GIL, there is no worker start-up and results need no pickling. ``fork``:
-#: worker processes forked from this one (ready in milliseconds, nothing
-#: re-imported), for many tiny files, whose per-file Python work holds the GIL.
-#: ``loky`` (joblib's): fresh worker processes. ``auto`` picks threading or fork
-#: (`resolve_backend`).
-BACKENDS = ("auto", "threading", "fork", "loky")
-
 #: With ``auto``, tasks shorter than this on average (samples, all channels) go to
 #: forked processes. Measured on 2 cores (docs/benchmarks.md): 1000 x 1 s clips,
 #: mel: compute 0.50 s in processes vs 0.75 s in threads; 200 x 10 s speech
@@ -388,7 +381,20 @@ FORK_BELOW_SAMPLES = 1 << 16
 
 
 def resolve_backend(backend: str, mean_samples: float) -> str:
-    """The executor ``backend`` means for tasks of ``mean_samples`` samples on average."""
+    """The executor ``backend`` means for tasks of ``mean_samples`` samples on average.
+
+    Parameters
+    ----------
+    backend : str
+        A ``--backend`` choice (`melcli.backends.BACKENDS`).
+    mean_samples : float
+        The tasks' mean length (samples, all channels).
+
+    Returns
+    -------
+    str
+        ``backend``, or for ``auto`` fork or threading (`FORK_BELOW_SAMPLES`).
+    """
     if backend != "auto":
         return backend
     if mean_samples < FORK_BELOW_SAMPLES and sys.platform.startswith("linux"):
@@ -605,7 +611,7 @@ def _die_with_parent(parent: int | None = None) -> None:
 
 
 def _loky_worker_init(parent: int) -> None:
-    # started with the stop signals blocked (`WorkerPool.start`): ignore them for good
+    # started with the stop signals blocked (`LokyExecutor.start`): ignore them for good
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -715,7 +721,8 @@ class WorkerPool:
     iterate `results`; `close` stops it: on success workers are reaped before
     the commit, on an error or interrupt they are killed (SIGKILL, never
     waited for mid-batch). ``jobs <= 1`` runs in this process. The batches in
-    the workers' hands are kept in ``log`` (`InflightLog`).
+    the workers' hands are kept in ``log`` (`InflightLog`). The work itself is
+    done by the `Executor` of ``backend`` (`melcli.backends.EXECUTORS`).
 
     Parameters
     ----------
@@ -726,7 +733,8 @@ class WorkerPool:
     params : FeatureParams
     jobs : int
     backend : str
-        threading, fork or loky (``auto`` resolved, see `resolve_backend`).
+        A name in `melcli.backends.EXECUTORS` (``auto`` resolved, see
+        `resolve_backend`); with one job, ``serial`` whatever it says.
     log : InflightLog, optional
     """
 
@@ -742,42 +750,16 @@ class WorkerPool:
     ) -> None:
         self.tasks, self.params = tasks, params
         self.n_jobs = max(1, min(jobs, len(tasks)))
-        self.backend = backend if self.n_jobs > 1 else "serial"
+        self.backend = backend if self.n_jobs > 1 else SERIAL
         self.batches = make_batches(costs, self.n_jobs)
         self.log = log or InflightLog(None)
-        self._executor: Any = None
-        self._workers: list[_ForkWorker] = []
+        factory = executor_class(self.backend)
+        self.executor = factory(tasks, params, self.batches, n_jobs=self.n_jobs, log=self.log)
         self._closed = False
 
     def start(self) -> WorkerPool:
         """Create the workers now (forked workers hold no descriptor of the output)."""
-        if self.backend == "serial":
-            worker_init()  # the work runs in this process
-        elif self.backend == "fork":
-            self._workers = [_ForkWorker(self.tasks, self.params) for _ in range(self.n_jobs)]
-        elif self.backend == "threading":
-            from concurrent.futures import ThreadPoolExecutor
-
-            # once, before any thread computes (threadpoolctl's first use is not
-            # thread-safe, and the float32 filterbank sums depend on BLAS threads)
-            worker_init()
-            self._executor = ThreadPoolExecutor(self.n_jobs, thread_name_prefix="melcli")
-        elif self.backend == "loky":
-            from joblib.externals.loky.process_executor import ProcessPoolExecutor
-
-            with stop_signals_blocked():  # its workers and resource trackers spawn now
-                import multiprocessing.resource_tracker as mp_tracker
-
-                from joblib.externals.loky.backend import resource_tracker as loky_tracker
-
-                # starting a tracker unblocks SIGINT and SIGTERM: start them first
-                loky_tracker.ensure_running()
-                mp_tracker.ensure_running()
-                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-                self._executor = ProcessPoolExecutor(
-                    self.n_jobs, initializer=_loky_worker_init, initargs=(os.getpid(),)
-                )
-                self._executor.submit(int)  # spawns the workers, synchronously
+        self.executor.start()
         return self
 
     def results(self) -> Iterator[Result]:
@@ -789,33 +771,126 @@ class WorkerPool:
             A worker process died other than by a crash (killed, out of memory),
             or a loky worker died.
         """
-        if self.backend == "serial":
-            for b, rng in enumerate(self.batches):
-                batch = [self.tasks[i] for i in rng]
-                self.log.submit(b, batch)
-                yield from _extract_batch(batch, self.params)
-                self.log.done(b)
-        elif self.backend == "fork":
-            yield from self._forked()
-        else:
-            yield from self._futures()
+        return self.executor.results()
 
-    def _futures(self) -> Iterator[Result]:
+    def close(self, *, ok: bool, keep_log: bool = False) -> None:
+        """Stop the workers: reap idle ones (``ok``) or kill them; close the log.
+
+        ``keep_log``: leave the in-flight log for the next run (a worker died).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.executor.close(ok=ok)
+        finally:
+            if keep_log:
+                self.log.close()
+            else:
+                self.log.clear()
+
+
+class Executor:
+    """Computes the batches of one run, somewhere: the interface of every backend.
+
+    A backend is a subclass and its entry in `melcli.backends.EXECUTORS`;
+    `WorkerPool` makes the batches and the log, and calls `start`, `results`
+    and `close` in that order (`close` possibly without the others).
+
+    Parameters
+    ----------
+    tasks : sequence of Task
+    params : FeatureParams
+    batches : sequence of range
+        Indices into ``tasks`` (`make_batches`), in the order to hand them out.
+    n_jobs : int
+        Workers to run (more than one except for `SerialExecutor`).
+    log : InflightLog
+        Every batch is noted in it when handed out (`hand_out`) and when back.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        params: FeatureParams,
+        batches: Sequence[range],
+        *,
+        n_jobs: int,
+        log: InflightLog,
+    ) -> None:
+        self.tasks, self.params, self.batches = tasks, params, batches
+        self.n_jobs, self.log = n_jobs, log
+
+    def start(self) -> None:
+        """Create the workers, and apply `worker_init` where the work will run.
+
+        Called before the output is opened, so no worker process inherits it.
+        """
+
+    def results(self) -> Iterator[Result]:
+        """Each batch's results as it finishes; at most two batches per worker out.
+
+        At most two: results wait in memory until the writer takes them, so
+        this bounds memory, and the work lost when the run is killed.
+
+        Raises
+        ------
+        WorkerError
+            A worker died in a way that costs the run (see each backend).
+        """
+        raise NotImplementedError
+
+    def close(self, *, ok: bool) -> None:
+        """Stop the workers: on success (``ok``) wait for idle ones, else kill them.
+
+        Called once, also when `start` was not or `results` not to the end.
+        """
+
+    def hand_out(self, b: int, rng: range) -> list[Task]:
+        """The tasks of batch ``b`` (indices ``rng``), noted in the log as out now."""
+        batch = [self.tasks[i] for i in rng]
+        self.log.submit(b, batch)
+        return batch
+
+
+class SerialExecutor(Executor):
+    """Every batch in turn in this process (``-j 1``, or a single task)."""
+
+    def start(self) -> None:
+        """Apply `worker_init` to this process: the work runs here."""
+        worker_init()
+
+    def results(self) -> Iterator[Result]:
+        """Each batch's results as it is computed, here."""
+        for b, rng in enumerate(self.batches):
+            batch = self.hand_out(b, rng)
+            yield from _extract_batch(batch, self.params)
+            self.log.done(b)
+
+
+class _FuturesExecutor(Executor):
+    """A `concurrent.futures` executor (``self.pool``) computes the batches."""
+
+    pool: Any = None  # made by `start`
+
+    def results(self) -> Iterator[Result]:
+        """Each batch's results as its future completes.
+
+        Raises
+        ------
+        WorkerError
+            The executor broke (a loky worker died).
+        """
         from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
-
-        from joblib.externals.loky.process_executor import BrokenProcessPool
 
         todo = iter(enumerate(self.batches))
         pending: dict[Future[list[Result]], int] = {}
 
         def submit(n: int) -> None:
             for b, rng in itertools.islice(todo, n):
-                batch = [self.tasks[i] for i in rng]
-                self.log.submit(b, batch)
-                pending[self._executor.submit(_extract_batch, batch, self.params)] = b
+                batch = self.hand_out(b, rng)
+                pending[self.pool.submit(_extract_batch, batch, self.params)] = b
 
-        # At most two batches per worker out: results wait in memory until the
-        # writer takes them, so this bounds memory (and the work in flight).
         submit(2 * self.n_jobs)
         try:
             while pending:
@@ -826,21 +901,106 @@ class WorkerPool:
                     submit(1)
                     self.log.done(b)
                     yield from out
-        except (BrokenExecutor, BrokenProcessPool):
+        except BrokenExecutor:  # loky's BrokenProcessPool and TerminatedWorkerError too
             raise WorkerError(
                 "a worker process died unexpectedly (killed, out of memory, or a crash)"
             ) from None
 
-    def _forked(self) -> Iterator[Result]:
+
+class ThreadingExecutor(_FuturesExecutor):
+    """Threads of this process (``--backend threading``).
+
+    A crash of a decoder kills the process: the next run finds the input in
+    the in-flight log and decodes it in an isolated process first.
+    """
+
+    def start(self) -> None:
+        """`worker_init` here, then the threads."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        # once, before any thread computes (threadpoolctl's first use is not
+        # thread-safe, and the float32 filterbank sums depend on BLAS threads)
+        worker_init()
+        self.pool = ThreadPoolExecutor(self.n_jobs, thread_name_prefix="melcli")
+
+    def close(self, *, ok: bool) -> None:
+        """Wait for the threads (``ok``), or drop the batches not started."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=ok, cancel_futures=True)
+
+
+class LokyExecutor(_FuturesExecutor):
+    """Fresh worker processes of joblib's loky (``--backend loky``).
+
+    They ignore the stop signals and die with the parent (`_loky_worker_init`);
+    one that dies (a crash included) stops the run with a `WorkerError`.
+    """
+
+    def start(self) -> None:
+        """Spawn the workers now, with the stop signals blocked meanwhile."""
+        from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+        with stop_signals_blocked():  # its workers and resource trackers spawn now
+            import multiprocessing.resource_tracker as mp_tracker
+
+            from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+            # starting a tracker unblocks SIGINT and SIGTERM: start them first
+            loky_tracker.ensure_running()
+            mp_tracker.ensure_running()
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            self.pool = ProcessPoolExecutor(
+                self.n_jobs, initializer=_loky_worker_init, initargs=(os.getpid(),)
+            )
+            self.pool.submit(int)  # spawns the workers, synchronously
+
+    def close(self, *, ok: bool) -> None:
+        """Wait for the workers (``ok``), or kill them."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=ok, kill_workers=not ok)
+
+
+class ForkExecutor(Executor):
+    """Worker processes forked from this one (``--backend fork``), fed by pipes.
+
+    A worker that crashes (`CRASH_SIGNALS`) costs the input it crashed on:
+    its batches are redone one input at a time in isolated processes and a
+    new worker takes its place. Any other death stops the run (`WorkerError`).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        params: FeatureParams,
+        batches: Sequence[range],
+        *,
+        n_jobs: int,
+        log: InflightLog,
+    ) -> None:
+        super().__init__(tasks, params, batches, n_jobs=n_jobs, log=log)
+        self.workers: list[_ForkWorker] = []
+
+    def start(self) -> None:
+        """Fork the workers (each applies `worker_init` to itself)."""
+        self.workers = [_ForkWorker(self.tasks, self.params) for _ in range(self.n_jobs)]
+
+    def results(self) -> Iterator[Result]:
+        """Each batch's results as its worker sends them.
+
+        Raises
+        ------
+        WorkerError
+            A worker died other than by a crash (killed, out of memory).
+        """
         from multiprocessing.connection import wait
 
         todo = iter(enumerate(self.batches))
         while True:
-            for w in self._workers:  # keep two batches per worker out
+            for w in self.workers:  # keep two batches per worker out
                 for b, rng in itertools.islice(todo, 2 - len(w.out)):
-                    self.log.submit(b, [self.tasks[i] for i in rng])
+                    self.hand_out(b, rng)
                     w.give(b, rng)
-            busy = {w.outbox: w for w in self._workers if w.out}
+            busy = {w.outbox: w for w in self.workers if w.out}
             if not busy:
                 return
             for conn in wait(list(busy)):
@@ -864,36 +1024,19 @@ class WorkerPool:
         # A crash (a decoder's SIGSEGV or abort): redo its batches one input at a
         # time in isolated processes; the input that crashes again is a failure.
         lost = [self.tasks[i] for _, rng in w.out for i in rng]
-        self._workers[self._workers.index(w)] = _ForkWorker(self.tasks, self.params)
+        self.workers[self.workers.index(w)] = _ForkWorker(self.tasks, self.params)
         yield from isolated_results(lost, self.params)
         for b, _ in w.out:
             self.log.done(b)
 
-    def close(self, *, ok: bool, keep_log: bool = False) -> None:
-        """Stop the workers: reap idle ones (``ok``) or kill them; close the log.
-
-        ``keep_log``: leave the in-flight log for the next run (a worker died).
-        """
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            for w in self._workers:
-                w.stop(kill=not ok)
-            if self._executor is not None:
-                if self.backend == "loky":
-                    self._executor.shutdown(wait=ok, kill_workers=not ok)
-                else:
-                    self._executor.shutdown(wait=ok, cancel_futures=True)
-        finally:
-            if keep_log:
-                self.log.close()
-            else:
-                self.log.clear()
+    def close(self, *, ok: bool) -> None:
+        """Reap the workers once idle (``ok``), or kill them."""
+        for w in self.workers:
+            w.stop(kill=not ok)
 
 
 class _ForkWorker:
-    """One forked worker process and the batches it holds (see `WorkerPool`)."""
+    """One forked worker process and the batches it holds (see `ForkExecutor`)."""
 
     def __init__(self, tasks: Sequence[Task], params: FeatureParams) -> None:
         self.pid, self.inbox, self.outbox = _fork(tasks, params, _serve_batches)

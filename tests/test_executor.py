@@ -22,11 +22,13 @@ import pytest
 from test_reliability import assert_same, leftovers, write_tone
 
 from melcli import audio, pipeline
+from melcli.backends import BACKENDS as CHOICES
 from melcli.discover import Source
 from melcli.params import FeatureParams
 
 MELCLI = [sys.executable, "-m", "melcli"]
-BACKENDS = ["threading", "fork", "loky"]
+#: Every --backend but auto: each entry of melcli.backends.EXECUTORS is tested here.
+BACKENDS = list(CHOICES[1:])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -318,7 +320,7 @@ def resample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("backend", ["threading", "fork", "loky", "j1"])
+@pytest.mark.parametrize("backend", [*BACKENDS, "j1"])
 def test_interrupts_at_random_moments_end_cleanly(
     resample_corpus: Path, tmp_path: Path, backend: str
 ) -> None:
