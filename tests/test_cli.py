@@ -653,7 +653,12 @@ def test_every_command_has_help(invoke: Invoke, path: list[str]) -> None:
 
 
 def test_commands_are_the_documented_ones() -> None:
-    assert sorted(cli.commands) == ["inspect", "mel", "stft"]
+    from melcli.kinds import KINDS
+
+    assert sorted(cli.commands) == sorted(["inspect", "presets", *KINDS])
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in cli.commands:
+        assert f"melcli {name} " in readme, name
 
 
 def test_help_documents_key_defaults(invoke: Invoke) -> None:
