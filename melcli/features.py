@@ -406,7 +406,7 @@ def compute_stream(
             n_samples=n,
         )
         out.add(scale_values(frames_spectrogram(x, sr, params, total - done), params))
-    return _cast(params.entry_stage(clip_top_db(out.array(), params)), params)
+    return _cast(normalize(params.entry_stage(clip_top_db(out.array(), params)), params), params)
 
 
 class _Frames:
@@ -436,7 +436,25 @@ class _Frames:
 
 
 def _finish(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
-    return _cast(params.entry_stage(scale(spec, params)), params)
+    return _cast(normalize(params.entry_stage(scale(spec, params)), params), params)
+
+
+def normalize(x: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """``params.normalize`` of a whole entry (channels, rows, frames), each row alone.
+
+    ``mean``: ``x - mean``; ``meanvar``: ``(x - mean) / std`` (population std, float64
+    sums; a constant row becomes 0). The per-utterance CMVN of ASR recipes (Kaldi's
+    ``apply-cmvn --norm-vars`` with the utterance's own statistics).
+    """
+    if params.normalize == "none" or not x.shape[-1]:
+        return x
+    data = x.astype(np.float64)
+    mean = data.mean(axis=-1, keepdims=True)
+    data -= mean
+    if params.normalize == "meanvar":
+        std = np.sqrt(np.mean(np.square(data), axis=-1, keepdims=True))
+        data /= np.where(std > 0, std, 1.0)
+    return data.astype(x.dtype)
 
 
 def _cast(out: np.ndarray, params: FeatureParams) -> np.ndarray:

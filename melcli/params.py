@@ -37,6 +37,7 @@ WINDOW_PARAM: dict[str, str] = {"gaussian": "STD", "kaiser": "BETA"}
 PAD_MODES = ("constant", "reflect", "edge")
 SCALES = ("linear", "db", "log")
 DTYPES = ("float32", "float16", "float64")
+NORMALIZE = ("none", "mean", "meanvar")
 #: HDF5 storage of the entries (``--compression``): h5py's filters, chunked along time.
 COMPRESSIONS = ("none", "gzip", "lzf")
 
@@ -200,6 +201,8 @@ class FeatureParams:
         With ``scale='db'``: clip below ``max - top_db``; None means no clipping.
     amin : float > 0
         Floor before ``db`` / ``log`` scaling.
+    normalize : {'none', 'mean', 'meanvar'}
+        Per-entry normalisation over frames, last (`melcli.features.normalize`).
     dtype : {'float32', 'float16', 'float64'}
         Stored dtype.
     """
@@ -260,6 +263,11 @@ class FeatureParams:
     amin: float = setting(
         1e-10, "Floor applied before --scale db/log.", stage="Scaling", check="positive"
     )
+    normalize: str = setting(
+        "none", "Per entry, over its frames, each row (and channel) on its own, last: mean "
+        "subtracts the mean, meanvar also divides by the standard deviation (per-utterance "
+        "CMVN).", stage="Scaling", choices=NORMALIZE,
+    )  # fmt: skip
     dtype: str = setting(
         "float32", "Stored dtype (complex64/complex128 with stft --complex).",
         stage="Scaling", choices=DTYPES,
@@ -367,7 +375,7 @@ class FeatureParams:
     def needs_whole_entry(self) -> bool:
         """True when the last stage needs every frame of an entry (``top_db``'s maximum),
         so a long file cannot be computed in independent parts."""
-        return self.scale == "db" and self.top_db is not None
+        return (self.scale == "db" and self.top_db is not None) or self.normalize != "none"
 
     def n_frames(self, n_samples: int) -> int:
         """Frames for a signal of ``n_samples`` samples (0 if too short).

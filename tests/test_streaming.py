@@ -217,6 +217,7 @@ def test_resampled_blocks_are_the_whole_file_bit_for_bit(
             FeatureParams(kind="mel", sr=sr, mono=mono, center=False, dtype="float16"),
             # top_db over the whole entry, then the DCT, then deltas across frames
             FeatureParams(kind="mfcc", sr=sr, mono=mono, deltas=2),
+            FeatureParams(kind="mel", sr=sr, mono=mono, scale="log", normalize="meanvar"),
         ):
             got = features.compute_stream(iter(blocks), sr, params, expected_samples=n)
             want = features.compute(whole, sr, params)

@@ -41,9 +41,10 @@ class StftParams(FeatureParams):
     def validate(self) -> None:  # noqa: D102
         if not self.complex:
             return
-        if self.scale != "linear" or self.power != 2.0:
+        if self.scale != "linear" or self.power != 2.0 or self.normalize != "none":
             raise ParameterError(
-                "stores the raw STFT: it cannot be combined with --power or --scale",
+                "stores the raw STFT: it cannot be combined with --power, --scale or "
+                "--normalize",
                 param="complex", value=True,
             )  # fmt: skip
         if self.dtype == "float16":
