@@ -220,14 +220,25 @@ def single_threaded_blas() -> None:
 
 
 def scale(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """Apply ``params.scale`` to non-negative magnitudes.
+    """Apply ``params.scale`` to non-negative magnitudes of a whole entry.
 
     ``db``: ``librosa.power_to_db`` (power 2) or ``librosa.amplitude_to_db``
     (power 1) with ref=1.0, amin=params.amin and top_db=params.top_db, i.e.
     ``(20 / power) * log10(max(amin, S))``, then clipped at ``max - top_db``.
-    ``log``: ``ln(max(S, amin))``. ``linear``: unchanged.
+    ``log``: ``ln(max(S, amin))``. ``whisper``: ``log10(max(S, amin))`` clipped
+    at ``max - top_db``, then ``(x + 4) / 4`` (whisper.log_mel_spectrogram).
+    ``linear``: unchanged.
     """
-    return clip_top_db(scale_values(spec, params), params)
+    return finish_scale(scale_values(spec, params), params)
+
+
+def finish_scale(values: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """The whole-entry part of `scale`, after `scale_values`: the ``top_db`` clip
+    (and Whisper's ``(x + 4) / 4`` after it)."""
+    out = clip_top_db(values, params)
+    if params.scale == "whisper":
+        out = (out + np.float32(4.0)) / np.float32(4.0)
+    return out
 
 
 def scale_values(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -237,12 +248,19 @@ def scale_values(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
     floored = np.maximum(spec, np.float32(params.amin))
     if params.scale == "log":
         return np.log(floored)
+    if params.scale == "whisper":
+        return np.log10(floored)
     return np.float32(params.db_multiplier) * np.log10(floored)
 
 
 def clip_top_db(db: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Clip dB values at ``max - params.top_db`` (in place when ``db`` is writable float32)."""
-    if params.scale != "db" or params.stores_complex or params.top_db is None or not db.size:
+    if (
+        params.scale not in ("db", "whisper")
+        or params.stores_complex
+        or params.top_db is None
+        or not db.size
+    ):
         return db
     return np.maximum(db, db.max() - np.float32(params.top_db), out=db)
 
@@ -268,9 +286,12 @@ def compute(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
         Non-finite samples, too few samples, a filterbank that does not fit the
         rate, or values that overflow float16.
     """
-    params.check_file(sr, y.shape[-1])
+    n = y.shape[-1]
+    params.check_file(sr, n)
     check_samples(y)
-    return _finish(spectrogram(y, sr, params), params)
+    if params.tail == "zeros":  # every frame that touches the signal, for the clip
+        y = np.pad(y, [(0, 0), (0, params.n_fft)])
+    return _finish(spectrogram(y, sr, params), params, params.n_frames(n))
 
 
 def compute_segment(
@@ -313,7 +334,8 @@ def compute_segment(
     x = pad_center(
         segment, params, max(0, -a), max(0, b - n_samples), start=max(a, 0), n_samples=n_samples
     )
-    return _finish(frames_spectrogram(x, sr, params, frame_stop - frame_start), params)
+    n_out = frame_stop - frame_start
+    return _finish(frames_spectrogram(x, sr, params, n_out), params, n_out)
 
 
 def check_samples(y: np.ndarray) -> None:
@@ -366,7 +388,9 @@ def compute_stream(
     DecodeError
         As `compute`, and whatever ``blocks`` raises.
     """
-    params.check_file(sr, max(params.n_fft, 1))  # rate checks before any work
+    params.check_file(sr, max(params.n_fft, params.hop_length, 1))  # rate checks first
+    zeros = _ZerosAfter(blocks, params.n_fft if params.tail == "zeros" else 0)
+    blocks = iter(zeros)
     run = max(params.n_fft // params.hop_length + 2, RUN_SAMPLES // params.hop_length)
     pending: list[np.ndarray] = []
     buf = np.zeros((0, 0), dtype=np.float32)
@@ -391,7 +415,7 @@ def compute_stream(
     if pending:
         buf = np.concatenate([buf, *pending], axis=-1) if buf.size else np.concatenate(pending, -1)
     n = buf_start + buf.shape[-1]
-    params.check_file(sr, n)
+    params.check_file(sr, n - zeros.added)
     total = params.n_frames(n)
     if done == 0:  # a short signal: exactly `compute`, padding included
         out.add(scale_values(spectrogram(buf, sr, params), params))
@@ -406,7 +430,25 @@ def compute_stream(
             n_samples=n,
         )
         out.add(scale_values(frames_spectrogram(x, sr, params, total - done), params))
-    return _cast(normalize(params.entry_stage(clip_top_db(out.array(), params)), params), params)
+    return _finish_scaled(
+        finish_scale(out.array(), params), params, params.n_frames(n - zeros.added)
+    )
+
+
+class _ZerosAfter:
+    """The blocks, then ``n`` zero samples (``--tail zeros``; none after no blocks)."""
+
+    def __init__(self, blocks: Iterable[np.ndarray], n: int) -> None:
+        self.blocks, self.n, self.added = blocks, n, 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        channels = 0
+        for block in self.blocks:
+            channels = block.shape[0]
+            yield block
+        if self.n and channels:
+            self.added = self.n
+            yield np.zeros((channels, self.n), dtype=np.float32)
 
 
 class _Frames:
@@ -435,8 +477,16 @@ class _Frames:
         return np.ascontiguousarray(self._out[..., : self._n])
 
 
-def _finish(spec: np.ndarray, params: FeatureParams) -> np.ndarray:
-    return _cast(normalize(params.entry_stage(scale(spec, params)), params), params)
+def _finish(spec: np.ndarray, params: FeatureParams, n_frames: int) -> np.ndarray:
+    """Scale a whole entry's frames, keep the first ``n_frames`` (``--tail zeros``
+    computes more, for the clip), then the kind's entry stage, normalise, cast."""
+    return _finish_scaled(scale(spec, params), params, n_frames)
+
+
+def _finish_scaled(x: np.ndarray, params: FeatureParams, n_frames: int) -> np.ndarray:
+    if x.shape[-1] != n_frames:
+        x = np.ascontiguousarray(x[..., :n_frames])
+    return _cast(normalize(params.entry_stage(x), params), params)
 
 
 def normalize(x: np.ndarray, params: FeatureParams) -> np.ndarray:

@@ -35,7 +35,8 @@ WINDOWS: dict[str, str] = {
 #: Windows that need a parameter after a colon (``gaussian:STD``, ``kaiser:BETA``).
 WINDOW_PARAM: dict[str, str] = {"gaussian": "STD", "kaiser": "BETA"}
 PAD_MODES = ("constant", "reflect", "edge")
-SCALES = ("linear", "db", "log")
+SCALES = ("linear", "db", "log", "whisper")
+TAILS = ("pad", "zeros")
 DTYPES = ("float32", "float16", "float64")
 NORMALIZE = ("none", "mean", "meanvar")
 #: HDF5 storage of the entries (``--compression``): h5py's filters, chunked along time.
@@ -193,9 +194,12 @@ class FeatureParams:
         Pad by n_fft // 2 on both sides so frame t is centred at t * hop_length.
     pad_mode : {'constant', 'reflect', 'edge'}
         Padding used when ``center``.
+    tail : {'pad', 'zeros'}
+        The end of a centred signal: padded as its start (``pad``), or followed by
+        zeros with the frame centred on the end dropped (``zeros``, Whisper).
     power : float > 0
         Exponent of the magnitude (2 = power, 1 = magnitude).
-    scale : {'linear', 'db', 'log'}
+    scale : {'linear', 'db', 'log', 'whisper'}
         Scaling of the magnitudes after the kind's stage.
     top_db : float >= 0 or None
         With ``scale='db'``: clip below ``max - top_db``; None means no clipping.
@@ -248,13 +252,21 @@ class FeatureParams:
         "constant", "Padding used by --center (as librosa >= 0.10).",
         stage="Framing", choices=PAD_MODES,
     )  # fmt: skip
+    tail: str = setting(
+        "pad", "How a centred signal ends: pad (like its start, with --pad-mode: 1 + n//hop "
+        "frames, as librosa) or zeros (zeros follow it and the frame centred on its end is "
+        "dropped: n//hop frames, a --top-db clip seeing every frame that touches the signal; "
+        "as whisper.transcribe).", stage="Framing", choices=TAILS,
+    )  # fmt: skip
     power: float = setting(
         2.0, "Exponent of the magnitude: 2 = power, 1 = magnitude.",
         stage="Spectrum", check="positive",
     )  # fmt: skip
     scale: str = setting(
         "linear", "db: librosa.power_to_db (power 2) / amplitude_to_db (power 1), ref=1.0; "
-        "log: natural log of max(x, amin) (ASR log-mel).", stage="Scaling", choices=SCALES,
+        "log: natural log of max(x, amin) (ASR log-mel); whisper: log10(max(x, amin)), "
+        "clipped at max - TOP_DB, then (x + 4) / 4 (Whisper's log-mel).", stage="Scaling",
+        choices=SCALES,
     )  # fmt: skip
     top_db: float | None = setting(
         None, "With --scale db: clip at max - TOP_DB. Off by default (librosa's own default "
@@ -299,9 +311,12 @@ class FeatureParams:
         if self.hop_length is None:
             self._fix("hop_length", max(1, self.win_length // 4))
         self._fix("window", _canonical_window(self.window))
-        if self.top_db is not None and self.scale != "db":
-            raise ParameterError("applies only to scale='db' (--scale db)", param="top_db",
+        if self.top_db is not None and self.scale not in ("db", "whisper"):
+            raise ParameterError("applies only to --scale db or whisper", param="top_db",
                                  value=self.top_db)  # fmt: skip
+        if self.tail == "zeros" and not self.center:
+            raise ParameterError("ends a centred signal: it needs --center", param="tail",
+                                 value=self.tail)  # fmt: skip
         if self.scale == "db" and self.power not in (1.0, 2.0):
             raise ParameterError(
                 "with scale='db' must be 1 (amplitude_to_db) or 2 (power_to_db)",
@@ -375,7 +390,11 @@ class FeatureParams:
     def needs_whole_entry(self) -> bool:
         """True when the last stage needs every frame of an entry (``top_db``'s maximum),
         so a long file cannot be computed in independent parts."""
-        return (self.scale == "db" and self.top_db is not None) or self.normalize != "none"
+        return (
+            (self.scale in ("db", "whisper") and self.top_db is not None)
+            or self.normalize != "none"
+            or self.tail == "zeros"
+        )
 
     def n_frames(self, n_samples: int) -> int:
         """Frames for a signal of ``n_samples`` samples (0 if too short).
@@ -384,6 +403,8 @@ class FeatureParams:
         whose centre padding is one sample shorter), ``1 + (n - n_fft) // hop``
         without.
         """
+        if self.center and self.tail == "zeros":
+            return n_samples // self.hop_length
         if self.center:
             padded = n_samples + 2 * (self.n_fft // 2)
             return 1 + (padded - self.n_fft) // self.hop_length
@@ -411,6 +432,11 @@ class FeatureParams:
             raise DecodeError(
                 f"too short: {n_samples} samples < n_fft={self.n_fft} "
                 "(one frame without --center needs n_fft samples)"
+            )
+        if self.center and self.tail == "zeros" and n_samples < self.hop_length:
+            raise DecodeError(
+                f"too short: {n_samples} samples < hop_length={self.hop_length} "
+                "(--tail zeros keeps n // hop frames: none)"
             )
 
     def block_stage(self, sr: int) -> Callable[[Any], Any] | None:

@@ -62,6 +62,20 @@ _TORCHAUDIO_NOTE = (
     "(torchaudio warns too)."
 )
 
+_WHISPER: dict[str, Any] = {
+    # whisper/audio.py: 16 kHz mono (load_audio resamples with ffmpeg), N_FFT 400,
+    # HOP_LENGTH 160, torch.hann_window (periodic), torch.stft centred with reflect padding
+    "sr": 16000, "mono": True, "n_fft": 400, "win_length": 400, "hop_length": 160,
+    "window": "hann", "center": True, "pad_mode": "reflect",
+    # transcribe pads 30 s of zeros and keeps N // 160 frames; the max - 8 clip sees
+    # every frame that touches the audio
+    "tail": "zeros", "power": 2.0,
+    # librosa.filters.mel(sr=16000, n_fft=400, n_mels=80) (large-v3: 128), bit-identical
+    "n_mels": 80, "fmin": 0.0, "fmax": None, "mel_scale": "slaney", "norm": "slaney",
+    # log10(clamp(mel, 1e-10)), max(x, x.max() - 8), (x + 4) / 4
+    "scale": "whisper", "top_db": 8.0, "amin": 1e-10, "normalize": "none",
+}  # fmt: skip
+
 #: Every preset, by (kind, name).
 PRESETS: dict[tuple[str, str], Preset] = {
     (p.kind, p.name): p
@@ -80,6 +94,15 @@ PRESETS: dict[tuple[str, str], Preset] = {
             "MFCC's AmplitudeToDB('power', top_db=80) clips at the max over the whole "
             "(channels, mels, frames) tensor, as melcli over the whole entry. "
             + _TORCHAUDIO_NOTE,
+        ),
+        Preset(
+            "mel", "whisper",
+            "whisper.log_mel_spectrogram(audio, n_mels, padding=480000)[:, :N // 160], "
+            "what whisper.transcribe feeds the model",
+            _WHISPER,
+            "80 mels; --n-mels 128 for large-v3. Files at other rates are resampled to 16 kHz "
+            "with soxr (librosa's resampler); Whisper's own load_audio resamples with ffmpeg, "
+            "so for those files the features differ by the resampler. Exact for 16 kHz input.",
         ),
     )
 }  # fmt: skip

@@ -55,6 +55,42 @@ def test_torchaudio_presets_equal_torchaudio(
             assert err <= 1e-4, (name, err)
 
 
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_whisper_preset_equals_what_whisper_transcribe_computes(
+    melcli: RunMelcli, inputs: Path, tmp_path: Path, n_mels: int
+) -> None:
+    """16 kHz mono inputs (Whisper's own rate: no resampler in between). Its traps: the
+    frame centred on the end is dropped (N // 160 frames), zeros follow the audio (not
+    the reflection), and the max - 8 clip sees every frame touching the audio."""
+    out = tmp_path / "w.h5"
+    wanted = [name for name, info in CALLS["inputs"].items() if info["sr"] == 16000]
+    args = [str(inputs / f"{name}.flac") for name in wanted]
+    proc = melcli("mel", *args, "-o", out, "--preset", "whisper", "--n-mels", str(n_mels))
+    assert proc.returncode == 0, proc.stderr
+    with melcli_lib.open(out) as feats:
+        for name in wanted:
+            ref = GOLDEN[f"whisper_{n_mels}/{name}"]  # (n_mels, N // 160)
+            got = feats[f"{name}.flac"]
+            assert got.shape == ref.shape == (n_mels, CALLS["inputs"][name]["samples"] // 160)
+            err = float(np.abs(got - ref).max()) / float(np.abs(ref).max())
+            assert err <= 1e-4, (name, err)
+
+
+def test_whisper_preset_skips_a_file_shorter_than_one_hop(
+    melcli: RunMelcli, tmp_path: Path
+) -> None:
+    import soundfile as sf
+
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "tiny.wav", np.full(100, 0.1, np.float32), 16000)
+    sf.write(tmp_path / "in" / "ok.wav", np.full(1000, 0.1, np.float32), 16000)
+    proc = melcli("mel", tmp_path / "in", "-o", tmp_path / "w.h5", "--preset", "whisper")
+    assert proc.returncode == 3
+    assert "skipped tiny.wav: too short: 100 samples < hop_length=160" in proc.stderr
+    with melcli_lib.open(tmp_path / "w.h5") as feats:
+        assert feats["ok.wav"].shape == (80, 1000 // 160)
+
+
 def test_options_override_a_preset_and_say_so(
     melcli: RunMelcli, inputs: Path, tmp_path: Path
 ) -> None:

@@ -218,6 +218,18 @@ def test_resampled_blocks_are_the_whole_file_bit_for_bit(
             # top_db over the whole entry, then the DCT, then deltas across frames
             FeatureParams(kind="mfcc", sr=sr, mono=mono, deltas=2),
             FeatureParams(kind="mel", sr=sr, mono=mono, scale="log", normalize="meanvar"),
+            # Whisper: zeros after the end, the clip over every frame touching the signal
+            FeatureParams(
+                kind="mel",
+                sr=sr,
+                mono=mono,
+                n_fft=400,
+                hop_length=160,
+                pad_mode="reflect",
+                tail="zeros",
+                scale="whisper",
+                top_db=8.0,
+            ),
         ):
             got = features.compute_stream(iter(blocks), sr, params, expected_samples=n)
             want = features.compute(whole, sr, params)
