@@ -810,6 +810,12 @@ def _preview_options(func: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Input preview: the shapes `melcli KIND` would write.  [default: mel]",
 )
+@click.option(
+    "--preset",
+    type=_choice(sorted({name for _, name in presets.PRESETS})),
+    default=None,
+    help="Input preview: start from this preset of --kind (melcli presets lists them).",
+)
 @_preview_options
 def inspect_command(
     path: str, as_json: bool, key: str | None, list_keys: bool, exts: str, **preview: Any
@@ -845,9 +851,15 @@ def inspect_command(
             if key is not None:
                 _usage("--key applies to melcli outputs, not to audio inputs")
             cls = KINDS[given.pop("kind", "mel").lower()]
+            preset = given.pop("preset", None)
             for name in set(given) - set(cls.field_names()):
                 have = [k for k, c in KINDS.items() if name in c.field_names()]
                 _usage(f"--{name.replace('_', '-')} applies to --kind {' or '.join(have)}")
+            if preset is not None:
+                try:
+                    given = {**presets.get(cls.NAME, preset.lower()).values, **given}
+                except ParameterError as exc:
+                    _usage(_parameter_message(exc))
             params = build_params(cls, given)
             info = insp.inspect_audio([path], parse_extensions(exts), params)
         else:

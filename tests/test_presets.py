@@ -128,3 +128,14 @@ def test_presets_lists_every_preset_and_its_values(melcli: RunMelcli) -> None:
         assert p["reference"] in text.stdout
         # every value is a valid parameter of its kind
         FeatureParams(kind=p["kind"], **p["values"])
+
+
+def test_inspect_previews_a_preset(melcli: RunMelcli, inputs: Path) -> None:
+    proc = melcli("inspect", inputs, "--kind", "mel", "--preset", "whisper", "--json")
+    assert proc.returncode == 0, proc.stderr
+    shapes = {f["key"]: f["shape"] for f in json.loads(proc.stdout)["files"]}
+    for name, info in CALLS["inputs"].items():  # resampled to 16 kHz, N // 160 frames
+        n = -(-info["samples"] * 16000 // info["sr"])
+        assert shapes[f"{name}.flac"] == [80, n // 160], name
+    wrong = melcli("inspect", inputs, "--kind", "stft", "--preset", "whisper")
+    assert wrong.returncode == 2 and "not a preset of stft" in wrong.stderr
