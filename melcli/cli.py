@@ -126,7 +126,7 @@ def _usage(message: str) -> NoReturn:
 @click.group(cls=MelcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="melcli")
 def cli() -> None:
-    """Batch STFT / mel spectrogram / MFCC extraction with librosa-exact numbers.
+    """Batch STFT / mel / MFCC / Kaldi fbank extraction, equal to the references.
 
     Walks directories of audio (or reads a file list on stdin), computes the
     features in parallel and writes one HDF5 file or a tree of .npy files plus
@@ -338,10 +338,10 @@ def _extract_command(cls: type[FeatureParams]) -> click.Command:
         ))  # fmt: skip
     for option in reversed(options):
         command = option(command)
-    examples = "\n".join(f"  {e}" for e in getattr(cls, "EXAMPLES", ()))
-    doc = _DOC.format(summary=getattr(cls, "SUMMARY", cls.NAME), examples=examples)
+    examples = "\n".join(f"  {e}" for e in cls.EXAMPLES)
+    doc = _DOC.format(summary=cls.SUMMARY or cls.NAME, examples=examples)
     return cli.command(cls.NAME, cls=ExtractCommand, kind=cls.NAME, help=doc,
-                       short_help=getattr(cls, "SUMMARY", None))(command)  # fmt: skip
+                       short_help=cls.SUMMARY or None)(command)  # fmt: skip
 
 
 for _cls in KINDS.values():
@@ -852,8 +852,8 @@ def inspect_command(
                 _usage("--key applies to melcli outputs, not to audio inputs")
             cls = KINDS[given.pop("kind", "mel").lower()]
             preset = given.pop("preset", None)
-            for name in set(given) - set(cls.field_names()):
-                have = [k for k, c in KINDS.items() if name in c.field_names()]
+            for name in set(given) - {d.name for d in declared(cls)}:
+                have = [k for k, c in KINDS.items() if name in {d.name for d in declared(c)}]
                 _usage(f"--{name.replace('_', '-')} applies to --kind {' or '.join(have)}")
             if preset is not None:
                 try:

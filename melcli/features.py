@@ -134,8 +134,11 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
     np.ndarray, shape (channels, n_bins, n_frames)
         float32 (complex64 with ``params.stores_complex``), before scaling.
     """
-    half = params.n_fft // 2 if params.center else 0
-    x = pad_center(np.asarray(y, dtype=np.float32), params, half, half)
+    y = np.asarray(y, dtype=np.float32)
+    x = params.frame_padding(y)  # a kind with its own framing (fbank: Kaldi's)
+    if x is None:
+        half = params.n_fft // 2 if params.center else 0
+        x = pad_center(y, params, half, half)
     return frames_spectrogram(x, sr, params, params.n_frames(y.shape[-1]))
 
 
@@ -150,6 +153,7 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
     """
     n_fft, hop = params.n_fft, params.hop_length
     win = fft_window(params.window, params.win_length, n_fft)
+    prepare = params.frame_stage()  # the kind's own work on each frame, if any
     stage = params.block_stage(sr)  # the kind's own (mel: the filterbank)
     stores_complex = params.stores_complex
     out_dtype = np.complex64 if stores_complex else np.float32
@@ -161,7 +165,8 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
             stop = min(start + block, n_frames)
             # float64 frames and FFT, rounded to complex64, as librosa.stft does:
             # a float32 FFT would lose the quiet bins (their dB) to rounding noise.
-            spec = np.fft.rfft(frames[start:stop] * win, axis=-1).astype(np.complex64)
+            windowed = frames[start:stop] * win if prepare is None else prepare(frames[start:stop])
+            spec = np.fft.rfft(windowed, axis=-1).astype(np.complex64)
             if stores_complex:
                 out[c, :, start:stop] = spec.T
                 continue

@@ -215,9 +215,14 @@ class FeatureParams:
     NAME: ClassVar[str] = ""
     #: The kind's --help section title for its own options.
     TITLE: ClassVar[str] = ""
+    #: Its command's one-line help, and example command lines.
+    SUMMARY: ClassVar[str] = ""
+    EXAMPLES: ClassVar[tuple[str, ...]] = ()
     #: Keys older melcli versions recorded for this kind, with the only value they
     #: had: `from_dict` accepts and drops them.
     LEGACY: ClassVar[dict[str, Any]] = {}
+    #: Shared parameters the kind derives from its own (recorded, not offered as options).
+    DERIVED: ClassVar[frozenset[str]] = frozenset()
 
     kind: str
     sr: int | None = setting(
@@ -439,6 +444,25 @@ class FeatureParams:
                 "(--tail zeros keeps n // hop frames: none)"
             )
 
+    def frame_padding(self, y: Any) -> Any:
+        """The whole signal (channels, n) padded for framing by a kind with its own
+        framing, or None: ``--center`` with ``--pad-mode`` (the shared framing)."""
+        return None
+
+    def frame_stage(self) -> Callable[[Any], Any] | None:
+        """The kind's own work on each frame before the FFT, or None (``frame * window``).
+
+        The callable takes frames (k, n_fft) as sliced from the padded signal and
+        returns what the FFT transforms (k, n_fft), float64.
+        """
+        return None
+
+    @property
+    def streamable(self) -> bool:
+        """False when a long file must not be computed from a stream of blocks (its
+        framing has no streamed form): it is then decoded whole."""
+        return True
+
     def block_stage(self, sr: int) -> Callable[[Any], Any] | None:
         """The kind's stage on a block of magnitude frames, or None (the STFT itself).
 
@@ -498,11 +522,12 @@ class FeatureParams:
 
 
 def declared(cls: type[FeatureParams]) -> list[Declared]:
-    """The declared parameters of a kind's class, in declaration order (``kind`` excluded)."""
+    """The parameters a kind offers, in declaration order (``kind`` and the kind's
+    `FeatureParams.DERIVED` excluded)."""
     out = []
     for f in dataclasses.fields(cls):
         how = f.metadata.get("setting")
-        if how is None:
+        if how is None or f.name in cls.DERIVED:
             continue
         parts = [p.strip() for p in str(f.type).split("|")]
         out.append(Declared(f.name, parts[0], "None" in parts[1:], f.default, how))

@@ -285,7 +285,8 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
     n = info.frames
     resampled = params.sr is not None and params.sr != info.sample_rate
     if resampled and params.sr is not None:
-        if max(n, audio.resampled_length(n, info.sample_rate, params.sr)) > SPLIT_SAMPLES:
+        long = max(n, audio.resampled_length(n, info.sample_rate, params.sr)) > SPLIT_SAMPLES
+        if long and params.streamable:
             return [Task(source, format=info.format, info=info, stream=True)]
         return [Task(source, format=info.format)]
     whole = [Task(source, format=info.format)]

@@ -13,7 +13,7 @@ import pytest
 
 import melcli as melcli_lib
 from melcli import presets
-from melcli.params import FeatureParams
+from melcli.params import FeatureParams, declared
 from tests.conftest import RunMelcli, assert_no_traceback
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -126,8 +126,9 @@ def test_presets_lists_every_preset_and_its_values(melcli: RunMelcli) -> None:
     for p in listed:
         assert f"melcli {p['kind']} --preset {p['name']}" in text.stdout
         assert p["reference"] in text.stdout
-        # every value is a valid parameter of its kind
-        FeatureParams(kind=p["kind"], **p["values"])
+        # every value is a valid parameter of its kind, and every parameter has a value
+        params = FeatureParams(kind=p["kind"], **p["values"])
+        assert {d.name for d in declared(type(params))} <= set(p["values"]), p["name"]
 
 
 def test_inspect_previews_a_preset(melcli: RunMelcli, inputs: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from melcli.errors import ParameterError
+from melcli.kinds.fbank import FbankParams
 from melcli.kinds.mel import MelParams
 from melcli.kinds.mfcc import MfccParams
 from melcli.kinds.stft import StftParams
@@ -20,7 +21,7 @@ from melcli.params import FeatureParams
 
 #: Every feature kind by name (its command), in the order of ``melcli --help``.
 KINDS: dict[str, type[FeatureParams]] = {
-    cls.NAME: cls for cls in (MelParams, StftParams, MfccParams)
+    cls.NAME: cls for cls in (MelParams, StftParams, MfccParams, FbankParams)
 }
 
 

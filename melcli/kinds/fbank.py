@@ -1,0 +1,351 @@
+"""The ``fbank`` kind: Kaldi's log mel filterbank (``compute-fbank-feats``).
+
+Kaldi frames a signal its own way, so this kind brings its own framing on top of
+the shared FFT (`frame_padding`, `frame_stage`): frames of ``--frame-length`` ms
+every ``--frame-shift`` ms, with snip edges (``1 + (N - W) // S`` frames) or
+without (``(N + S // 2) // S`` frames, the signal reflected with its edge
+sample repeated); per frame, in this order: the int16 input scale, DC removal,
+pre-emphasis applied backwards within the frame (``x[0] -= c * x[0]``), the
+**symmetric** window (povey: Hann to the power 0.85), zero padding to the next
+power of two. Then the power spectrum, triangular bins **linear in mel**
+(``1127 ln(1 + f / 700)``) over FFT bins 0 .. n_fft / 2 - 1 (Nyquist excluded),
+no normalisation, ``ln(max(E, FLT_EPSILON))``. Option names and defaults are
+Kaldi's, except ``--dither``, which is 0 (deterministic); other dither values,
+``--use-energy`` and VTLN are not offered yet. Checked against kaldi-native-fbank
+(tests/test_fbank.py). Kaldi needs one sample rate: ``--sr`` is its
+``--sample-frequency`` (16000), and files at other rates are resampled to it.
+Long files are decoded whole (no streamed or split form of this framing yet).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from melcli.errors import DecodeError, ParameterError
+from melcli.params import FeatureParams, setting
+
+WINDOW_TYPES = ("povey", "hamming", "hanning", "rectangular", "blackman")
+#: Kaldi's log floor (std::numeric_limits<float>::epsilon()).
+FLT_EPSILON = 1.1920928955078125e-07
+#: Kaldi's add-deltas window.
+DELTA_WINDOW = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class FbankParams(FeatureParams):
+    """Kaldi filterbanks: `FeatureParams` whose framing and scaling are derived from
+    Kaldi's options (the derived values are recorded, not offered as options).
+
+    Parameters
+    ----------
+    num_mel_bins : int >= 3
+    frame_length, frame_shift : float > 0
+        Milliseconds.
+    preemphasis_coefficient : float in [0, 1]
+    remove_dc_offset, snip_edges, round_to_power_of_two, use_log_fbank, use_power : bool
+    window_type : {'povey', 'hamming', 'hanning', 'rectangular', 'blackman'}
+    low_freq : float >= 0
+    high_freq : float
+        > 0: Hz; <= 0: offset from the Nyquist frequency.
+    input_scale : float > 0
+        Samples are multiplied by this first (32768: Kaldi reads int16 values).
+    deltas : {0, 1, 2}
+        Kaldi ``add-deltas`` (window 2, edge frames repeated) of order 1 .. N,
+        stacked below the bins.
+    """
+
+    NAME: ClassVar[str] = "fbank"
+    TITLE: ClassVar[str] = "Fbank options"
+    SUMMARY: ClassVar[str] = (
+        "Compute Kaldi filterbanks (compute-fbank-feats --dither=0) of every input."
+    )
+    EXAMPLES: ClassVar[tuple[str, ...]] = (
+        "melcli fbank data/ -o fbank.h5",
+        "melcli fbank data/ -o fbank.h5 --num-mel-bins 80 --deltas 2",
+    )
+    LEGACY: ClassVar[dict[str, Any]] = {}
+    #: Shared parameters this kind sets itself from Kaldi's options.
+    DERIVED: ClassVar[frozenset[str]] = frozenset({
+        "n_fft", "win_length", "hop_length", "window", "center", "pad_mode", "tail",
+        "power", "scale", "top_db", "amin",
+    })  # fmt: skip
+
+    kind: str = "fbank"
+    sr: int | None = setting(
+        16000, "Resample every file to this rate (Kaldi's --sample-frequency; soxr HQ).",
+        stage="Input", check="positive_int",
+    )  # fmt: skip
+    num_mel_bins: int = setting(23, "Triangular mel bins.", check="positive_int")
+    frame_length: float = setting(25.0, "Frame length in milliseconds.", check="positive")
+    frame_shift: float = setting(10.0, "Frame shift in milliseconds.", check="positive")
+    preemphasis_coefficient: float = setting(
+        0.97, "Pre-emphasis within each frame: x[i] -= c * x[i-1], x[0] -= c * x[0].",
+        check="non_negative",
+    )  # fmt: skip
+    remove_dc_offset: bool = setting(
+        True, "Subtract each frame's mean first.",
+        flag="--remove-dc-offset/--no-remove-dc-offset",
+    )  # fmt: skip
+    window_type: str = setting(
+        "povey", "Symmetric window: povey = hann^0.85, hamming, hanning, rectangular, "
+        "blackman.", choices=WINDOW_TYPES,
+    )  # fmt: skip
+    snip_edges: bool = setting(
+        True, "Only frames that fit in the signal: 1 + (N - W) // S frames; else "
+        "(N + S/2) // S frames, the signal reflected (edge sample repeated) at both ends.",
+        flag="--snip-edges/--no-snip-edges",
+    )  # fmt: skip
+    round_to_power_of_two: bool = setting(
+        True, "Zero-pad each frame to the next power of two for the FFT.",
+        flag="--round-to-power-of-two/--no-round-to-power-of-two",
+    )  # fmt: skip
+    low_freq: float = setting(20.0, "Lowest frequency of the bins (Hz).", check="non_negative")
+    high_freq: float = setting(
+        0.0, "Highest frequency of the bins (Hz); 0 or negative: offset from Nyquist."
+    )
+    use_log_fbank: bool = setting(
+        True, "Natural log of the bins' energies, floored at FLT_EPSILON.",
+        flag="--use-log-fbank/--no-use-log-fbank",
+    )  # fmt: skip
+    use_power: bool = setting(
+        True, "Power spectrum (else magnitude).", flag="--use-power/--no-use-power"
+    )
+    input_scale: float = setting(
+        32768.0, "Multiply samples by this first: 32768 = int16 values, as Kaldi reads "
+        "audio (lhotse: 1).", check="positive",
+    )  # fmt: skip
+    deltas: int = setting(
+        0, "Also store Kaldi add-deltas (window 2, edge frames repeated) of order 1..N, "
+        "stacked below the bins. 0-2.",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.sr is None:
+            raise ParameterError("is needed: Kaldi framing is in milliseconds at one rate",
+                                 param="sr", value=None)  # fmt: skip
+        for name in ("frame_length", "frame_shift"):
+            if not (isinstance(getattr(self, name), int | float) and getattr(self, name) > 0):
+                raise ParameterError("must be a positive number", param=name,
+                                     value=getattr(self, name))  # fmt: skip
+        win = int(self.sr * 0.001 * self.frame_length)
+        hop = int(self.sr * 0.001 * self.frame_shift)
+        if win < 2 or hop < 1:
+            raise ParameterError(f"is too short at sr={self.sr}: {win} samples",
+                                 param="frame_length", value=self.frame_length)  # fmt: skip
+        n_fft = 1 << (win - 1).bit_length() if self.round_to_power_of_two else win
+        derived = {
+            "n_fft": n_fft, "win_length": win, "hop_length": hop, "window": "hann",
+            "center": False, "pad_mode": "constant", "tail": "pad",
+            "power": 2.0 if self.use_power else 1.0,
+            "scale": "log" if self.use_log_fbank else "linear", "top_db": None,
+            "amin": FLT_EPSILON,
+        }  # fmt: skip
+        for name, value in derived.items():
+            self._fix(name, value)
+        super().__post_init__()
+
+    def validate(self) -> None:  # noqa: D102
+        assert self.sr is not None
+        nyquist = self.sr / 2
+        high = self.high_freq if self.high_freq > 0 else nyquist + self.high_freq
+        if not (self.low_freq < nyquist and 0 < high <= nyquist and high > self.low_freq):
+            raise ParameterError(
+                f"gives bins over {self.low_freq:g}-{high:g} Hz, which must lie within "
+                f"0-{nyquist:g} Hz (sr={self.sr}) with low-freq below high-freq",
+                param="high_freq", value=self.high_freq,
+            )  # fmt: skip
+        if self.num_mel_bins < 3:
+            raise ParameterError("must be at least 3", param="num_mel_bins",
+                                 value=self.num_mel_bins)  # fmt: skip
+        if self.preemphasis_coefficient > 1:
+            raise ParameterError("must be at most 1", param="preemphasis_coefficient",
+                                 value=self.preemphasis_coefficient)  # fmt: skip
+        if self.deltas not in (0, 1, 2):
+            raise ParameterError("must be 0, 1 or 2", param="deltas", value=self.deltas)
+
+    @property
+    def effective_high_freq(self) -> float:
+        """``high_freq`` in Hz (a value <= 0 counts from the Nyquist frequency)."""
+        assert self.sr is not None
+        return self.high_freq if self.high_freq > 0 else self.sr / 2 + self.high_freq
+
+    @property
+    def n_bins(self) -> int:  # noqa: D102
+        return self.num_mel_bins * (1 + self.deltas)
+
+    @property
+    def stage_bins(self) -> int:  # noqa: D102
+        return self.num_mel_bins
+
+    @property
+    def needs_whole_entry(self) -> bool:  # noqa: D102
+        return True  # its framing has no split form (yet): a file is one task
+
+    @property
+    def streamable(self) -> bool:  # noqa: D102
+        return False
+
+    def n_frames(self, n_samples: int) -> int:
+        """Kaldi's: ``1 + (N - W) // S`` with snip edges (0 if N < W), else ``(N + S//2) // S``."""
+        win, hop = self.win_length, self.hop_length
+        if self.snip_edges:
+            return 0 if n_samples < win else 1 + (n_samples - win) // hop
+        return (n_samples + hop // 2) // hop
+
+    def check_file(self, sr: int, n_samples: int) -> None:  # noqa: D102
+        if n_samples == 0:
+            raise DecodeError("no audio samples")
+        if self.n_frames(n_samples) == 0:
+            raise DecodeError(
+                f"too short: {n_samples} samples give no frame of {self.win_length} samples "
+                "(--snip-edges; --no-snip-edges pads the ends)"
+            )
+
+    def row_frequencies(self, sr: int) -> Any:
+        """Each bin's centre frequency in Hz (again for each delta order)."""
+        import numpy as np
+
+        lo, hi = _mel(self.low_freq), _mel(self.effective_high_freq)
+        centre = lo + (np.arange(self.num_mel_bins) + 1) * (hi - lo) / (self.num_mel_bins + 1)
+        return np.tile(700.0 * np.expm1(centre / 1127.0), 1 + self.deltas)
+
+    def frame_padding(self, y: Any) -> Any:
+        """Snip edges: zeros after the signal, so every frame's n_fft-sample slice exists.
+        Otherwise frame t starts at ``t*S + S//2 - W//2``: the signal reflected with its
+        edge sample repeated (Kaldi's ExtractWindow) before and after, then zeros."""
+        import numpy as np
+
+        n = y.shape[-1]
+        win, hop, extra = self.win_length, self.hop_length, self.n_fft - self.win_length
+        if self.snip_edges:
+            return np.pad(y, [(0, 0), (0, extra)])
+        left = win // 2 - hop // 2
+        end = (self.n_frames(n) - 1) * hop - left + win  # past the last frame's last sample
+        right = max(0, end - n)
+        return np.pad(_reflect(y, left, right), [(0, 0), (0, extra)])
+
+    def frame_stage(self) -> Any:
+        """Scale, DC removal, pre-emphasis, symmetric window, zero padding to n_fft."""
+        import numpy as np
+
+        win_len, n_fft = self.win_length, self.n_fft
+        window = _window(self.window_type, win_len)
+        scale, coef, dc = self.input_scale, self.preemphasis_coefficient, self.remove_dc_offset
+
+        def prepare(frames: Any) -> Any:
+            f = frames[:, :win_len].astype(np.float64) * scale
+            if dc:
+                f -= f.mean(axis=1, keepdims=True)
+            if coef:
+                f[:, 1:] -= coef * f[:, :-1].copy()
+                f[:, 0] -= coef * f[:, 0]
+            out = np.zeros((f.shape[0], n_fft))
+            out[:, :win_len] = f * window
+            return out
+
+        return prepare
+
+    def block_stage(self, sr: int) -> Any:
+        """Power (or magnitude) spectrum (frames, n_fft/2 + 1) -> bins (frames, num_mel_bins)."""
+        banks_t = _banks(
+            sr, self.n_fft, self.num_mel_bins, self.low_freq, self.effective_high_freq
+        ).T
+
+        def bins(mag: Any) -> Any:
+            from melcli.features import one_blas_thread
+
+            with one_blas_thread():
+                return mag @ banks_t
+
+        return bins
+
+    def entry_stage(self, features: Any) -> Any:
+        """Kaldi add-deltas, stacked below the bins."""
+        if not self.deltas:
+            return features
+        import numpy as np
+
+        parts = [features]
+        for _ in range(self.deltas):
+            parts.append(kaldi_deltas(parts[-1]))
+        return np.concatenate(parts, axis=-2)
+
+
+def kaldi_deltas(x: Any, window: int = DELTA_WINDOW) -> Any:
+    """Kaldi ``add-deltas`` of order 1 along the last axis: ``sum_n n (x[t+n] - x[t-n]) /
+    (2 sum n^2)``, frames beyond the ends repeating the edge frame
+    (= ``torchaudio.functional.compute_deltas(win_length=2 * window + 1)``)."""
+    import numpy as np
+
+    padded = np.pad(x.astype(np.float64), [(0, 0)] * (x.ndim - 1) + [(window, window)],
+                    mode="edge")  # fmt: skip
+    t = x.shape[-1]
+    out = np.zeros(x.shape, dtype=np.float64)
+    for n in range(1, window + 1):
+        out += n * (
+            padded[..., window + n : window + n + t] - padded[..., window - n : window - n + t]
+        )
+    return (out / (2 * sum(n * n for n in range(1, window + 1)))).astype(x.dtype)
+
+
+def _mel(f: Any) -> Any:
+    import numpy as np
+
+    return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _reflect(y: Any, left: int, right: int) -> Any:
+    """Pad with Kaldi's reflection (``s -> -s - 1``, ``s -> 2N - 1 - s``, repeated)."""
+    import numpy as np
+
+    n = y.shape[-1]
+    idx = np.arange(-left, n + right)
+    while True:
+        low, high = idx < 0, idx >= n
+        if not (low.any() or high.any()):
+            break
+        idx = np.where(low, -idx - 1, np.where(high, 2 * n - 1 - idx, idx))
+    return y[:, idx]
+
+
+@functools.lru_cache(maxsize=16)
+def _window(kind: str, length: int) -> Any:
+    import numpy as np
+
+    a = 2 * math.pi / (length - 1)
+    i = np.arange(length, dtype=np.float64)
+    if kind == "povey":
+        w = (0.5 - 0.5 * np.cos(a * i)) ** 0.85
+    elif kind == "hanning":
+        w = 0.5 - 0.5 * np.cos(a * i)
+    elif kind == "hamming":
+        w = 0.54 - 0.46 * np.cos(a * i)
+    elif kind == "blackman":
+        w = 0.42 - 0.5 * np.cos(a * i) + 0.08 * np.cos(2 * a * i)
+    else:
+        w = np.ones(length)
+    w.flags.writeable = False
+    return w
+
+
+@functools.lru_cache(maxsize=16)
+def _banks(sr: int, n_fft: int, num_bins: int, low: float, high: float) -> Any:
+    """Kaldi's MelBanks: (num_bins, n_fft // 2 + 1), float32, the Nyquist column zero."""
+    import numpy as np
+
+    lo, hi = _mel(low), _mel(high)
+    delta = (hi - lo) / (num_bins + 1)
+    mel = _mel(np.arange(n_fft // 2) * sr / n_fft)  # FFT bins 0 .. n_fft/2 - 1
+    banks = np.zeros((num_bins, n_fft // 2 + 1))
+    for b in range(num_bins):
+        left, centre, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
+        up = (mel - left) / (centre - left)
+        down = (right - mel) / (right - centre)
+        inside = (mel > left) & (mel < right)
+        banks[b, : n_fft // 2] = np.where(inside, np.where(mel <= centre, up, down), 0.0)
+    out = banks.astype(np.float32)
+    out.flags.writeable = False
+    return out
