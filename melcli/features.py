@@ -135,11 +135,12 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
         float32 (complex64 with ``params.stores_complex``), before scaling.
     """
     y = np.asarray(y, dtype=np.float32)
-    x = params.frame_padding(y)  # a kind with its own framing (fbank: Kaldi's)
-    if x is None:
+    n_frames = params.n_frames(y.shape[-1])
+    x = params.pad_span(y, *params.frame_bounds(0, n_frames), y.shape[-1])
+    if x is None:  # the shared framing: centred with --pad-mode, or not
         half = params.n_fft // 2 if params.center else 0
         x = pad_center(y, params, half, half)
-    return frames_spectrogram(x, sr, params, params.n_frames(y.shape[-1]))
+    return frames_spectrogram(x, sr, params, n_frames)
 
 
 def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: int) -> np.ndarray:
@@ -183,9 +184,26 @@ def segment_bounds(params: FeatureParams, frame_start: int, frame_stop: int) -> 
     ``a`` may be negative and ``b`` may pass the end: those samples come from
     the centre padding (see `compute_segment`).
     """
-    half = params.n_fft // 2 if params.center else 0
-    a = frame_start * params.hop_length - half
-    return a, (frame_stop - 1) * params.hop_length + params.n_fft - half
+    return params.frame_bounds(frame_start, frame_stop)
+
+
+def pad_span(
+    piece: np.ndarray, params: FeatureParams, a: int, b: int, n_samples: int | None
+) -> np.ndarray:
+    """The samples [a, b) of a signal for framing, from ``piece`` =
+    ``signal[:, max(a, 0):min(b, n)]``; outside the signal they come from the
+    padding (``--pad-mode``, or the kind's own: `FeatureParams.pad_span`).
+
+    ``n_samples`` None: the signal goes on past ``b`` (a stream), no end padding.
+    """
+    own = params.pad_span(piece, a, b, n_samples)
+    if own is not None:
+        return own
+    if n_samples is None:
+        return pad_center(piece, params, max(0, -a), 0)
+    return pad_center(
+        piece, params, max(0, -a), max(0, b - n_samples), start=max(a, 0), n_samples=n_samples
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -336,9 +354,7 @@ def compute_segment(
     params.check_file(sr, n_samples)
     check_samples(segment)
     a, b = segment_bounds(params, frame_start, frame_stop)
-    x = pad_center(
-        segment, params, max(0, -a), max(0, b - n_samples), start=max(a, 0), n_samples=n_samples
-    )
+    x = pad_span(segment, params, a, b, n_samples)
     n_out = frame_stop - frame_start
     return _finish(frames_spectrogram(x, sr, params, n_out), params, n_out)
 
@@ -411,7 +427,7 @@ def compute_stream(
         buf = np.concatenate([buf, *pending], axis=-1) if buf.size else np.concatenate(pending, -1)
         pending.clear()
         while b + params.n_fft <= avail:
-            x = pad_center(buf[:, max(a, 0) - buf_start : b - buf_start], params, max(0, -a), 0)
+            x = pad_span(buf[:, max(a, 0) - buf_start : b - buf_start], params, a, b, None)
             out.add(scale_values(frames_spectrogram(x, sr, params, run), params))
             done += run
             a, b = segment_bounds(params, done, done + run)
@@ -426,14 +442,7 @@ def compute_stream(
         out.add(scale_values(spectrogram(buf, sr, params), params))
     elif total > done:
         a, b = segment_bounds(params, done, total)
-        x = pad_center(
-            buf[:, max(a, 0) - buf_start :],
-            params,
-            max(0, -a),
-            max(0, b - n),
-            start=max(a, 0),
-            n_samples=n,
-        )
+        x = pad_span(buf[:, max(a, 0) - buf_start :], params, a, b, n)
         out.add(scale_values(frames_spectrogram(x, sr, params, total - done), params))
     return _finish_scaled(
         finish_scale(out.array(), params), params, params.n_frames(n - zeros.added)

@@ -444,9 +444,17 @@ class FeatureParams:
                 "(--tail zeros keeps n // hop frames: none)"
             )
 
-    def frame_padding(self, y: Any) -> Any:
-        """The whole signal (channels, n) padded for framing by a kind with its own
-        framing, or None: ``--center`` with ``--pad-mode`` (the shared framing)."""
+    def frame_bounds(self, frame_start: int, frame_stop: int) -> tuple[int, int]:
+        """Sample range [a, b) of the unpadded signal that frames [start, stop) need
+        (``a`` may be negative and ``b`` may pass the end: padding; see `pad_span`)."""
+        half = self.n_fft // 2 if self.center else 0
+        a = frame_start * self.hop_length - half
+        return a, (frame_stop - 1) * self.hop_length + self.n_fft - half
+
+    def pad_span(self, piece: Any, a: int, b: int, n_samples: int | None) -> Any:
+        """A kind's own padding: samples [a, b) of the signal (and whatever its frames
+        need past ``b``) from ``piece = signal[:, max(a, 0):min(b, n)]``; ``n_samples``
+        None while a stream goes on. None: the shared centre padding (``--pad-mode``)."""
         return None
 
     def frame_stage(self) -> Callable[[Any], Any] | None:
@@ -456,12 +464,6 @@ class FeatureParams:
         returns what the FFT transforms (k, n_fft), float64.
         """
         return None
-
-    @property
-    def streamable(self) -> bool:
-        """False when a long file must not be computed from a stream of blocks (its
-        framing has no streamed form): it is then decoded whole."""
-        return True
 
     def block_stage(self, sr: int) -> Callable[[Any], Any] | None:
         """The kind's stage on a block of magnitude frames, or None (the STFT itself).

@@ -286,7 +286,7 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
     resampled = params.sr is not None and params.sr != info.sample_rate
     if resampled and params.sr is not None:
         long = max(n, audio.resampled_length(n, info.sample_rate, params.sr)) > SPLIT_SAMPLES
-        if long and params.streamable:
+        if long:
             return [Task(source, format=info.format, info=info, stream=True)]
         return [Task(source, format=info.format)]
     whole = [Task(source, format=info.format)]

@@ -45,6 +45,9 @@ def _whole(path: Path, params: FeatureParams) -> np.ndarray:
         {"kind": "mel", "center": False, "n_fft": 512, "win_length": 400, "hop_length": 160},
         {"kind": "stft", "complex": True, "mono": False, "pad_mode": "edge", "n_fft": 511},
         {"kind": "mel", "mono": False, "scale": "log", "window": "kaiser:8"},
+        # Kaldi framing: snip edges, and edge-repeating reflection at both ends
+        {"kind": "fbank"},
+        {"kind": "fbank", "snip_edges": False, "mono": False, "num_mel_bins": 40},
         # the DCT is frame by frame: without top_db (--scale log) an mfcc file is split too
         {"kind": "mfcc", "mono": False, "scale": "log", "n_mfcc": 13, "lifter": 22.0},
         # librosa's separately reflected tail (hop > n_fft / 2): features._librosa_tail
@@ -218,6 +221,9 @@ def test_resampled_blocks_are_the_whole_file_bit_for_bit(
             # top_db over the whole entry, then the DCT, then deltas across frames
             FeatureParams(kind="mfcc", sr=sr, mono=mono, deltas=2),
             FeatureParams(kind="mel", sr=sr, mono=mono, scale="log", normalize="meanvar"),
+            # Kaldi framing: reflection at both ends of the stream; deltas over the whole
+            FeatureParams(kind="fbank", sr=sr, mono=mono, snip_edges=False),
+            FeatureParams(kind="fbank", sr=sr, mono=mono, deltas=2, window_type="hamming"),
             # Whisper: zeros after the end, the clip over every frame touching the signal
             FeatureParams(
                 kind="mel",

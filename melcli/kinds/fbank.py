@@ -1,7 +1,7 @@
 """The ``fbank`` kind: Kaldi's log mel filterbank (``compute-fbank-feats``).
 
 Kaldi frames a signal its own way, so this kind brings its own framing on top of
-the shared FFT (`frame_padding`, `frame_stage`): frames of ``--frame-length`` ms
+the shared FFT (`frame_bounds`, `pad_span`, `frame_stage`): frames of ``--frame-length`` ms
 every ``--frame-shift`` ms, with snip edges (``1 + (N - W) // S`` frames) or
 without (``(N + S // 2) // S`` frames, the signal reflected with its edge
 sample repeated); per frame, in this order: the int16 input scale, DC removal,
@@ -14,7 +14,7 @@ Kaldi's, except ``--dither``, which is 0 (deterministic); other dither values,
 ``--use-energy`` and VTLN are not offered yet. Checked against kaldi-native-fbank
 (tests/test_fbank.py). Kaldi needs one sample rate: ``--sr`` is its
 ``--sample-frequency`` (16000), and files at other rates are resampled to it.
-Long files are decoded whole (no streamed or split form of this framing yet).
+Long files are split or streamed as for the other kinds (`frame_bounds`, `pad_span`).
 """
 
 from __future__ import annotations
@@ -182,11 +182,7 @@ class FbankParams(FeatureParams):
 
     @property
     def needs_whole_entry(self) -> bool:  # noqa: D102
-        return True  # its framing has no split form (yet): a file is one task
-
-    @property
-    def streamable(self) -> bool:  # noqa: D102
-        return False
+        return super().needs_whole_entry or self.deltas > 0  # deltas span frames
 
     def n_frames(self, n_samples: int) -> int:
         """Kaldi's: ``1 + (N - W) // S`` with snip edges (0 if N < W), else ``(N + S//2) // S``."""
@@ -212,20 +208,26 @@ class FbankParams(FeatureParams):
         centre = lo + (np.arange(self.num_mel_bins) + 1) * (hi - lo) / (self.num_mel_bins + 1)
         return np.tile(700.0 * np.expm1(centre / 1127.0), 1 + self.deltas)
 
-    def frame_padding(self, y: Any) -> Any:
-        """Snip edges: zeros after the signal, so every frame's n_fft-sample slice exists.
-        Otherwise frame t starts at ``t*S + S//2 - W//2``: the signal reflected with its
-        edge sample repeated (Kaldi's ExtractWindow) before and after, then zeros."""
+    def frame_bounds(self, frame_start: int, frame_stop: int) -> tuple[int, int]:
+        """Frame t spans ``[t*S + o, t*S + o + W)``: o = 0 with snip edges, else
+        ``S//2 - W//2`` (Kaldi's frames centred on ``t*S + S/2``)."""
+        hop, win = self.hop_length, self.win_length
+        offset = 0 if self.snip_edges else hop // 2 - win // 2
+        return frame_start * hop + offset, (frame_stop - 1) * hop + offset + win
+
+    def pad_span(self, piece: Any, a: int, b: int, n_samples: int | None) -> Any:
+        """Samples outside the signal reflected with the edge sample repeated (Kaldi's
+        ExtractWindow); then zeros, so the last frame's n_fft-sample slice exists."""
         import numpy as np
 
-        n = y.shape[-1]
-        win, hop, extra = self.win_length, self.hop_length, self.n_fft - self.win_length
-        if self.snip_edges:
-            return np.pad(y, [(0, 0), (0, extra)])
-        left = win // 2 - hop // 2
-        end = (self.n_frames(n) - 1) * hop - left + win  # past the last frame's last sample
-        right = max(0, end - n)
-        return np.pad(_reflect(y, left, right), [(0, 0), (0, extra)])
+        start = max(a, 0)
+        idx = np.arange(a, b)
+        if n_samples is not None:
+            idx = _reflect_index(idx, n_samples)
+        elif a < 0:
+            idx = np.where(idx < 0, -idx - 1, idx)
+        span = piece[:, idx - start]
+        return np.pad(span, [(0, 0), (0, self.n_fft - self.win_length)])
 
     def frame_stage(self) -> Any:
         """Scale, DC removal, pre-emphasis, symmetric window, zero padding to n_fft."""
@@ -297,18 +299,16 @@ def _mel(f: Any) -> Any:
     return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
 
 
-def _reflect(y: Any, left: int, right: int) -> Any:
-    """Pad with Kaldi's reflection (``s -> -s - 1``, ``s -> 2N - 1 - s``, repeated)."""
+def _reflect_index(idx: Any, n: int) -> Any:
+    """Kaldi's reflection of sample indices into [0, n): ``s -> -s - 1`` below,
+    ``s -> 2n - 1 - s`` above, repeated (a signal shorter than the padding)."""
     import numpy as np
 
-    n = y.shape[-1]
-    idx = np.arange(-left, n + right)
     while True:
         low, high = idx < 0, idx >= n
         if not (low.any() or high.any()):
-            break
+            return idx
         idx = np.where(low, -idx - 1, np.where(high, 2 * n - 1 - idx, idx))
-    return y[:, idx]
 
 
 @functools.lru_cache(maxsize=16)
