@@ -12,10 +12,12 @@ Modes (each prints one JSON object as the last line of stdout)::
         (framing + window + float32 rfft + |X|^2 [+ mel matmul]) for "mel" and "stft",
         computed in blocks of frames into reused buffers (results are not kept: storing
         them is the writer's job, not part of the floor); fastest of MATH_PASSES passes.
-    python bench/baselines.py librosa DIR OUTDIR --kind mel|stft --params NAME --jobs N
-        the user's librosa loop: librosa.load + melspectrogram (or |stft|^2) + np.save per
-        file; --jobs 2 runs it through joblib.Parallel(n_jobs=2) (loky backend).
-    python bench/baselines.py verify OUT.h5 DIR --kind mel|stft --params NAME
+    python bench/baselines.py librosa DIR OUTDIR --kind mel|stft|mfcc|fbank --params NAME --jobs N
+        the user's loop: librosa.load + melspectrogram (|stft|^2, librosa.feature.mfcc;
+        for fbank: librosa.load at 16 kHz + kaldi_native_fbank.OnlineFbank, dither 0, the
+        way a Kaldi-style Python pipeline calls it) + np.save per file; --jobs 2 runs it
+        through joblib.Parallel(n_jobs=2) (loky backend).
+    python bench/baselines.py verify OUT.h5 DIR --kind mel|stft|mfcc|fbank --params NAME
         checks a melcli output (entry count; 3 entries against librosa), outside timing.
     python bench/baselines.py selftest DIR
         checks the minimal-math output against librosa on a few files.
@@ -48,10 +50,16 @@ PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Kinds measured; fbank only with the speech set (Kaldi's defaults are a 16 kHz front end).
+KINDS = ("mel", "stft", "mfcc", "fbank")
+CONFIGS = tuple((p, k) for p in PARAMS for k in KINDS if k != "fbank" or p == "speech")
+
+
 def melcli_args(params: str, kind: str) -> list[str]:
-    """melcli command-line options for a parameter set (``[]`` for librosa defaults)."""
+    """melcli command-line options for a parameter set (``[]`` for librosa defaults;
+    fbank: Kaldi's defaults at 16 kHz)."""
     p = PARAMS[params]
-    if params == "default":
+    if params == "default" or kind == "fbank":
         return []
     args = [
         "--sr",
@@ -63,9 +71,24 @@ def melcli_args(params: str, kind: str) -> list[str]:
         "--hop-length",
         str(p["hop_length"]),
     ]
-    if kind == "mel":
+    if kind in ("mel", "mfcc"):
         args += ["--n-mels", str(p["n_mels"])]
     return args
+
+
+def knf_fbank(y: np.ndarray, sr: int) -> np.ndarray:
+    """kaldi-native-fbank's fbank of [-1, 1] samples (scaled to int16 values), dither 0:
+    (frames, 23)."""
+    import kaldi_native_fbank as knf
+    import numpy as np
+
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.samp_freq = sr
+    fb = knf.OnlineFbank(opts)
+    fb.accept_waveform(sr, (y * 32768).tolist())
+    fb.input_finished()
+    return np.array([fb.get_frame(i) for i in range(fb.num_frames_ready)])
 
 
 def list_audio(d: str | Path) -> list[Path]:
@@ -279,9 +302,13 @@ def run_verify(h5_path: str, directory: str, kind: str, params: str) -> dict[str
         kw = {"n_fft": p["n_fft"], "hop_length": p["hop_length"], "win_length": p["win_length"]}
         worst = 0.0
         for name in picks:
-            y, sr = librosa.load(files[name], sr=p["sr"])
+            y, sr = librosa.load(files[name], sr=16000 if kind == "fbank" else p["sr"])
             if kind == "mel":
                 ref = librosa.feature.melspectrogram(y=y, sr=sr, n_mels=p["n_mels"], **kw)
+            elif kind == "mfcc":
+                ref = librosa.feature.mfcc(y=y, sr=sr, n_mels=p["n_mels"], **kw)
+            elif kind == "fbank":
+                ref = knf_fbank(y, int(sr)).T
             else:
                 ref = np.abs(librosa.stft(y, **kw)) ** 2
             got = np.asarray(grp[name])
@@ -322,7 +349,7 @@ def run_librosa(directory: str, outdir: str, kind: str, params: str, jobs: int) 
     import numpy as np
 
     # librosa is lazily loaded: touch what the loop uses so that t_import is meaningful.
-    _ = (librosa.load, librosa.feature.melspectrogram, librosa.stft)
+    _ = (librosa.load, librosa.feature.melspectrogram, librosa.feature.mfcc, librosa.stft)
     t_import = time.perf_counter() - T_PROCESS_START
     p = dict(PARAMS[params])
     sr_target = p.pop("sr")
@@ -331,9 +358,13 @@ def run_librosa(directory: str, outdir: str, kind: str, params: str, jobs: int) 
     out.mkdir(parents=True, exist_ok=True)
 
     def one(path: Path) -> None:
-        y, sr = librosa.load(path, sr=sr_target)
+        y, sr = librosa.load(path, sr=16000 if kind == "fbank" else sr_target)
         if kind == "mel":
             S = librosa.feature.melspectrogram(y=y, sr=sr, n_mels=n_mels, **p)
+        elif kind == "mfcc":
+            S = librosa.feature.mfcc(y=y, sr=sr, n_mels=n_mels, **p)
+        elif kind == "fbank":
+            S = knf_fbank(y, int(sr))
         else:
             S = np.abs(librosa.stft(y, **p)) ** 2
         np.save(out / f"{path.name}.npy", S)
@@ -373,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("librosa")
     c.add_argument("dir")
     c.add_argument("outdir")
-    c.add_argument("--kind", choices=("mel", "stft"), default="mel")
+    c.add_argument("--kind", choices=KINDS, default="mel")
     c.add_argument("--params", choices=tuple(PARAMS), default="default")
     c.add_argument("--jobs", type=int, default=1)
     s = sub.add_parser("selftest")
@@ -381,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify")
     v.add_argument("h5")
     v.add_argument("dir")
-    v.add_argument("--kind", choices=("mel", "stft"), default="mel")
+    v.add_argument("--kind", choices=KINDS, default="mel")
     v.add_argument("--params", choices=tuple(PARAMS), default="default")
     args = ap.parse_args(argv)
     if args.mode == "decode":
