@@ -17,10 +17,12 @@ import os
 import signal
 from typing import Any
 
+from melcli.errors import ExitCode  # an enum only: imports in a millisecond
+
 _EARLY: dict[int, tuple[int, str]] = {
-    signal.SIGINT: (130, "interrupted"),
-    signal.SIGTERM: (143, "terminated"),
-    signal.SIGHUP: (129, "hung up (SIGHUP)"),
+    signal.SIGINT: (ExitCode.INTERRUPTED, "interrupted"),
+    signal.SIGTERM: (ExitCode.TERMINATED, "terminated"),
+    signal.SIGHUP: (ExitCode.HANGUP, "hung up (SIGHUP)"),
 }
 
 
@@ -28,7 +30,7 @@ def _early(signum: int, frame: Any) -> None:
     code, word = _EARLY[signum]
     with contextlib.suppress(OSError):
         os.write(2, f"melcli: error: {word}\n".encode())
-    os._exit(code)
+    os._exit(int(code))
 
 
 def install_early_handlers() -> None:

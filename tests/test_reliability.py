@@ -683,3 +683,57 @@ def test_directory_swap_cut_between_renames_is_undone(tmp_path: Path) -> None:
     assert code == 0 and "unchanged 2" in stderr
     assert content(out)[1] == before[1]
     assert leftovers(tmp_path, out) == []
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated"),
+     (signal.SIGHUP, 129, "hung up")],
+)  # fmt: skip
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])
+def test_stop_signal_from_the_first_instant_is_one_line_and_its_code(
+    tmp_path: Path, sig: int, code: int, word: str, delay: float
+) -> None:
+    """From melcli's first line on (its handlers are in place: seen in /proc), while it
+    is still importing or already running: one error line, the documented exit status,
+    no traceback, nothing at OUTPUT. (Before that the interpreter is starting up, and a
+    signal has the kernel's or Python's default effect.)"""
+    from tests.conftest import melcli_command
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        sf.write(src / f"a{i}.wav", np.zeros(16000, np.float32), 16000)
+    out = tmp_path / "o.h5"
+    proc = subprocess.Popen([*melcli_command(), "mel", str(src), "-o", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for_handlers(proc.pid)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # finished before the signal: nothing to test this time
+        assert out.exists()
+        return
+    assert proc.returncode == code, err
+    lines = [line for line in err.splitlines() if line.startswith("melcli: error:")]
+    assert len(lines) == 1 and word in lines[0], err
+    assert "Traceback" not in err
+    # a signal after the rename says that the new output is in place (and complete)
+    assert out.exists() == ("was in place" in lines[0]), err
+
+
+def _wait_for_handlers(pid: int) -> None:
+    """Until the process catches SIGTERM and SIGHUP (melcli._entry's first act)."""
+    want = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return  # already gone
+        caught = int(next(line.split()[1] for line in status.splitlines()
+                          if line.startswith("SigCgt:")), 16)  # fmt: skip
+        if caught & want == want:
+            return
+        time.sleep(0.001)
+    raise AssertionError("melcli never installed its stop handlers")
