@@ -286,9 +286,9 @@ _TAIL = 1024
 
 
 def stream(
-    path: str, *, sr: int, mono: bool, quiet: bool = True
+    path: str, *, sr: int | None, mono: bool, quiet: bool = True
 ) -> Generator[np.ndarray, None, None]:
-    """Decode and resample a file in blocks: joined, they are ``load(path, sr=sr, mono=mono)[0]``.
+    """Decode (and resample) a file in blocks: joined, they are ``load(path, sr=sr, mono=mono)[0]``.
 
     Bit for bit: libsoxr's output does not depend on how its input is cut into
     chunks (``soxr.ResampleStream`` fed in blocks gives exactly what
@@ -298,8 +298,8 @@ def stream(
     Parameters
     ----------
     path : str
-    sr : int
-        Target rate.
+    sr : int or None
+        Target rate; None (or the file's own rate) decodes without resampling.
     mono : bool
     quiet : bool
         As in `load`.
@@ -320,6 +320,9 @@ def stream(
     with open_audio(path, quiet) as f:
         _check_header(f.extra_info)
         rate, channels = int(f.samplerate), int(f.channels)
+        if sr is None or sr == rate:
+            yield from _native_blocks(f, mono)
+            return
         check_ratio(rate, sr)
         ratio = sr / rate
         block = max(64, int(STREAM_SAMPLES / max(ratio, 1.0)))
@@ -355,6 +358,24 @@ def stream(
     n = min(want, held.shape[1])
     tail[:, :n] = held[:, :n]
     yield tail
+
+
+def _native_blocks(f: sf.SoundFile, mono: bool) -> Generator[np.ndarray, None, None]:
+    """`stream` without resampling: the decoded blocks, downmixed as `load` does (the
+    mean of each sample's channels, so the blocks join to `load`'s array exactly)."""
+    n_in = 0
+    while True:
+        data = f.read(STREAM_SAMPLES, dtype="float32", always_2d=True)
+        n_in += data.shape[0]
+        if data.shape[0]:
+            try:
+                check_samples(data)
+            except DecodeError:
+                raise _scan_rest(f, data) from None
+            yield downmix(data) if mono else np.ascontiguousarray(data.T)
+        if data.shape[0] < STREAM_SAMPLES:
+            break
+    _check_complete(f, n_in)
 
 
 def _scan_rest(f: sf.SoundFile, data: np.ndarray) -> DecodeError:

@@ -142,8 +142,8 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
             st = os.stat(source.path)
         except OSError as exc:
             raise DecodeError(os_reason(source.path, exc), permanent=False) from None
-        if task.stream and task.info is not None and params.sr is not None:
-            info, sr = task.info, params.sr
+        if task.stream and task.info is not None:
+            info, sr = task.info, params.sr or task.info.sample_rate
             blocks = audio.stream(
                 source.path, sr=sr, mono=params.mono, quiet=task.format in ("", "MP3")
             )
@@ -283,15 +283,16 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
     parts could not be computed apart and give the same samples.
     """
     n = info.frames
+    stream = [Task(source, format=info.format, info=info, stream=True)]
     resampled = params.sr is not None and params.sr != info.sample_rate
     if resampled and params.sr is not None:
         long = max(n, audio.resampled_length(n, info.sample_rate, params.sr)) > SPLIT_SAMPLES
-        if long:
-            return [Task(source, format=info.format, info=info, stream=True)]
-        return [Task(source, format=info.format)]
+        return stream if long else [Task(source, format=info.format)]
     whole = [Task(source, format=info.format)]
     if not _splittable(info, params):
-        return whole
+        # a long file that cannot be split (its last stage needs the whole entry, or
+        # its format does not seek exactly) is decoded in blocks, never held whole
+        return stream if n > SPLIT_SAMPLES else whole
     total = params.n_frames(n)
     per_frame = _frame_work(params, info.channels)
     if n <= SPLIT_SAMPLES and total * per_frame <= 2 * BATCH_WORK:

@@ -99,8 +99,38 @@ def test_not_split_when_resampling_lossy_or_top_db(
         (FeatureParams(kind="mel", sr=22050), wav),
         (FeatureParams(kind="mel", scale="db", top_db=80), wav),
         (FeatureParams(kind="mel"), ogg),
+        (FeatureParams(kind="mfcc"), wav),  # top_db 80 over the whole entry
     ):
-        assert len(pipeline.make_tasks(src, audio.probe(str(path)), params)) == 1
+        tasks = pipeline.make_tasks(src, audio.probe(str(path)), params)
+        # one task, decoded in blocks: a long file is never held whole
+        assert len(tasks) == 1 and tasks[0].stream
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kw"),
+    [(".wav", {"kind": "mfcc", "deltas": 2}), (".ogg", {"kind": "mel", "mono": False}),
+     (".flac", {"kind": "mel", "scale": "db", "top_db": 60.0, "normalize": "meanvar"})],
+)  # fmt: skip
+def test_long_unsplittable_file_streams_at_its_own_rate_as_the_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, kw: dict
+) -> None:
+    """No resampling, no split (a whole-entry stage, or a format that does not seek
+    exactly): decoded in blocks, the features equal the whole file's."""
+    monkeypatch.setattr(pipeline, "SPLIT_SAMPLES", 20_000)
+    monkeypatch.setattr(audio, "STREAM_SAMPLES", 7000)  # several blocks
+    monkeypatch.setattr(features, "RUN_SAMPLES", 16_000)
+    path = tmp_path / f"long{suffix}"
+    sf.write(path, _signal(6.0, 16000, channels=2), 16000)
+    params = FeatureParams(**kw)
+    info = audio.probe(str(path))
+    (task,) = pipeline.make_tasks(Source("long", str(path)), info, params)
+    assert task.stream
+    res = pipeline.extract(task, params)
+    assert res.failure is None and res.data is not None and res.meta is not None
+    whole = _whole(path, params)
+    assert res.data.shape == whole.shape == tuple(res.meta.shape)
+    np.testing.assert_allclose(res.data, whole, rtol=0, atol=1e-5 * float(np.abs(whole).max()))
+    assert res.meta.n_samples == info.frames and res.meta.sample_rate == 16000
 
 
 @pytest.fixture
