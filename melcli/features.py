@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -136,10 +136,7 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
     """
     y = np.asarray(y, dtype=np.float32)
     n_frames = params.n_frames(y.shape[-1])
-    x = params.pad_span(y, *params.frame_bounds(0, n_frames), y.shape[-1])
-    if x is None:  # the shared framing: centred with --pad-mode, or not
-        half = params.n_fft // 2 if params.center else 0
-        x = pad_center(y, params, half, half)
+    x = pad_span(y, params, *params.frame_bounds(0, n_frames), y.shape[-1])
     return frames_spectrogram(x, sr, params, n_frames)
 
 
@@ -211,6 +208,18 @@ def _blas_controller() -> Any:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
+
+
+def filterbank_stage(basis: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A `FeatureParams.block_stage` that projects magnitude frames (frames, bins) on a
+    filterbank ``basis`` (rows, bins): ``mag @ basis.T``, on one BLAS thread."""
+    basis_t = basis.T
+
+    def project(mag: np.ndarray) -> np.ndarray:
+        with one_blas_thread():
+            return mag @ basis_t
+
+    return project
 
 
 @contextlib.contextmanager

@@ -335,8 +335,8 @@ class FeatureParams:
 
     def _check(self, d: Declared) -> None:
         value = getattr(self, d.name)
-        if value is None and (d.optional or d.name in ("win_length", "hop_length")):
-            return
+        if value is None and (d.optional or d.default is None):
+            return  # None: unset (each file's rate, no clip) or derived (win_length)
         how = d.setting
         if d.type == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):

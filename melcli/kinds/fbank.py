@@ -221,11 +221,8 @@ class FbankParams(FeatureParams):
         import numpy as np
 
         start = max(a, 0)
-        idx = np.arange(a, b)
-        if n_samples is not None:
-            idx = _reflect_index(idx, n_samples)
-        elif a < 0:
-            idx = np.where(idx < 0, -idx - 1, idx)
+        # a stream goes on past b: only its start can need reflecting
+        idx = _reflect_index(np.arange(a, b), b if n_samples is None else n_samples)
         span = piece[:, idx - start]
         return np.pad(span, [(0, 0), (0, self.n_fft - self.win_length)])
 
@@ -252,17 +249,11 @@ class FbankParams(FeatureParams):
 
     def block_stage(self, sr: int) -> Any:
         """Power (or magnitude) spectrum (frames, n_fft/2 + 1) -> bins (frames, num_mel_bins)."""
-        banks_t = _banks(
-            sr, self.n_fft, self.num_mel_bins, self.low_freq, self.effective_high_freq
-        ).T
+        from melcli.features import filterbank_stage
 
-        def bins(mag: Any) -> Any:
-            from melcli.features import one_blas_thread
-
-            with one_blas_thread():
-                return mag @ banks_t
-
-        return bins
+        return filterbank_stage(
+            _banks(sr, self.n_fft, self.num_mel_bins, self.low_freq, self.effective_high_freq)
+        )
 
     def entry_stage(self, features: Any) -> Any:
         """Kaldi add-deltas, stacked below the bins."""

@@ -130,15 +130,9 @@ class MelParams(FeatureParams):
 
     def block_stage(self, sr: int) -> Callable[[Any], Any]:
         """Magnitude frames (frames, bins) -> mel bands (frames, n_mels), float32."""
-        from melcli.features import one_blas_thread
+        from melcli.features import filterbank_stage
 
-        basis_t = self.mel_basis(sr).T
-
-        def project(mag: Any) -> Any:
-            with one_blas_thread():
-                return mag @ basis_t
-
-        return project
+        return filterbank_stage(self.mel_basis(sr))
 
     def warnings(self, rates: Sequence[int]) -> list[str]:
         """The empty-filterbank warning, if the bands are narrower than the FFT bins.
