@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -118,7 +119,14 @@ def _librosa_tail(params: FeatureParams, n: int) -> int | None:
     return s
 
 
-def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
+def entry_seed(key: str) -> int:
+    """The seed of an entry's random steps (fbank's ``--dither``), from its key: every
+    rerun, part of a long file and backend draws the same numbers for the same entry."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def spectrogram(y: np.ndarray, sr: int, params: FeatureParams, *, seed: int = 0) -> np.ndarray:
     """The kind's features before scaling: STFT magnitudes (or complex STFT), mel bands, ...
 
     Parameters
@@ -128,6 +136,8 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
     sr : int
         Its sample rate (the kind's stage may depend on it: mel's filterbank).
     params : FeatureParams
+    seed : int
+        The entry's seed (`entry_seed`) for a kind's random step (fbank's dither).
 
     Returns
     -------
@@ -137,13 +147,16 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
     y = np.asarray(y, dtype=np.float32)
     n_frames = params.n_frames(y.shape[-1])
     x = pad_span(y, params, *params.frame_bounds(0, n_frames), y.shape[-1])
-    return frames_spectrogram(x, sr, params, n_frames)
+    return frames_spectrogram(x, sr, params, n_frames, seed=seed)
 
 
-def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: int) -> np.ndarray:
+def frames_spectrogram(
+    x: np.ndarray, sr: int, params: FeatureParams, n_frames: int, *, first: int = 0, seed: int = 0
+) -> np.ndarray:
     """The first ``n_frames`` frames of an already padded signal (no centring here).
 
-    Frame t covers ``x[:, t * hop : t * hop + n_fft]``.
+    Frame t covers ``x[:, t * hop : t * hop + n_fft]``; it is the entry's frame
+    ``first + t`` (a kind's per-frame step may depend on it, with ``seed``).
 
     Returns
     -------
@@ -151,7 +164,7 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
     """
     n_fft, hop = params.n_fft, params.hop_length
     win = fft_window(params.window, params.win_length, n_fft)
-    prepare = params.frame_stage()  # the kind's own work on each frame, if any
+    prepare = params.frame_stage(seed)  # the kind's own work on each frame, if any
     stage = params.block_stage(sr)  # the kind's own (mel: the filterbank)
     stores_complex = params.stores_complex
     out_dtype = np.complex64 if stores_complex else np.float32
@@ -163,7 +176,11 @@ def frames_spectrogram(x: np.ndarray, sr: int, params: FeatureParams, n_frames: 
             stop = min(start + block, n_frames)
             # float64 frames and FFT, rounded to complex64, as librosa.stft does:
             # a float32 FFT would lose the quiet bins (their dB) to rounding noise.
-            windowed = frames[start:stop] * win if prepare is None else prepare(frames[start:stop])
+            windowed = (
+                frames[start:stop] * win
+                if prepare is None
+                else prepare(frames[start:stop], first + start, c)
+            )
             spec = np.fft.rfft(windowed, axis=-1).astype(np.complex64)
             if stores_complex:
                 out[c, :, start:stop] = spec.T
@@ -297,7 +314,7 @@ def clip_top_db(db: np.ndarray, params: FeatureParams) -> np.ndarray:
     return np.maximum(db, db.max() - np.float32(params.top_db), out=db)
 
 
-def compute(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
+def compute(y: np.ndarray, sr: int, params: FeatureParams, *, seed: int = 0) -> np.ndarray:
     """Features of one waveform, as stored: scaled and cast to ``params.out_dtype``.
 
     Parameters
@@ -305,6 +322,8 @@ def compute(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
     y : np.ndarray, shape (channels, n_samples), float32
     sr : int
     params : FeatureParams
+    seed : int
+        The entry's seed (`entry_seed` of its key) for fbank's ``dither``.
 
     Returns
     -------
@@ -323,7 +342,7 @@ def compute(y: np.ndarray, sr: int, params: FeatureParams) -> np.ndarray:
     check_samples(y)
     if params.tail == "zeros":  # every frame that touches the signal, for the clip
         y = np.pad(y, [(0, 0), (0, params.n_fft)])
-    return _finish(spectrogram(y, sr, params), params, params.n_frames(n))
+    return _finish(spectrogram(y, sr, params, seed=seed), params, params.n_frames(n))
 
 
 def compute_segment(
@@ -334,6 +353,7 @@ def compute_segment(
     n_samples: int,
     frame_start: int,
     frame_stop: int,
+    seed: int = 0,
 ) -> np.ndarray:
     """Frames [frame_start, frame_stop) of a long signal, from a slice of it.
 
@@ -354,6 +374,8 @@ def compute_segment(
         Length of the whole signal.
     frame_start, frame_stop : int
         The frames wanted.
+    seed : int
+        As `compute`'s.
 
     Returns
     -------
@@ -365,7 +387,8 @@ def compute_segment(
     a, b = segment_bounds(params, frame_start, frame_stop)
     x = pad_span(segment, params, a, b, n_samples)
     n_out = frame_stop - frame_start
-    return _finish(frames_spectrogram(x, sr, params, n_out), params, n_out)
+    spec = frames_spectrogram(x, sr, params, n_out, first=frame_start, seed=seed)
+    return _finish(spec, params, n_out)
 
 
 def check_samples(y: np.ndarray) -> None:
@@ -388,7 +411,12 @@ def samples_error(bad: int, peak: float) -> DecodeError:
 
 
 def compute_stream(
-    blocks: Iterable[np.ndarray], sr: int, params: FeatureParams, *, expected_samples: int = 0
+    blocks: Iterable[np.ndarray],
+    sr: int,
+    params: FeatureParams,
+    *,
+    expected_samples: int = 0,
+    seed: int = 0,
 ) -> np.ndarray:
     """`compute` of a signal that arrives in consecutive blocks, never whole in memory.
 
@@ -407,6 +435,8 @@ def compute_stream(
     expected_samples : int
         The signal's length if known (the header's), to allocate the features
         once; a wrong guess costs a copy, not a wrong result.
+    seed : int
+        As `compute`'s.
 
     Returns
     -------
@@ -437,7 +467,8 @@ def compute_stream(
         pending.clear()
         while b + params.n_fft <= avail:
             x = pad_span(buf[:, max(a, 0) - buf_start : b - buf_start], params, a, b, None)
-            out.add(scale_values(frames_spectrogram(x, sr, params, run), params))
+            spec = frames_spectrogram(x, sr, params, run, first=done, seed=seed)
+            out.add(scale_values(spec, params))
             done += run
             a, b = segment_bounds(params, done, done + run)
         buf = buf[:, max(a, 0) - buf_start :].copy()
@@ -448,11 +479,12 @@ def compute_stream(
     params.check_file(sr, n - zeros.added)
     total = params.n_frames(n)
     if done == 0:  # a short signal: exactly `compute`, padding included
-        out.add(scale_values(spectrogram(buf, sr, params), params))
+        out.add(scale_values(spectrogram(buf, sr, params, seed=seed), params))
     elif total > done:
         a, b = segment_bounds(params, done, total)
         x = pad_span(buf[:, max(a, 0) - buf_start :], params, a, b, n)
-        out.add(scale_values(frames_spectrogram(x, sr, params, total - done), params))
+        spec = frames_spectrogram(x, sr, params, total - done, first=done, seed=seed)
+        out.add(scale_values(spec, params))
     return _finish_scaled(
         finish_scale(out.array(), params), params, params.n_frames(n - zeros.added)
     )

@@ -457,11 +457,14 @@ class FeatureParams:
         None while a stream goes on. None: the shared centre padding (``--pad-mode``)."""
         return None
 
-    def frame_stage(self) -> Callable[[Any], Any] | None:
+    def frame_stage(self, seed: int) -> Callable[[Any, int, int], Any] | None:
         """The kind's own work on each frame before the FFT, or None (``frame * window``).
 
-        The callable takes frames (k, n_fft) as sliced from the padded signal and
-        returns what the FFT transforms (k, n_fft), float64.
+        The callable takes frames (k, n_fft) as sliced from the padded signal, the
+        entry's index of the first of them and the channel, and returns what the FFT
+        transforms (k, n_fft), float64. ``seed`` is the entry's
+        (`melcli.features.entry_seed`): a random step must draw from it by frame
+        index, so a part of a long file gets the same values as the whole.
         """
         return None
 

@@ -137,6 +137,7 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
     trace_point(task)
     source = task.source
     crash_point(source.key)
+    seed = features.entry_seed(source.key)
     try:
         try:
             st = os.stat(source.path)
@@ -149,7 +150,9 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
             )
             expected = audio.resampled_length(info.frames, info.sample_rate, sr)
             counted = _Counted(blocks)
-            data = features.compute_stream(counted, sr, params, expected_samples=expected)
+            data = features.compute_stream(
+                counted, sr, params, expected_samples=expected, seed=seed
+            )
             n_samples = counted.n
             shape = tuple(int(n) for n in data.shape)
         elif task.parts == 1:
@@ -157,7 +160,7 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
                 source.path, sr=params.sr, mono=params.mono, quiet=task.format in ("", "MP3")
             )
             n_samples = int(y.shape[-1])
-            data = features.compute(y, sr, params)
+            data = features.compute(y, sr, params, seed=seed)
             shape = tuple(int(n) for n in data.shape)
         else:  # a slice of a long file at its native rate: only that slice is decoded
             info = task.info or audio.probe(source.path)
@@ -166,7 +169,7 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
             y = audio.load_segment(source.path, max(a, 0), min(b, n_samples), mono=params.mono)
             data = features.compute_segment(
                 y, sr, params, n_samples=n_samples,
-                frame_start=task.frame_start, frame_stop=task.frame_stop,
+                frame_start=task.frame_start, frame_stop=task.frame_stop, seed=seed,
             )  # fmt: skip
             shape = (*data.shape[:-1], params.n_frames(n_samples))
     except DecodeError as exc:

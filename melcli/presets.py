@@ -81,7 +81,7 @@ _KALDI_FBANK: dict[str, Any] = {
     # Kaldi's compute-fbank-feats defaults (feature-window.h, mel-computations.h,
     # feature-fbank.h), except dither: 0 here (Kaldi's 1.0 is random noise)
     "sr": 16000, "mono": True, "num_mel_bins": 23, "frame_length": 25.0,
-    "frame_shift": 10.0, "preemphasis_coefficient": 0.97, "remove_dc_offset": True,
+    "frame_shift": 10.0, "dither": 0.0, "preemphasis_coefficient": 0.97, "remove_dc_offset": True,
     "window_type": "povey", "snip_edges": True, "round_to_power_of_two": True,
     "low_freq": 20.0, "high_freq": 0.0, "use_log_fbank": True, "use_power": True,
     "input_scale": 32768.0, "deltas": 0, "normalize": "none", "dtype": "float32",

@@ -190,3 +190,59 @@ def test_kaldi_preset_sets_every_fbank_option() -> None:
     kaldi = presets.get("fbank", "kaldi").values
     assert FeatureParams(kind="fbank", **kaldi) == FeatureParams(kind="fbank")
     assert {d.name for d in declared(type(FeatureParams(kind="fbank")))} <= set(kaldi)
+
+
+def test_dither_is_kaldis_noise_in_distribution() -> None:
+    """On 20 s of digital silence every bin is the dither noise's energy: melcli's mean
+    per bin equals kaldi-native-fbank's (its own random dither) within sampling error."""
+    y = np.zeros((1, 20 * 16000), dtype=np.float32)
+    got = features.compute(y, 16000, FeatureParams(kind="fbank", dither=1.0), seed=7)
+    o = knf.FbankOptions()
+    o.frame_opts.dither = 1.0
+    f = knf.OnlineFbank(o)
+    f.accept_waveform(16000, y[0].tolist())
+    f.input_finished()
+    ref = np.array([f.get_frame(i) for i in range(f.num_frames_ready)]).T
+    assert got.shape == ref.shape == (23, 1998)
+    # each bin's mean over 1998 frames: the frames' spread (~0.3-1 nats) / sqrt(1998)
+    assert np.abs(got.mean(axis=1) - ref.mean(axis=1)).max() < 0.06
+    assert abs(got.std() - ref.std()) < 0.05 * ref.std()
+    silent = features.compute(y, 16000, FeatureParams(kind="fbank"))
+    assert (silent == np.float32(np.log(1.1920928955078125e-07))).all()  # no dither: the floor
+
+
+def test_dither_is_the_same_for_every_part_rerun_and_backend(
+    melcli: RunMelcli, audio: AudioFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from melcli import pipeline
+    from melcli.discover import Source
+
+    path = audio.mix("long.wav", sr=16000, seconds=6.0)
+    params = FeatureParams(kind="fbank", dither=1.0)
+    y, sr, _ = audio_load(path)
+    whole = features.compute(y, sr, params, seed=features.entry_seed("long.wav"))
+    monkeypatch.setattr(pipeline, "SPLIT_SAMPLES", 20_000)
+    monkeypatch.setattr(pipeline, "PART_SAMPLES", 16_000)
+    tasks = pipeline.make_tasks(Source("long.wav", str(path)), audio_probe(path), params)
+    assert len(tasks) > 3
+    parts = [pipeline.extract(t, params).data for t in tasks]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=-1), whole)  # type: ignore[arg-type]
+    # noise differs from the undithered features, and between keys
+    assert np.abs(whole - features.compute(y, sr, FeatureParams(kind="fbank"))).max() > 1e-3
+    other = features.compute(y, sr, params, seed=features.entry_seed("other.wav"))
+    assert not np.array_equal(other, whole)
+    audio.mix("b.wav", sr=16000, seconds=1.0)
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    assert melcli("fbank", "in", "-o", one, "--dither", "1", "-j", "1").returncode == 0
+    proc = melcli("fbank", "in", "-o", two, "--dither", "1", "-j", "2", "--backend", "fork")
+    assert proc.returncode == 0, proc.stderr
+    a, b = feature_arrays(one), feature_arrays(two)
+    assert sorted(a) == sorted(b) == ["b.wav", "long.wav"]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_array_equal(a["long.wav"], whole)  # the command line's: the same noise
+    assert json.loads((tmp_path / "one.json").read_text())["params"]["dither"] == 1.0
+
+
+def audio_probe(path: Path) -> Any:
+    return audio.probe(str(path))

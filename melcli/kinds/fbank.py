@@ -10,8 +10,12 @@ pre-emphasis applied backwards within the frame (``x[0] -= c * x[0]``), the
 power of two. Then the power spectrum, triangular bins **linear in mel**
 (``1127 ln(1 + f / 700)``) over FFT bins 0 .. n_fft / 2 - 1 (Nyquist excluded),
 no normalisation, ``ln(max(E, FLT_EPSILON))``. Option names and defaults are
-Kaldi's, except ``--dither``, which is 0 (deterministic); other dither values,
-``--use-energy`` and VTLN are not offered yet. Checked against kaldi-native-fbank
+Kaldi's, except ``--dither``, which is 0 (deterministic). A nonzero dither adds
+Gaussian noise of that standard deviation (in the scaled input's units) to each
+frame, as Kaldi does, drawn from a seed derived from the entry's key and the
+frame's index (`gaussian_noise`), so reruns, parts of a long file and every
+backend give the same values; it is Kaldi's noise in distribution, not in value.
+VTLN is not offered. Checked against kaldi-native-fbank
 (tests/test_fbank.py). Kaldi needs one sample rate: ``--sr`` is its
 ``--sample-frequency`` (16000), and files at other rates are resampled to it.
 Long files are split or streamed as for the other kinds (`frame_bounds`, `pad_span`).
@@ -81,6 +85,11 @@ class FbankParams(FeatureParams):
     num_mel_bins: int = setting(23, "Triangular mel bins.", check="positive_int")
     frame_length: float = setting(25.0, "Frame length in milliseconds.", check="positive")
     frame_shift: float = setting(10.0, "Frame shift in milliseconds.", check="positive")
+    dither: float = setting(
+        0.0, "Add Gaussian noise of this standard deviation to each frame (in input units "
+        "after --input-scale; Kaldi's default is 1.0). Seeded by the entry's key: reruns "
+        "give the same values.", check="non_negative",
+    )  # fmt: skip
     preemphasis_coefficient: float = setting(
         0.97, "Pre-emphasis within each frame: x[i] -= c * x[i-1], x[0] -= c * x[0].",
         check="non_negative",
@@ -226,16 +235,19 @@ class FbankParams(FeatureParams):
         span = piece[:, idx - start]
         return np.pad(span, [(0, 0), (0, self.n_fft - self.win_length)])
 
-    def frame_stage(self) -> Any:
-        """Scale, DC removal, pre-emphasis, symmetric window, zero padding to n_fft."""
+    def frame_stage(self, seed: int) -> Any:
+        """Scale, dither, DC removal, pre-emphasis, symmetric window, zero padding to n_fft."""
         import numpy as np
 
         win_len, n_fft = self.win_length, self.n_fft
         window = _window(self.window_type, win_len)
         scale, coef, dc = self.input_scale, self.preemphasis_coefficient, self.remove_dc_offset
+        dither = self.dither
 
-        def prepare(frames: Any) -> Any:
+        def prepare(frames: Any, first: int, channel: int) -> Any:
             f = frames[:, :win_len].astype(np.float64) * scale
+            if dither:
+                f += dither * gaussian_noise(seed, channel, first, f.shape[0], win_len)
             if dc:
                 f -= f.mean(axis=1, keepdims=True)
             if coef:
@@ -265,6 +277,26 @@ class FbankParams(FeatureParams):
         for _ in range(self.deltas):
             parts.append(kaldi_deltas(parts[-1]))
         return np.concatenate(parts, axis=-2)
+
+
+def gaussian_noise(seed: int, channel: int, first: int, n_frames: int, width: int) -> Any:
+    """Standard normal noise (n_frames, width) for frames ``first ..`` of one channel.
+
+    Frame t's values depend only on (seed, channel, t): numpy's counter-based
+    Philox generator is positioned at the frame, so any part of an entry draws the
+    noise of the whole. The normal values come from its uniforms by Box-Muller
+    (numpy's own ``normal`` draws a varying number of values and cannot be positioned).
+    """
+    import numpy as np
+
+    pairs = (width + 1) // 2
+    steps = -(-2 * pairs // 4)  # Philox counter steps (4 uint64 each) per frame
+    bits = np.random.Philox(key=seed + (channel << 64), counter=first * steps)
+    raw = bits.random_raw(n_frames * steps * 4).reshape(n_frames, steps * 4)[:, : 2 * pairs]
+    u = (raw >> np.uint64(11)) * 2.0**-53  # uniform in [0, 1)
+    radius = np.sqrt(-2.0 * np.log1p(-u[:, :pairs]))
+    angle = 2.0 * np.pi * u[:, pairs:]
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :width]
 
 
 def kaldi_deltas(x: Any, window: int = DELTA_WINDOW) -> Any:
