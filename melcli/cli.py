@@ -217,8 +217,11 @@ RUN_OPTIONS: list[Callable[..., Any]] = [
                  help="*.h5 / *.hdf5 / *.hdf: one HDF5 file (+ <stem>.json manifest); "
                       "anything else: a directory of .npy files + manifest.json "
                       "(a warning if it has another suffix)."),
-    click.option("--format", "fmt", type=_choice(["h5", "npy"]),
-                 help="Output format; overrides the guess from --output's suffix."),
+    click.option("--format", "fmt", type=_choice(["h5", "npy", "kaldi"]),
+                 help="Output format; overrides the guess from --output's suffix. kaldi: "
+                      "a directory with feats.ark + feats.scp (entries as Kaldi's "
+                      "(frames, rows) matrices, key order) + manifest.json; mono float32/64 "
+                      "only, keys without whitespace."),
     click.option("-0", "--null", is_flag=True,
                  help="The file list on stdin ('-') is NUL-separated (find -print0)."),
     click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
@@ -580,7 +583,15 @@ def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
     params = build_params(cls, given)
     reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
     opts = _run_options_of(kw, reporter)
+    from melcli import store
+
+    problem = store.format_problem(opts.format, params)
+    if problem:
+        _usage(problem)
     sources, unreadable = _find_inputs(kw, reporter)
+    problem = store.key_problem(opts.format, (s.key for s in sources))
+    if problem:
+        _usage(problem)
     started = time.perf_counter()
     report = _run(sources, params, opts, reporter, unreadable)
     _conclude(report, opts, kw, started)
@@ -596,11 +607,13 @@ def _run_options_of(kw: dict[str, Any], reporter: _CliReporter) -> RunOptions:
         _usage(f"--output {output} names no file or directory to write: give one, e.g. -o feats.h5")
     fmt = kw["fmt"] or store.guess_format(output)
     if kw["manifest"] and fmt != "h5":
-        _usage("--manifest applies to HDF5 outputs (an npy output keeps manifest.json inside)")
+        _usage(f"--manifest applies to HDF5 outputs (an {fmt} output keeps manifest.json "
+               "inside)")  # fmt: skip
     compression = kw["compression"].lower()
     if compression != "none" and fmt != "h5":
+        what = "of .npy files" if fmt == "npy" else "with a Kaldi ark"
         _usage(f"--compression {compression} applies to HDF5 outputs; {output} is a directory "
-               "of .npy files, which are not compressed: use an .h5 output")  # fmt: skip
+               f"{what}, which is not compressed: use an .h5 output")  # fmt: skip
     if not kw["fmt"] and fmt == "npy" and output.suffix and not output.is_dir():
         reporter.problem(
             f"--output {output} has the suffix {output.suffix!r}, which is not an HDF5 suffix "

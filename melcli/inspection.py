@@ -168,8 +168,8 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
         finally:
             reader.close()
         return info
-    if kind == "npy" or kind == "manifest":
-        man_path = path / store.NPY_MANIFEST if kind == "npy" else path
+    if kind in store.DIR_FORMATS or kind == "manifest":
+        man_path = path / store.NPY_MANIFEST if kind in store.DIR_FORMATS else path
         man = manifest_mod.validate(manifest_mod.read(man_path), str(path))
         root = man_path.parent
         data_path = store.described_h5(path, man)
@@ -184,7 +184,8 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
                 if not data_path.exists():
                     raise OutputError(f"{data_path}, which {path} describes, is missing")
                 return inspect_output(data_path, key) | {"path": str(path)}
-            info["entry"] = _stats(key, store.NpyReader(root).array(key, rec), rec)
+            entries = store.open_reader(root, man["output_format"])
+            info["entry"] = _stats(key, entries.array(key, rec), rec)
         return info
     raise InputError(f"{path} is not a melcli output")
 

@@ -48,7 +48,7 @@ def build(
         ``FeatureParams.to_dict()``: every resolved parameter.
     command : str
         The command line that produced the output.
-    output_format : {'h5', 'npy'}
+    output_format : {'h5', 'npy', 'kaldi'}
     entries : list of dict or EntryTable
         One record per written entry, sorted here by key.
     failures : list of dict
@@ -352,7 +352,7 @@ def validate(data: Any, where: str) -> dict[str, Any]:
             problem = "has no 'kind' in its params"
         elif not isinstance(data["totals"].get("duration"), _Number):
             problem = "has no 'duration' in its totals"
-        elif data["output_format"] not in ("h5", "npy"):
+        elif data["output_format"] not in ("h5", "npy", "kaldi"):
             problem = f"has an unknown output_format {data['output_format']!r}"
     if problem is not None:
         raise OutputError(f"{where} is not a melcli output: its manifest {problem}")

@@ -292,9 +292,9 @@ def _old_output(
     fmt, overwrite = opts.format, opts.overwrite
     if not os.path.lexists(output):
         return _Existing(None, None)
-    if fmt == "npy":
+    if fmt in store.DIR_FORMATS:
         if not output.is_dir():
-            raise _not_melcli(output, "is a file, not a melcli npy output directory")
+            raise _not_melcli(output, f"is a file, not a melcli {fmt} output directory")
         if not any(output.iterdir()):
             return _Existing(None, None)  # an empty directory holds nothing to lose
     elif output.is_dir():
@@ -845,10 +845,12 @@ class Run:
 
     def check_space(self) -> int:
         """Refuse before computing what cannot be stored; return the bytes needed."""
-        if self.opts.format == "npy":
+        if self.opts.format in store.DIR_FORMATS:
             check_unlisted(self.output, self.existing.manifest)
         # Hard links carry an npy output's kept entries over: they need no new space.
         needed = self.report.estimated_bytes - (self.kept_bytes if self.opts.format == "npy" else 0)
+        if self.opts.format == "kaldi":  # the .npy files of the run, then the ark from them
+            needed += self.report.estimated_bytes
         if needed > free_bytes(self.output):
             raise disk_error(
                 "writing", self.output, OSError(errno.ENOSPC, "no space"), needed=needed

@@ -1,10 +1,13 @@
 """The storage layer: the output layout, format detection, and for each format
-(HDF5, a tree of .npy files) its writer and its reader side by side.
+(HDF5, a tree of .npy files, a Kaldi ark + scp) its writer and its reader side by side.
 
 Layout: an HDF5 output holds entry ``KEY`` at ``/features/KEY`` and its manifest
 in ``/manifest`` (a copy in the JSON sidecar ``<stem>.json``); an npy output is a
-directory of ``KEY.npy`` files and ``manifest.json``. Only this module spells
-these names out (`h5_dataset`, `npy_file`, `NPY_MANIFEST`).
+directory of ``KEY.npy`` files and ``manifest.json``; a Kaldi output is a
+directory of ``feats.ark`` (every entry, transposed to Kaldi's (frames, rows),
+in key order), ``feats.scp`` (``KEY ARK:OFFSET`` lines) and ``manifest.json``.
+Only this module spells these names out (`h5_dataset`, `npy_file`, `NPY_MANIFEST`,
+`KALDI_ARK`, `KALDI_SCP`).
 
 Writers live only in the parent process (the one writer). New entries are
 written as they are computed; entries of the previous output (copied byte for
@@ -33,15 +36,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from melcli import manifest as manifest_mod
-from melcli.discover import open_regular, valid_key
+from melcli.discover import open_regular, printable, valid_key
 from melcli.errors import EntryError, OutputError
 from melcli.workdir import WorkDir, WriteFailed, fault_point
 
-FORMATS = ("h5", "npy")
+FORMATS = ("h5", "npy", "kaldi")
+#: Formats whose output is a directory with `NPY_MANIFEST` inside.
+DIR_FORMATS = ("npy", "kaldi")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 #: The HDF5 group holding the entries, and the npy output's manifest file.
 FEATURES_GROUP = "features"
 NPY_MANIFEST = "manifest.json"
+#: A Kaldi output's archive and its index (Kaldi's ``ark:``/``scp:`` pair).
+KALDI_ARK, KALDI_SCP = "feats.ark", "feats.scp"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
@@ -89,9 +96,9 @@ def read_manifest(output: Path, fmt: str) -> dict[str, Any]:
     OutputError
         Not a readable melcli output of this format.
     """
-    if fmt == "npy":
+    if fmt in DIR_FORMATS:
         if not output.is_dir():
-            raise OutputError(f"{output} is not a melcli npy output directory")
+            raise OutputError(f"{output} is not a melcli {fmt} output directory")
         return manifest_mod.read_entries(output / NPY_MANIFEST, str(output))
     import h5py
 
@@ -225,6 +232,15 @@ def missing_entries(
     dataset would triple the cost of a rerun with nothing to do).
     """
     keys = table.keys
+    if fmt == "kaldi":  # listed in the scp, and the ark long enough to hold it
+        try:
+            index = KaldiReader(output).index()
+            size = os.stat(output / KALDI_ARK).st_size
+        except (OutputError, OSError):
+            return {keys[r] for r in rows}
+        end = {keys[r]: index.get(keys[r], size) + _KALDI_HEADER + int(table.nbytes[r])
+               for r in rows}  # fmt: skip
+        return {key for key, stop in end.items() if stop > size}
     if fmt == "npy":
         lost = set()
         for r in rows:
@@ -681,6 +697,96 @@ class NpyWriter:
         remove_tree(self.tmp)
 
 
+def format_problem(fmt: str, params: Any) -> str | None:
+    """Why features of ``params`` cannot be stored in format ``fmt`` (None: they can)."""
+    if fmt != "kaldi":
+        return None
+    if params.stores_complex:
+        return "--format kaldi stores real matrices: not a complex STFT"
+    if not params.mono:
+        return ("--format kaldi stores one (frames, rows) matrix per entry: channels cannot "
+                "be kept (--mono averages them)")  # fmt: skip
+    if np.dtype(params.out_dtype) not in _KALDI_TOKENS:
+        return f"--format kaldi stores float32 or float64 matrices, not {params.out_dtype}"
+    return None
+
+
+def key_problem(fmt: str, keys: Iterable[str]) -> str | None:
+    """Why entries with these keys cannot be stored in format ``fmt`` (None: they can):
+    a Kaldi utterance id has no whitespace."""
+    if fmt != "kaldi":
+        return None
+    bad = [k for k in keys if any(c.isspace() for c in k)]
+    if not bad:
+        return None
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    shown = ", ".join(repr(printable(k)) for k in bad[:3])
+    return (f"--format kaldi: {len(bad)} keys have whitespace, which a Kaldi utterance id "
+            f"cannot hold: {shown}{more}; rename those files, or use --format h5/npy")  # fmt: skip
+
+
+class KaldiWriter(NpyWriter):
+    """A Kaldi archive: entries are kept as .npy files in the work directory while
+    the run goes on (so parts of a long file, checkpoints and resuming work as for
+    npy), then written in key order into ``feats.ark`` with ``feats.scp`` beside it
+    at `commit`, and the .npy files removed."""
+
+    format = "kaldi"
+
+    def copy_entry(  # noqa: D102
+        self, record: dict[str, Any], old_output: Path, *, repointed: bool = False
+    ) -> None:
+        data = KaldiReader(old_output).read(record["key"], record=record)
+        try:
+            _save_npy(self._target(record["key"]), data)
+        except OSError as exc:
+            raise WriteFailed(self.tmp, exc) from None
+
+    def commit(self, manifest: dict[str, Any]) -> None:  # noqa: D102
+        records = manifest["entries"].keys
+        ark = self.path / KALDI_ARK  # where it will be: scp lines name it
+        try:
+            with open(self.tmp / KALDI_ARK, "xb") as fa, open(self.tmp / KALDI_SCP, "xb") as fs:
+                for key in sorted(records, key=lambda k: k.encode("utf-8", "surrogatepass")):
+                    entry = npy_file(self.tmp, key)
+                    data = np.load(entry, mmap_mode="r", allow_pickle=False)
+                    offset = write_kaldi_matrix(fa, key, data)
+                    fs.write(f"{key} {ark}:{offset}\n".encode("utf-8", "surrogatepass"))
+                    del data
+                    entry.unlink()
+                    fault_point("ark")
+            for entry in sorted(self.tmp.iterdir(), reverse=True):
+                if entry.is_dir():  # folders of keys with a '/': the .npy files are gone
+                    remove_tree(entry)
+        except OSError as exc:
+            self.abort()
+            raise WriteFailed(self.tmp, exc) from None
+        super().commit(manifest)
+
+
+#: Bytes of a Kaldi binary matrix's header: ``\0B``, its type token, two sized int32s.
+_KALDI_HEADER = 15
+#: Kaldi's binary matrix tokens by dtype.
+_KALDI_TOKENS: dict[np.dtype[Any], bytes] = {np.dtype("<f4"): b"FM ", np.dtype("<f8"): b"DM "}
+
+
+def write_kaldi_matrix(fh: Any, key: str, data: np.ndarray) -> int:
+    """Append ``KEY <binary matrix>`` to an ark; return the matrix's offset (for the scp).
+
+    melcli's (rows, frames) entry is written transposed, as Kaldi's (frames, rows):
+    ``\\0B``, the type token (``FM`` float32, ``DM`` float64), then the row and
+    column counts, each an int32 after its size byte (4), then the values row by row.
+    """
+    frames = np.ascontiguousarray(data.T, dtype=data.dtype.newbyteorder("<"))
+    token = _KALDI_TOKENS[np.dtype(frames.dtype)]
+    fh.write(key.encode("utf-8", "surrogatepass") + b" ")
+    offset = fh.tell()
+    fh.write(b"\0B" + token + b"\x04" + np.int32(frames.shape[0]).tobytes()
+             + b"\x04" + np.int32(frames.shape[1]).tobytes())  # fmt: skip
+    fh.write(frames.reshape(-1).view(np.uint8).data)
+    return offset
+
+
 def _save_npy(path: Path, data: np.ndarray) -> None:
     """``np.save`` with Python's own writes, so a full disk is an ENOSPC OSError.
 
@@ -885,7 +991,8 @@ def open_writer(
         raise OutputError(f"cannot write {output}: directory {path.parent} is not writable")
     if fmt == "h5":
         return H5Writer(path, work.temp("new").with_suffix(".h5"), sidecar, base, compression)
-    return NpyWriter(path, work.temp("new"), work.temp("old"), work.temp("trash"))
+    writer = KaldiWriter if fmt == "kaldi" else NpyWriter
+    return writer(path, work.temp("new"), work.temp("old"), work.temp("trash"))
 
 
 _NUMERIC_ATTRS = (("sample_rate", "<i8"), ("n_samples", "<i8"), ("duration", "<f8"),
@@ -1050,10 +1157,12 @@ def _syncfs(path: Path) -> None:
 
 
 def detect(path: Path) -> str:
-    """What ``path`` is: 'h5', 'npy' (an npy output directory), 'manifest' or 'audio'.
+    """What ``path`` is: 'h5', 'npy' (an npy output directory), 'kaldi' (a Kaldi output
+    directory), 'manifest' or 'audio'.
 
-    By content, not name: a directory with `NPY_MANIFEST`, a ``.json`` file, a file
-    with HDF5's signature. Only a regular file is opened (a FIFO would block):
+    By content, not name: a directory with `NPY_MANIFEST` (and `KALDI_SCP`: Kaldi),
+    a ``.json`` file, a file with HDF5's signature. Only a regular file is opened
+    (a FIFO would block):
     anything else is 'audio', which reports why it cannot be read.
 
     Raises
@@ -1062,7 +1171,9 @@ def detect(path: Path) -> str:
         A file named as an HDF5 output (``.h5``, ...) that is not HDF5.
     """
     if path.is_dir():
-        return "npy" if (path / NPY_MANIFEST).is_file() else "audio"
+        if not (path / NPY_MANIFEST).is_file():
+            return "audio"
+        return "kaldi" if (path / KALDI_SCP).is_file() else "npy"  # entries end in .npy
     try:
         fd, _ = open_regular(os.fspath(path))
     except OSError:
@@ -1109,7 +1220,7 @@ def locate(path: Path) -> tuple[Path, str]:
         return path, kind
     if kind == "manifest":
         if path.name == NPY_MANIFEST and path.parent.is_dir():
-            return path.parent, "npy"
+            return path.parent, "kaldi" if (path.parent / KALDI_SCP).is_file() else "npy"
         return described_h5(path), "h5"
     raise OutputError(
         f"{path} is not a melcli output (an HDF5 file, an npy directory or a manifest)"
@@ -1239,8 +1350,72 @@ class NpyReader:
         """Nothing to close: each read maps its file."""
 
 
+class KaldiReader(NpyReader):
+    """Entries of a Kaldi output, read on demand (the reading side of `KaldiWriter`):
+    each a read-only memory map of its matrix in ``feats.ark``, at the offset its
+    ``feats.scp`` line gives (the ark's path in that line is not used, so a moved
+    output still reads), returned in melcli's (rows, frames) orientation; `read`
+    and `close` are `NpyReader`'s."""
+
+    def __init__(self, output: Path) -> None:
+        super().__init__(output)
+        self._index: dict[str, int] | None = None
+
+    def index(self) -> dict[str, int]:
+        """Key -> offset of its matrix in the ark, from the scp."""
+        if self._index is None:
+            try:
+                text = (self.output / KALDI_SCP).read_bytes().decode("utf-8", "surrogatepass")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise OutputError(f"cannot read {self.output / KALDI_SCP}: {exc}") from None
+            index = {}
+            for number, line in enumerate(text.splitlines(), 1):
+                key, _, where = line.partition(" ")
+                _, colon, offset = where.rpartition(":")
+                if not (key and colon and offset.isdigit()):
+                    raise OutputError(f"{self.output / KALDI_SCP}, line {number}: not "
+                                      "'KEY ARK:OFFSET'")  # fmt: skip
+                index[key] = int(offset)
+            self._index = index
+        return self._index
+
+    def array(self, key: str, record: dict[str, Any] | None = None) -> Any:
+        """A read-only view (rows, frames) of entry ``key``'s matrix, checked against
+        ``record`` and the ark's size before anything is read."""
+        offset = self.index().get(key)
+        ark = self.output / KALDI_ARK
+        if offset is None:
+            raise OutputError(f"entry {key!r} is in the manifest of {self.output} but not in "
+                              f"its {KALDI_SCP}")  # fmt: skip
+        try:
+            fd, st = open_regular(os.fspath(ark))
+        except OSError as exc:
+            raise OutputError(f"cannot read {ark}: {exc.strerror or exc}") from None
+        with open(fd, "rb") as fh:
+            fh.seek(offset)
+            head = fh.read(_KALDI_HEADER)
+            dtype = {t: d for d, t in _KALDI_TOKENS.items()}.get(head[2:5])
+            if head[:2] != b"\0B" or dtype is None or head[5:6] + head[10:11] != b"\x04\x04":
+                raise OutputError(f"entry {key!r}: {ark} holds no float matrix at {offset}")
+            rows = int(np.frombuffer(head[6:10], "<i4")[0])
+            cols = int(np.frombuffer(head[11:15], "<i4")[0])
+            _check_stored(key, self.output, (cols, rows), dtype, record)
+            end = offset + _KALDI_HEADER + rows * cols * dtype.itemsize
+            if rows < 0 or cols < 0 or st.st_size < end:
+                raise OutputError(f"entry {key!r} in {self.output}: {ark} is truncated")
+            if rows * cols == 0:
+                return np.zeros((cols, rows), dtype)
+            return np.memmap(fh, dtype=dtype, mode="r", offset=offset + _KALDI_HEADER,
+                             shape=(rows, cols)).T  # fmt: skip
+
+
 def npy_unlisted(output: Path, man: dict[str, Any]) -> list[str]:
-    """What an npy output directory holds that its manifest does not list."""
+    """What an npy (or Kaldi) output directory holds that its manifest does not list."""
+    if (output / KALDI_SCP).is_file() and man.get("output_format") == "kaldi":
+        listed = {NPY_MANIFEST, KALDI_ARK, KALDI_SCP}
+        with os.scandir(output) as it:
+            return sorted(e.name + ("/" if e.is_dir() else "") for e in it
+                          if e.name not in listed)  # fmt: skip
     listed = {NPY_MANIFEST}
     folders: set[str] = set()
     entries = man.get("entries")
@@ -1271,7 +1446,9 @@ def npy_unlisted(output: Path, man: dict[str, Any]) -> list[str]:
 
 
 #: The reader of each format.
-READERS: dict[str, type[H5Reader] | type[NpyReader]] = {"h5": H5Reader, "npy": NpyReader}
+READERS: dict[str, type[H5Reader] | type[NpyReader]] = {
+    "h5": H5Reader, "npy": NpyReader, "kaldi": KaldiReader,
+}  # fmt: skip
 
 
 def open_reader(output: Path, fmt: str) -> H5Reader | NpyReader:

@@ -232,6 +232,10 @@ def feature_arrays(path: Path) -> dict[str, np.ndarray]:
             f["features"].visititems(
                 lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None
             )
+    elif fmt == "kaldi":
+        lines = (root / "feats.scp").read_bytes().decode("utf-8", "surrogatepass").splitlines()
+        names = [line.split(" ", 1)[0] for line in lines]
+        assert sorted(p.name for p in root.iterdir()) == ["feats.ark", "feats.scp", "manifest.json"]
     else:
         names = [p.relative_to(root).as_posix()[: -len(".npy")] for p in root.rglob("*.npy")]
     assert sorted(names) == sorted(arrays), "stored entries differ from the manifest's"

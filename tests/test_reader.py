@@ -34,13 +34,19 @@ def _npy_arrays(root: Path) -> dict[str, np.ndarray]:
     return {str(p.relative_to(root))[: -len(".npy")]: np.load(p) for p in root.rglob("*.npy")}
 
 
-@pytest.mark.parametrize("fmt", ["h5", "npy"])
+def _kaldiio_arrays(root: Path) -> dict[str, np.ndarray]:
+    import kaldiio
+
+    return {key: mat.T for key, mat in kaldiio.load_scp(str(root / "feats.scp")).items()}
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy", "kaldi"])
 def test_open_reads_what_h5py_and_numpy_read(
     data: Path, melcli: RunMelcli, tmp_path: Path, fmt: str
 ) -> None:
     out = tmp_path / ("o.h5" if fmt == "h5" else "o")
-    assert melcli("mel", "in", "-o", out, "--n-mels", "40").returncode == 3
-    want = h5py_arrays(out) if fmt == "h5" else _npy_arrays(out)
+    assert melcli("mel", "in", "-o", out, "--n-mels", "40", "--format", fmt).returncode == 3
+    want = {"h5": h5py_arrays, "npy": _npy_arrays, "kaldi": _kaldiio_arrays}[fmt](out)
     man_path = out.with_suffix(".json") if fmt == "h5" else out / "manifest.json"
     man = json.loads(man_path.read_text())
     for path in (out, man_path):

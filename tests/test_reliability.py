@@ -93,22 +93,28 @@ def leftovers(directory: Path, output: Path) -> list[str]:
 EVERY_RESULT = {"MELCLI_CHECKPOINT_SECONDS": "0"}
 
 
-@pytest.mark.parametrize("fmt", ["h5", "npy"])
 @pytest.mark.parametrize(
-    "point", ["write:2", "chunk-write", "assemble:3", "rename", "after-rename"]
-)
+    ("fmt", "point"),
+    [
+        *((fmt, point) for fmt in ("h5", "npy", "kaldi")
+          for point in ("write:2", "chunk-write", "assemble:3", "rename", "after-rename")),
+        ("kaldi", "ark:4"),  # while the ark is written from the run's .npy files
+    ],
+)  # fmt: skip
 def test_kill_at_worst_moments_keeps_old_output_and_resumes(
     tmp_path: Path, fmt: str, point: str
 ) -> None:
     data = make_corpus(tmp_path / "data")
     out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
-    assert run("mel", data, "-o", out, "-j", "1").returncode == 0
+    fmt_args = ("--format", fmt)
+    assert run("mel", data, "-o", out, "-j", "1", *fmt_args).returncode == 0
     before = content(out)
     # grow and change the data set, then die at `point` while updating the output
     write_tone(data / "d0" / "new1.wav", 1.0, freq=900)
     write_tone(data / "d1" / "new2.wav", 1.5, freq=950)
     write_tone(data / "d0" / "f000.wav", 2.0, freq=1000)
-    killed = run("mel", data, "-o", out, "-j", "1", env={"MELCLI_KILL_AT": point, **EVERY_RESULT})
+    env = {"MELCLI_KILL_AT": point, **EVERY_RESULT}
+    killed = run("mel", data, "-o", out, "-j", "1", *fmt_args, env=env)
     assert killed.returncode == -signal.SIGKILL
     after_kill = content(out)  # readable by h5py / numpy at every instant
     if point == "after-rename":
@@ -117,11 +123,11 @@ def test_kill_at_worst_moments_keeps_old_output_and_resumes(
         assert after_kill[1] == before[1]
         assert sorted(after_kill[0]) == sorted(before[0])
     # rerun the same command: completes, and equals a run that was never interrupted
-    again = run("mel", data, "-o", out, "-j", "1")
+    again = run("mel", data, "-o", out, "-j", "1", *fmt_args)
     assert again.returncode == 0, again.stderr
     assert "Traceback" not in again.stderr
     ref = tmp_path / ("ref.h5" if fmt == "h5" else "ref")
-    assert run("mel", data, "-o", ref, "-j", "1").returncode == 0
+    assert run("mel", data, "-o", ref, "-j", "1", *fmt_args).returncode == 0
     assert_same(out, ref)
     assert leftovers(tmp_path, out) == []
     if fmt == "h5":  # the sidecar agrees with the manifest inside the file
@@ -392,11 +398,11 @@ def _cli(*args: str | Path, input: str | None = None) -> tuple[int, str, str]:
     return res.exit_code, res.stdout, res.stderr
 
 
-@pytest.mark.parametrize("fmt", ["h5", "npy"])
+@pytest.mark.parametrize("fmt", ["h5", "npy", "kaldi"])
 def test_incremental_rerun_adds_updates_removes_only_what_changed(tmp_path: Path, fmt: str) -> None:
     data = make_corpus(tmp_path / "data", n=8)
     out = tmp_path / ("feats.h5" if fmt == "h5" else "feats")
-    assert _cli("mel", data, "-o", out, "-j", "1")[0] == 0
+    assert _cli("mel", data, "-o", out, "-j", "1", "--format", fmt)[0] == 0
     before, _ = content(out)
     write_tone(data / "d0" / "added1.wav", 1.0, freq=700)
     write_tone(data / "d1" / "added2.wav", 1.0, freq=710)
@@ -404,7 +410,7 @@ def test_incremental_rerun_adds_updates_removes_only_what_changed(tmp_path: Path
     write_tone(data / "d0" / "f002.wav", 1.2, freq=730)  # updated
     (data / "d1" / "f001.wav").unlink()
     (data / "d0" / "f004.wav").unlink()
-    code, stdout, stderr = _cli("mel", data, "-o", out, "-j", "1")
+    code, stdout, stderr = _cli("mel", data, "-o", out, "-j", "1", "--format", fmt)
     assert code == 0, stderr
     assert "added 3, updated 1, removed 2, unchanged 5, failed 0" in stderr
     after, man = content(out)
