@@ -33,7 +33,7 @@ from melcli.errors import (
     UsageOutputError,
     WorkerError,
 )
-from melcli.kinds import KINDS
+from melcli.kinds import KINDS, kind_class, kind_classes
 from melcli.params import COMPRESSIONS, STAGES, Declared, FeatureParams, declared
 
 if TYPE_CHECKING:  # numpy-heavy modules: imported by the commands that run
@@ -150,10 +150,33 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
 }
 for _d in declared(FeatureParams):
     OPTION_GROUPS[str(_d.setting.stage)] += (_d.name,)
-#: Each kind's own options, shown first: kind -> (section title, option names).
-KIND_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    name: (cls.TITLE, tuple(d.name for d in declared(cls) if d.setting.stage is None))
-    for name, cls in KINDS.items()
+
+
+def offered(name: str) -> list[Declared]:
+    """The parameters the command of kind ``name`` offers: those of each of its
+    classes (`kind_classes`: its front ends), each once, the default's first."""
+    seen: dict[str, Declared] = {}
+    for cls in kind_classes(name):
+        for d in declared(cls):
+            seen.setdefault(d.name, d)
+    return list(seen.values())
+
+
+def _own_sections(name: str) -> list[tuple[str, tuple[str, ...]]]:
+    out: list[tuple[str, tuple[str, ...]]] = []
+    seen: set[str] = set()
+    for cls in kind_classes(name):
+        own = tuple(d.name for d in declared(cls) if d.setting.stage is None and d.name not in seen)
+        seen.update(d.name for d in declared(cls))
+        if own:
+            out.append((cls.TITLE, own))
+    return out
+
+
+#: Each kind's own options, shown first: kind -> [(section title, option names)], one
+#: section per front end (the options only it has).
+KIND_GROUPS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    name: _own_sections(name) for name in KINDS
 }
 _INPUTS_HELP = (
     "Directories (walked recursively, sorted, hidden entries skipped), audio files, "
@@ -176,8 +199,8 @@ class ExtractCommand(click.Command):
         help_option = self.get_help_option(ctx)
         if help_option is not None:  # click names it after a private constant
             by_name["help"] = by_name.pop(str(help_option.name), help_option)
-        title, own = KIND_GROUPS[self.kind]
-        out = [(title, [by_name[n] for n in own if n in by_name])]
+        out = [(title, [by_name[n] for n in own if n in by_name])
+               for title, own in KIND_GROUPS[self.kind]]  # fmt: skip
         out += [(t, [by_name[n] for n in names if n in by_name])
                 for t, names in OPTION_GROUPS.items()]  # fmt: skip
         grouped = {p.name for _, params in out for p in params}
@@ -308,9 +331,27 @@ def feature_option(d: Declared, *, prefix: str = "") -> Callable[..., Any]:
     return click.option(how.flag or d.option, d.name, **kw)
 
 
-def given_params(cls: type[FeatureParams], kw: dict[str, Any]) -> dict[str, Any]:
-    """The feature parameters of kind ``cls`` given on the command line (not None)."""
-    return {d.name: kw[d.name] for d in declared(cls) if kw.get(d.name) is not None}
+def given_params(name: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """The feature parameters of kind ``name`` given on the command line (not None)."""
+    return {d.name: kw[d.name] for d in offered(name) if kw.get(d.name) is not None}
+
+
+def front_end(name: str, given: dict[str, Any], *, flag: str = "") -> type[FeatureParams]:
+    """The class of kind ``name`` that ``given`` parameters select (``frontend``);
+    a usage error for a parameter it does not have."""
+    try:
+        cls = kind_class(name, given.get("frontend"))
+    except ParameterError as exc:
+        _usage(_parameter_message(exc))
+    mine = {d.name for d in declared(cls)}
+    for param in sorted(set(given) - mine):
+        option = "--" + param.replace("_", "-")
+        where = f"{flag}{name} --frontend {getattr(cls, 'frontend', '')}"
+        others = [getattr(c, "frontend", "") for c in kind_classes(name)
+                  if param in {d.name for d in declared(c)}]  # fmt: skip
+        hint = f" (it is a --frontend {others[0]} option)" if others else ""
+        _usage(f"{option} does not apply to {where}{hint}")
+    return cls
 
 
 _DOC = """{summary}
@@ -331,7 +372,7 @@ def _extract_command(cls: type[FeatureParams]) -> click.Command:
     def command(**kw: Any) -> None:
         _extract(cls, kw)
 
-    options = [*RUN_OPTIONS, *map(feature_option, declared(cls))]
+    options = [*RUN_OPTIONS, *map(feature_option, offered(cls.NAME))]
     if presets.names(cls.NAME):
         options.append(click.option(
             "--preset", type=_choice(presets.names(cls.NAME)), default=None,
@@ -551,6 +592,10 @@ def _apply_like(
         other = recorded.get("kind")
         _usage(f"--like {like} is a melcli {other} output, not {cls.NAME}: use `melcli {other}`, "
                f"or --like an output of `melcli {cls.NAME}`")  # fmt: skip
+    try:
+        cls = kind_class(cls.NAME, recorded.get("frontend"))
+    except ParameterError as exc:
+        _usage(f"--like {like}: {_parameter_message(exc)}")
     merged = {d.name: recorded[d.name] for d in declared(cls) if d.name in recorded}
     for name, value in given.items():
         if name in merged and merged[name] != value and not quiet:
@@ -573,14 +618,14 @@ def _apply_preset(
 
 def _extract(cls: type[FeatureParams], kw: dict[str, Any]) -> None:
     """A kind's command: parameters, output, inputs -> `runner.execute` -> exit code."""
-    given = given_params(cls, kw)
+    given = given_params(cls.NAME, kw)
     if kw["like"] and kw.get("preset"):
         _usage("--like and --preset both set every parameter: give one of them")
     if kw["like"]:
         given = _apply_like(cls, kw["like"], given, kw["quiet"])
     if kw.get("preset"):
         given = _apply_preset(cls, kw["preset"], given, kw["quiet"])
-    params = build_params(cls, given)
+    params = build_params(front_end(cls.NAME, given), given)
     reporter = _CliReporter(quiet=kw["quiet"], verbose=kw["verbose"], progress=kw["progress"])
     opts = _run_options_of(kw, reporter)
     from melcli import store
@@ -790,8 +835,8 @@ def presets_command(as_json: bool) -> None:
 def _preview_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """inspect's preview options: every kind's feature parameters, each once."""
     seen: dict[str, Declared] = {}
-    for cls in KINDS.values():
-        for d in declared(cls):
+    for name in KINDS:
+        for d in offered(name):
             seen.setdefault(d.name, d)
     for d in reversed(seen.values()):
         func = feature_option(d, prefix="Input preview: ")(func)
@@ -865,15 +910,15 @@ def inspect_command(
                 _usage("--key applies to melcli outputs, not to audio inputs")
             cls = KINDS[given.pop("kind", "mel").lower()]
             preset = given.pop("preset", None)
-            for name in set(given) - {d.name for d in declared(cls)}:
-                have = [k for k, c in KINDS.items() if name in {d.name for d in declared(c)}]
+            for name in set(given) - {d.name for d in offered(cls.NAME)}:
+                have = [k for k in KINDS if name in {d.name for d in offered(k)}]
                 _usage(f"--{name.replace('_', '-')} applies to --kind {' or '.join(have)}")
             if preset is not None:
                 try:
                     given = {**presets.get(cls.NAME, preset.lower()).values, **given}
                 except ParameterError as exc:
                     _usage(_parameter_message(exc))
-            params = build_params(cls, given)
+            params = build_params(front_end(cls.NAME, given, flag="--kind "), given)
             info = insp.inspect_audio([path], parse_extensions(exts), params)
         else:
             if given:

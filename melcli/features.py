@@ -176,11 +176,13 @@ def frames_spectrogram(
             stop = min(start + block, n_frames)
             # float64 frames and FFT, rounded to complex64, as librosa.stft does:
             # a float32 FFT would lose the quiet bins (their dB) to rounding noise.
-            windowed = (
-                frames[start:stop] * win
-                if prepare is None
-                else prepare(frames[start:stop], first + start, c)
-            )
+            extra = None
+            if prepare is None:
+                windowed = frames[start:stop] * win
+            else:
+                windowed = prepare(frames[start:stop], first + start, c)
+                if isinstance(windowed, tuple):  # and values of its own per frame
+                    windowed, extra = windowed
             spec = np.fft.rfft(windowed, axis=-1).astype(np.complex64)
             if stores_complex:
                 out[c, :, start:stop] = spec.T
@@ -188,6 +190,10 @@ def frames_spectrogram(
             mag = _magnitude(spec, params.power)
             if stage is not None:
                 mag = stage(mag)  # (frames, n_bins)
+            if extra is not None:
+                out[c, : extra.shape[1], start:stop] = extra.T
+                out[c, extra.shape[1] :, start:stop] = mag.T
+                continue
             out[c, :, start:stop] = mag.T
     return out
 

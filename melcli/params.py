@@ -294,7 +294,7 @@ class FeatureParams:
         if cls is FeatureParams:  # dispatch to the kind's class
             from melcli.kinds import kind_class
 
-            cls = kind_class(kwargs.get("kind"))
+            cls = kind_class(kwargs.get("kind"), kwargs.get("frontend"))
             for name in kwargs:
                 if name not in cls.field_names():
                     raise ParameterError(
@@ -462,7 +462,9 @@ class FeatureParams:
 
         The callable takes frames (k, n_fft) as sliced from the padded signal, the
         entry's index of the first of them and the channel, and returns what the FFT
-        transforms (k, n_fft), float64. ``seed`` is the entry's
+        transforms (k, n_fft), float64; or that and values (k, e) computed from the
+        frames themselves, which become the first e rows of the block's output
+        (`block_stage` then gives the other ``stage_bins - e``). ``seed`` is the entry's
         (`melcli.features.entry_seed`): a random step must draw from it by frame
         index, so a part of a long file gets the same values as the whole.
         """
@@ -509,7 +511,7 @@ class FeatureParams:
         """Rebuild parameters from `to_dict` output (unknown keys are an error)."""
         from melcli.kinds import kind_class
 
-        target = kind_class(data.get("kind")) if cls is FeatureParams else cls
+        target = kind_class(data.get("kind"), data.get("frontend")) if cls is FeatureParams else cls
         known = set(target.field_names())
         fields = {k: v for k, v in data.items()
                   if not (k not in known and target.LEGACY.get(k, ...) == v)}  # fmt: skip

@@ -71,6 +71,11 @@ CASES = [
     ({"window_type": "blackman", "frame_length": 32.0, "frame_shift": 12.5},
      {"window_type": "blackman", "frame_length_ms": 32.0, "frame_shift_ms": 12.5}),
     ({"use_power": False}, {"use_power": False}),
+    ({"window_type": "sine"}, {"window_type": "sine"}),
+    ({"use_energy": True}, {"use_energy": True}),  # log energy before pre-emphasis: row 0
+    ({"use_energy": True, "raw_energy": False, "snip_edges": False},
+     {"use_energy": True, "raw_energy": False, "snip_edges": False}),
+    ({"use_energy": True, "energy_floor": 2e5}, {"use_energy": True, "energy_floor": 2e5}),
 ]  # fmt: skip
 
 

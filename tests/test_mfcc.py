@@ -13,7 +13,10 @@ import pytest
 import soundfile as sf
 
 import melcli as melcli_lib
+from melcli import audio as audio_io
 from melcli import dsp, features
+from melcli.errors import ParameterError
+from melcli.kinds.fbank import kaldi_deltas
 from melcli.params import FeatureParams
 from tests.conftest import AudioFactory, RunMelcli, assert_no_traceback, feature_arrays
 
@@ -135,8 +138,15 @@ def test_every_backend_gives_the_serial_numbers(
         (["--dct-type", "1"], "--dct-type"),
         (["--deltas", "3"], "--deltas"),
         (["--complex"], "--complex"),
+        # the other front end's options
+        (["--preset", "kaldi", "--n-mels", "40"],
+         "--n-mels does not apply to mfcc --frontend kaldi (it is a --frontend librosa option)"),
+        (["--num-ceps", "3"],
+         "--num-ceps does not apply to mfcc --frontend librosa (it is a --frontend kaldi option)"),
+        (["--frontend", "kaldi", "--num-ceps", "30"], "--num-ceps"),
+        (["--frontend", "kaldi", "--n-fft", "400"], "--n-fft does not apply"),
     ],
-)
+)  # fmt: skip
 def test_bad_mfcc_options_are_usage_errors(
     melcli: RunMelcli, audio: AudioFactory, args: list[str], says: str
 ) -> None:
@@ -168,3 +178,96 @@ def test_short_signal_without_deltas_is_fine(tmp_path: Path) -> None:
     y, sr = librosa.load(path, sr=None)
     p = FeatureParams(kind="mfcc")
     assert_close(features.compute(y[None], sr, p), librosa_mfcc(y, sr, p))
+
+
+# -- --frontend kaldi: Kaldi's compute-mfcc-feats, against kaldi-native-fbank ------------
+
+
+def knf_mfcc(y: np.ndarray, sr: int, **opts: Any) -> np.ndarray:
+    """kaldi-native-fbank's OnlineMfcc of int16-scaled samples, dither 0: (ceps, frames)."""
+    import kaldi_native_fbank as knf
+
+    o = knf.MfccOptions()
+    o.frame_opts.dither = 0.0
+    for name, value in opts.items():
+        target = o.frame_opts if name in ("snip_edges", "window_type", "frame_length_ms") else (
+            o.mel_opts if name == "num_bins" else o)  # fmt: skip
+        setattr(target, name, value)
+    f = knf.OnlineMfcc(o)
+    f.accept_waveform(sr, (y * 32768).tolist())
+    f.input_finished()
+    return np.array([f.get_frame(i) for i in range(f.num_frames_ready)]).T
+
+
+#: Kaldi computes in float32; its log bins differ from melcli's by up to ~5e-3 deep below
+#: a frame's peak (tests/test_fbank.py), and the DCT and lifter (up to 12x) mix them.
+KALDI_CEPS_TOL = 5e-3
+
+KALDI_CASES = [
+    ({}, {}),
+    ({"raw_energy": False}, {"raw_energy": False}),
+    ({"use_energy": False}, {"use_energy": False}),
+    ({"num_ceps": 23, "cepstral_lifter": 0.0, "snip_edges": False},
+     {"num_ceps": 23, "cepstral_lifter": 0.0, "snip_edges": False}),
+    ({"num_mel_bins": 40, "num_ceps": 20, "window_type": "hamming", "frame_length": 32.0},
+     {"num_bins": 40, "num_ceps": 20, "window_type": "hamming", "frame_length_ms": 32.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mine", "theirs"), KALDI_CASES)
+@pytest.mark.parametrize("name", ["speech/hello.wav", "speech/numbers.flac", "music/chords.flac"])
+def test_kaldi_frontend_matches_kaldi_native_fbank(
+    name: str, mine: dict[str, Any], theirs: dict[str, Any]
+) -> None:
+    y, sr, _ = audio_io.load(str(SAMPLES / name), sr=16000, mono=True)
+    params = FeatureParams(kind="mfcc", frontend="kaldi", **mine)
+    got, ref = features.compute(y, sr, params), knf_mfcc(y[0], sr, **theirs)
+    assert got.shape == ref.shape
+    err = np.abs(got - ref)
+    assert err.max() <= KALDI_CEPS_TOL and np.median(err) <= 1e-4, float(err.max())
+
+
+def test_mfcc_preset_kaldi_on_the_command_line(
+    melcli: RunMelcli, audio: AudioFactory, tmp_path: Path
+) -> None:
+    for name in ("speech/hello.wav", "music/chords.flac"):
+        target = audio.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((SAMPLES / name).read_bytes())
+    audio.mix("x/mix44k.wav", sr=44100, seconds=1.0)  # resampled to 16 kHz
+    out, deltas = tmp_path / "k.h5", tmp_path / "d.h5"
+    proc = melcli("mfcc", "in", "-o", out, "--preset", "kaldi")
+    assert proc.returncode == 0, proc.stderr
+    proc = melcli("mfcc", "in", "-o", deltas, "--preset", "kaldi", "--deltas", "2")
+    assert proc.returncode == 0 and "overriding deltas 0 -> 2" in proc.stderr, proc.stderr
+    with melcli_lib.open(out) as feats, melcli_lib.open(deltas) as d:
+        man = json.loads(out.with_suffix(".json").read_text())
+        assert man["preset"] == "kaldi" and man["params"]["frontend"] == "kaldi"
+        assert man["params"]["num_ceps"] == 13 and man["params"]["cepstral_lifter"] == 22.0
+        for key in feats:
+            y, sr, _ = audio_io.load(str(audio.root / key), sr=16000, mono=True)
+            ref = knf_mfcc(y[0], sr)
+            assert feats[key].shape == ref.shape and ref.shape[0] == 13
+            assert np.abs(feats[key] - ref).max() <= KALDI_CEPS_TOL
+            # add-deltas (proven against Kaldi's on fbank) of the coefficients, stacked
+            stacked = d[key]
+            assert stacked.shape == (39, ref.shape[1])
+            np.testing.assert_array_equal(stacked[:13], feats[key])
+            np.testing.assert_allclose(stacked[13:26], kaldi_deltas(feats[key]), atol=1e-5)
+            np.testing.assert_allclose(stacked[26:], kaldi_deltas(kaldi_deltas(feats[key])),
+                                       atol=1e-5)  # fmt: skip
+        assert list(feats.frequencies(key)) == list(range(13))
+    like = melcli("mfcc", "in", "-o", tmp_path / "l.h5", "--like", out, "--num-ceps", "10")
+    assert like.returncode == 0, like.stderr
+    assert feature_arrays(tmp_path / "l.h5")["speech/hello.wav"].shape[0] == 10
+
+
+def test_front_ends_round_trip_and_validate() -> None:
+    kaldi = FeatureParams(kind="mfcc", frontend="kaldi")
+    assert type(kaldi).__name__ == "KaldiMfccParams" and kaldi.use_energy and kaldi.n_bins == 13
+    assert FeatureParams.from_dict(kaldi.to_dict()) == kaldi
+    assert FeatureParams(kind="mfcc").frontend == "librosa"
+    with pytest.raises(ParameterError, match="frontend='htk' must be one of: librosa, kaldi"):
+        FeatureParams(kind="mfcc", frontend="htk")
+    with pytest.raises(ParameterError, match="does not apply to mfcc"):
+        FeatureParams(kind="mfcc", frontend="kaldi", n_mels=40)

@@ -32,9 +32,10 @@ def _signal(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.nda
     return np.stack([y * (1 - 0.3 * c) for c in range(channels)], axis=1).astype(np.float32)
 
 
-def _whole(path: Path, params: FeatureParams) -> np.ndarray:
+def _whole(path: Path, params: FeatureParams, key: str | None = None) -> np.ndarray:
+    """The file's features in one piece (the entry's seed from ``key``, default its name)."""
     y, sr, _ = audio.load(str(path), sr=params.sr, mono=params.mono)
-    return features.compute(y, sr, params)
+    return features.compute(y, sr, params, seed=features.entry_seed(key or path.name))
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,9 @@ def _whole(path: Path, params: FeatureParams) -> np.ndarray:
         # Kaldi framing: snip edges, and edge-repeating reflection at both ends
         {"kind": "fbank"},
         {"kind": "fbank", "snip_edges": False, "mono": False, "num_mel_bins": 40},
+        # Kaldi's energy row and dither (drawn by frame index), and Kaldi's MFCCs
+        {"kind": "fbank", "use_energy": True, "dither": 1.0, "snip_edges": False},
+        {"kind": "mfcc", "frontend": "kaldi", "mono": False},
         # the DCT is frame by frame: without top_db (--scale log) an mfcc file is split too
         {"kind": "mfcc", "mono": False, "scale": "log", "n_mfcc": 13, "lifter": 22.0},
         # librosa's separately reflected tail (hop > n_fft / 2): features._librosa_tail
@@ -109,6 +113,7 @@ def test_not_split_when_resampling_lossy_or_top_db(
 @pytest.mark.parametrize(
     ("suffix", "kw"),
     [(".wav", {"kind": "mfcc", "deltas": 2}), (".ogg", {"kind": "mel", "mono": False}),
+     (".wav", {"kind": "mfcc", "frontend": "kaldi", "deltas": 2, "snip_edges": False}),
      (".flac", {"kind": "mel", "scale": "db", "top_db": 60.0, "normalize": "meanvar"})],
 )  # fmt: skip
 def test_long_unsplittable_file_streams_at_its_own_rate_as_the_whole(
@@ -127,7 +132,7 @@ def test_long_unsplittable_file_streams_at_its_own_rate_as_the_whole(
     assert task.stream
     res = pipeline.extract(task, params)
     assert res.failure is None and res.data is not None and res.meta is not None
-    whole = _whole(path, params)
+    whole = _whole(path, params, "long")
     assert res.data.shape == whole.shape == tuple(res.meta.shape)
     np.testing.assert_allclose(res.data, whole, rtol=0, atol=1e-5 * float(np.abs(whole).max()))
     assert res.meta.n_samples == info.frames and res.meta.sample_rate == 16000

@@ -31,11 +31,21 @@ from typing import Any, ClassVar
 from melcli.errors import DecodeError, ParameterError
 from melcli.params import FeatureParams, setting
 
-WINDOW_TYPES = ("povey", "hamming", "hanning", "rectangular", "blackman")
+WINDOW_TYPES = ("povey", "hamming", "hanning", "rectangular", "blackman", "sine")
 #: Kaldi's log floor (std::numeric_limits<float>::epsilon()).
 FLT_EPSILON = 1.1920928955078125e-07
 #: Kaldi's add-deltas window.
 DELTA_WINDOW = 2
+
+
+def use_energy_setting(default: bool) -> Any:
+    """The ``use_energy`` parameter, declared once for fbank (off, as Kaldi's
+    compute-fbank-feats) and Kaldi MFCCs (on, as compute-mfcc-feats)."""
+    return setting(
+        default, "Each frame's log energy, ln(max(sum of squares, FLT_EPSILON, "
+        "--energy-floor)): row 0 of fbank, C0 of mfcc --frontend kaldi.",
+        flag="--use-energy/--no-use-energy", default_text="off for fbank, on for mfcc",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,15 +60,22 @@ class FbankParams(FeatureParams):
         Milliseconds.
     preemphasis_coefficient : float in [0, 1]
     remove_dc_offset, snip_edges, round_to_power_of_two, use_log_fbank, use_power : bool
-    window_type : {'povey', 'hamming', 'hanning', 'rectangular', 'blackman'}
+    window_type : {'povey', 'hamming', 'hanning', 'rectangular', 'blackman', 'sine'}
     low_freq : float >= 0
     high_freq : float
         > 0: Hz; <= 0: offset from the Nyquist frequency.
     input_scale : float > 0
         Samples are multiplied by this first (32768: Kaldi reads int16 values).
+    use_energy : bool
+        Prepend each frame's log energy as row 0 (Kaldi's energy column).
+    energy_floor : float >= 0
+        Floor of that energy (0: none but FLT_EPSILON).
+    raw_energy : bool
+        The energy of the frame before pre-emphasis and window (after dither and
+        DC removal), else of the windowed frame.
     deltas : {0, 1, 2}
         Kaldi ``add-deltas`` (window 2, edge frames repeated) of order 1 .. N,
-        stacked below the bins.
+        stacked below the bins (and the energy).
     """
 
     NAME: ClassVar[str] = "fbank"
@@ -100,7 +117,7 @@ class FbankParams(FeatureParams):
     )  # fmt: skip
     window_type: str = setting(
         "povey", "Symmetric window: povey = hann^0.85, hamming, hanning, rectangular, "
-        "blackman.", choices=WINDOW_TYPES,
+        "blackman, sine.", choices=WINDOW_TYPES,
     )  # fmt: skip
     snip_edges: bool = setting(
         True, "Only frames that fit in the signal: 1 + (N - W) // S frames; else "
@@ -122,6 +139,15 @@ class FbankParams(FeatureParams):
     use_power: bool = setting(
         True, "Power spectrum (else magnitude).", flag="--use-power/--no-use-power"
     )
+    use_energy: bool = use_energy_setting(False)
+    energy_floor: float = setting(
+        0.0, "With --use-energy: floor of the energy (0: none).", check="non_negative"
+    )
+    raw_energy: bool = setting(
+        True, "With --use-energy: the frame's energy before pre-emphasis and window "
+        "(after dither and DC removal); --no-raw-energy: of the windowed frame.",
+        flag="--raw-energy/--no-raw-energy",
+    )  # fmt: skip
     input_scale: float = setting(
         32768.0, "Multiply samples by this first: 32768 = int16 values, as Kaldi reads "
         "audio (lhotse: 1).", check="positive",
@@ -183,11 +209,11 @@ class FbankParams(FeatureParams):
 
     @property
     def n_bins(self) -> int:  # noqa: D102
-        return self.num_mel_bins * (1 + self.deltas)
+        return self.stage_bins * (1 + self.deltas)
 
     @property
     def stage_bins(self) -> int:  # noqa: D102
-        return self.num_mel_bins
+        return self.num_mel_bins + self.use_energy
 
     @property
     def needs_whole_entry(self) -> bool:  # noqa: D102
@@ -210,12 +236,14 @@ class FbankParams(FeatureParams):
             )
 
     def row_frequencies(self, sr: int) -> Any:
-        """Each bin's centre frequency in Hz (again for each delta order)."""
+        """Each bin's centre frequency in Hz (0 for the energy row; again for each delta
+        order)."""
         import numpy as np
 
         lo, hi = _mel(self.low_freq), _mel(self.effective_high_freq)
         centre = lo + (np.arange(self.num_mel_bins) + 1) * (hi - lo) / (self.num_mel_bins + 1)
-        return np.tile(700.0 * np.expm1(centre / 1127.0), 1 + self.deltas)
+        rows = np.concatenate([np.zeros(int(self.use_energy)), 700.0 * np.expm1(centre / 1127.0)])
+        return np.tile(rows, 1 + self.deltas)
 
     def frame_bounds(self, frame_start: int, frame_stop: int) -> tuple[int, int]:
         """Frame t spans ``[t*S + o, t*S + o + W)``: o = 0 with snip edges, else
@@ -236,13 +264,22 @@ class FbankParams(FeatureParams):
         return np.pad(span, [(0, 0), (0, self.n_fft - self.win_length)])
 
     def frame_stage(self, seed: int) -> Any:
-        """Scale, dither, DC removal, pre-emphasis, symmetric window, zero padding to n_fft."""
+        """Scale, dither, DC removal, (raw energy), pre-emphasis, symmetric window, zero
+        padding to n_fft, (energy). With ``use_energy`` it also returns each frame's
+        energy, as `FeatureParams.frame_stage` allows: max(E, energy_floor) to be
+        logged with the bins (``ln(max(., FLT_EPSILON))``), or its log without
+        ``use_log_fbank``."""
         import numpy as np
 
         win_len, n_fft = self.win_length, self.n_fft
         window = _window(self.window_type, win_len)
         scale, coef, dc = self.input_scale, self.preemphasis_coefficient, self.remove_dc_offset
-        dither = self.dither
+        dither, energy, raw = self.dither, self.use_energy, self.raw_energy
+        floor, logged = self.energy_floor, self.use_log_fbank
+
+        def energy_of(x: Any) -> Any:
+            e = np.maximum(np.einsum("ij,ij->i", x, x), floor)[:, None]
+            return e if logged else np.log(np.maximum(e, FLT_EPSILON))
 
         def prepare(frames: Any, first: int, channel: int) -> Any:
             f = frames[:, :win_len].astype(np.float64) * scale
@@ -250,11 +287,14 @@ class FbankParams(FeatureParams):
                 f += dither * gaussian_noise(seed, channel, first, f.shape[0], win_len)
             if dc:
                 f -= f.mean(axis=1, keepdims=True)
+            e = energy_of(f) if energy and raw else None
             if coef:
                 f[:, 1:] -= coef * f[:, :-1].copy()
                 f[:, 0] -= coef * f[:, 0]
             out = np.zeros((f.shape[0], n_fft))
             out[:, :win_len] = f * window
+            if energy:
+                return out, e if raw else energy_of(out[:, :win_len])
             return out
 
         return prepare
@@ -348,6 +388,8 @@ def _window(kind: str, length: int) -> Any:
         w = 0.54 - 0.46 * np.cos(a * i)
     elif kind == "blackman":
         w = 0.42 - 0.5 * np.cos(a * i) + 0.08 * np.cos(2 * a * i)
+    elif kind == "sine":
+        w = np.sin(0.5 * a * i)
     else:
         w = np.ones(length)
     w.flags.writeable = False
