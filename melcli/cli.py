@@ -656,9 +656,9 @@ def _run_options_of(kw: dict[str, Any], reporter: _CliReporter) -> RunOptions:
                "inside)")  # fmt: skip
     compression = kw["compression"].lower()
     if compression != "none" and fmt != "h5":
-        what = "of .npy files" if fmt == "npy" else "with a Kaldi ark"
+        what = "of .npy files, which are" if fmt == "npy" else "with a Kaldi ark, which is"
         _usage(f"--compression {compression} applies to HDF5 outputs; {output} is a directory "
-               f"{what}, which is not compressed: use an .h5 output")  # fmt: skip
+               f"{what} not compressed: use an .h5 output")  # fmt: skip
     if not kw["fmt"] and fmt == "npy" and output.suffix and not output.is_dir():
         reporter.problem(
             f"--output {output} has the suffix {output.suffix!r}, which is not an HDF5 suffix "
