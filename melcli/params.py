@@ -161,6 +161,51 @@ class Declared:
         return "--" + self.name.replace("_", "-")
 
 
+#: How a kind's rows are placed on a picture's vertical axis (`Display.rows`).
+ROW_AXES = ("linear", "mel", "index")
+
+
+@dataclass(frozen=True)
+class Display:
+    """How a picture shows a kind's entries (`FeatureParams.display`): the rows' axis
+    and the colour scale. Pictures (`melcli.plot`) follow it for every kind alike.
+
+    Attributes
+    ----------
+    rows : {'linear', 'mel', 'index'}
+        linear: rows evenly spaced in Hz (FFT bins); mel: evenly spaced on a mel scale,
+        labelled in Hz (`FeatureParams.row_frequencies` places the labels); index: rows
+        that are not frequencies (cepstral coefficients), labelled by number.
+    row_label : str
+        The vertical axis's label.
+    db_factor : float or None
+        Linear values are drawn as ``db_factor * log10(max(x, amin))`` (10 for power, 20
+        for magnitude); None: drawn as stored.
+    unit : str
+        The colour bar's label.
+    span : float or None
+        The colour range below the entry's maximum, in the drawn unit (80 dB, as
+        ``librosa.display`` figures are usually clipped); None: the entry's whole range.
+    diverging : bool
+        Values of both signs around 0 (cepstra, normalised features): a diverging colour
+        map centred on 0.
+    blocks : int
+        Row blocks stacked in an entry (1 + delta orders); only the first is drawn.
+    """
+
+    rows: str
+    row_label: str
+    db_factor: float | None
+    unit: str
+    span: float | None
+    diverging: bool = False
+    blocks: int = 1
+
+
+#: The colour range of a picture below its maximum, in dB.
+DISPLAY_DB_RANGE = 80.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class FeatureParams:
     """Every parameter that determines the features, resolved and validated.
@@ -223,6 +268,9 @@ class FeatureParams:
     LEGACY: ClassVar[dict[str, Any]] = {}
     #: Shared parameters the kind derives from its own (recorded, not offered as options).
     DERIVED: ClassVar[frozenset[str]] = frozenset()
+    #: How a picture places the rows (`Display.rows`), and the parameters its title names.
+    ROW_AXIS: ClassVar[str] = "linear"
+    TITLE_PARAMS: ClassVar[tuple[str, ...]] = ("n_fft", "hop_length", "window")
 
     kind: str
     sr: int | None = setting(
@@ -420,6 +468,35 @@ class FeatureParams:
     def row_frequencies(self, sr: int) -> Any:
         """Frequency in Hz of each feature row at rate ``sr`` (np.ndarray, (n_bins,), float64)."""
         raise NotImplementedError
+
+    def display(self) -> Display:
+        """How pictures show this kind's entries: its rows' axis (`ROW_AXIS`) and the
+        colour scale its scaling calls for (linear values in dB with the factor of their
+        power; logarithmic ones as stored, with their unit)."""
+        row_label = "Hz" if self.ROW_AXIS != "index" else "row"
+        blocks = 1 + int(getattr(self, "deltas", 0))
+        if self.stores_complex:
+            return Display(self.ROW_AXIS, row_label, 20.0, "dB (|X|)", DISPLAY_DB_RANGE)
+        if self.normalize != "none":
+            return Display(self.ROW_AXIS, row_label, None,
+                           f"{self.scale}, normalised ({self.normalize})", None,
+                           diverging=True, blocks=blocks)  # fmt: skip
+        decades = DISPLAY_DB_RANGE / self.db_multiplier  # of the stored values
+        how = {
+            "linear": (self.db_multiplier, "dB", DISPLAY_DB_RANGE),
+            "db": (None, "dB", DISPLAY_DB_RANGE),
+            "log": (None, "ln", decades * math.log(10)),
+            "whisper": (None, "Whisper log-mel", None),
+        }[self.scale]
+        return Display(self.ROW_AXIS, row_label, *how, blocks=blocks)
+
+    def title(self) -> str:
+        """The kind and its main parameters (`TITLE_PARAMS`), as a picture's title says them."""
+        names = list(self.TITLE_PARAMS)
+        for name, plain in (("scale", "linear"), ("normalize", "none"), ("complex", False)):
+            if getattr(self, name, plain) != plain and name not in self.DERIVED:
+                names.append(name)
+        return f"{self.kind}: " + " ".join(f"{name}={getattr(self, name)}" for name in names)
 
     def check_file(self, sr: int, n_samples: int) -> None:
         """Raise DecodeError when these parameters cannot apply to one file.

@@ -94,6 +94,9 @@ class FbankParams(FeatureParams):
         "power", "scale", "top_db", "amin",
     })  # fmt: skip
 
+    ROW_AXIS: ClassVar[str] = "mel"
+    TITLE_PARAMS: ClassVar[tuple[str, ...]] = ("num_mel_bins", "frame_length", "frame_shift")
+
     kind: str = "fbank"
     sr: int | None = setting(
         16000, "Resample every file to this rate (Kaldi's --sample-frequency; soxr HQ).",

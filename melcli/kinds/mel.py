@@ -53,6 +53,9 @@ class MelParams(FeatureParams):
     #: melcli < 0.3 recorded the stft-only ``complex`` in mel manifests too.
     LEGACY: ClassVar[dict[str, Any]] = {"complex": False}
 
+    ROW_AXIS: ClassVar[str] = "mel"
+    TITLE_PARAMS: ClassVar[tuple[str, ...]] = ("n_fft", "hop_length", "n_mels", "window")
+
     kind: str = "mel"
     n_mels: int = setting(128, "Mel bands.", check="positive_int")
     fmin: float = setting(0.0, "Lowest frequency (Hz).", check="non_negative")

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from melcli.errors import DecodeError, ParameterError
 from melcli.kinds.fbank import FbankParams, kaldi_deltas, use_energy_setting
 from melcli.kinds.mel import MelParams
-from melcli.params import SCALES, setting
+from melcli.params import SCALES, Display, setting
 
 #: The window of ``librosa.feature.delta`` (frames).
 DELTA_WIDTH = 9
@@ -72,6 +72,9 @@ class MfccParams(MelParams):
         "melcli mfcc data/ -o mfcc.h5 --preset kaldi --deltas 2",
     )
     LEGACY: ClassVar[dict[str, Any]] = {}
+
+    ROW_AXIS: ClassVar[str] = "index"
+    TITLE_PARAMS: ClassVar[tuple[str, ...]] = ("n_mfcc", "n_mels", "n_fft", "hop_length")
 
     kind: str = "mfcc"
     frontend: str = frontend_setting("librosa")
@@ -132,6 +135,11 @@ class MfccParams(MelParams):
     @property
     def needs_whole_entry(self) -> bool:  # noqa: D102
         return super().needs_whole_entry or self.deltas > 0
+
+    def display(self) -> Display:
+        """Cepstral coefficients by number, drawn as stored on a diverging colour map."""
+        return Display("index", "coefficient", None, "MFCC", None, diverging=True,
+                       blocks=1 + self.deltas)  # fmt: skip
 
     def row_frequencies(self, sr: int) -> Any:
         """Not frequencies: each row's coefficient number (0 .. n_mfcc - 1, again for each
