@@ -843,7 +843,7 @@ def _preview_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-@cli.command("inspect")
+@cli.command("inspect", short_help="Show what is in an output or an input; --plot draws it.")
 @click.argument("path", type=click.Path(exists=True, dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of text.")
 @click.option(
@@ -874,11 +874,36 @@ def _preview_options(func: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Input preview: start from this preset of --kind (melcli presets lists them).",
 )
+@click.option(
+    "--plot",
+    "plot_to",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Draw instead of printing, into this .png (or .svg, .pdf): for an output, a grid "
+    "of spectrograms of its first --max entries (or of --key), one panel each, one row per "
+    "channel; for an audio file, its waveform over its features computed with the preview "
+    "options (--kind, default mel). Prints the picture's path.",
+)
+@click.option(
+    "--max",
+    "most",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="With --plot on an output: draw at most this many entries (the first by key).",
+)
+@click.option(
+    "--phase",
+    is_flag=True,
+    help="With --plot: draw the phase of a complex STFT (stft --complex) instead of its "
+    "magnitude in dB.",
+)
 @_preview_options
 def inspect_command(
-    path: str, as_json: bool, key: str | None, list_keys: bool, exts: str, **preview: Any
-) -> None:
-    """Show what is in an output, or what an input would give.
+    path: str, as_json: bool, key: str | None, list_keys: bool, exts: str,
+    plot_to: str | None, most: int, phase: bool, **preview: Any,
+) -> None:  # fmt: skip
+    """Show what is in an output, or what an input would give; or draw it (--plot).
 
     \b
     PATH is an HDF5 output, an npy output directory, a manifest (.json), or
@@ -896,6 +921,9 @@ def inspect_command(
       melcli inspect feats.h5 --key speech/hello.wav
       melcli inspect data/ --sr 16000 --n-fft 400 --hop-length 160 --n-mels 80
       melcli inspect data/ --json | jq '.total_duration'
+      melcli inspect feats.h5 --plot feats.png
+      melcli inspect feats.h5 --key speech/hello.wav --plot hello.png
+      melcli inspect song.wav --plot song.png --n-mels 80 --hop-length 256
     """
     from melcli import inspection as insp
     from melcli import store
@@ -903,6 +931,14 @@ def inspect_command(
 
     p = Path(path)
     given = {name: value for name, value in preview.items() if value is not None}
+    ctx = click.get_current_context()
+    if plot_to is None:
+        for name, flag in (("most", "--max"), ("phase", "--phase")):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                _usage(f"{flag} applies to --plot")
+    elif as_json or list_keys:
+        _usage(f"--plot draws a picture; {'--json' if as_json else '--keys'} prints text: "
+               "give one of them")  # fmt: skip
     try:
         kind = store.detect(p)
         if kind == "audio":
@@ -919,6 +955,8 @@ def inspect_command(
                 except ParameterError as exc:
                     _usage(_parameter_message(exc))
             params = build_params(front_end(cls.NAME, given, flag="--kind "), given)
+            if plot_to is not None:
+                _plot_audio(p, params, plot_to, phase)
             info = insp.inspect_audio([path], parse_extensions(exts), params)
         else:
             if given:
@@ -926,6 +964,8 @@ def inspect_command(
                 _usage(f"{shown} preview{'s' if len(given) == 1 else ''} what a run would give "
                        f"for audio inputs; {path} is a melcli output (its parameters are "
                        "recorded: melcli inspect shows them)")  # fmt: skip
+            if plot_to is not None:
+                _plot_output(p, plot_to, key=key, most=most, phase=phase)
             info = insp.inspect_output(p, key)
     except (OutputError, InputError) as exc:
         _fail(ExitCode.FAILED, str(exc))
@@ -943,6 +983,48 @@ def inspect_command(
         _print_audio(info)
     else:
         _print_output(info)
+
+
+def _plot_destination(plot_to: str) -> Path:
+    """``--plot``'s path, checked before any work (a usage error: exit 2)."""
+    from melcli import plot
+
+    try:
+        return plot.check_destination(plot_to)
+    except ParameterError as exc:
+        _usage(str(exc))
+
+
+def _plot_output(p: Path, plot_to: str, *, key: str | None, most: int, phase: bool) -> NoReturn:
+    """``inspect OUTPUT --plot``: draw its entries, print the picture's path, exit 0."""
+    from melcli import plot
+
+    out = _plot_destination(plot_to)
+    try:
+        plot.plot_output(p, out, key=key, most=most, phase=phase)
+    except ParameterError as exc:
+        _usage(str(exc))
+    _print_result(str(out))
+    sys.exit(0)
+
+
+def _plot_audio(p: Path, params: FeatureParams, plot_to: str, phase: bool) -> NoReturn:
+    """``inspect AUDIO --plot``: waveform and features of one file, its path printed."""
+    from melcli import plot
+    from melcli.errors import DecodeError
+
+    out = _plot_destination(plot_to)
+    if p.is_dir():
+        _usage(f"--plot draws one audio file; {p} is a directory (extract it, then "
+               f"melcli inspect OUTPUT --plot draws its entries)")  # fmt: skip
+    try:
+        plot.plot_audio(str(p), params, out, phase=phase)
+    except ParameterError as exc:
+        _usage(str(exc))
+    except DecodeError as exc:
+        _fail(ExitCode.FAILED, f"{p} is neither a melcli output nor audio melcli can draw: {exc}")
+    _print_result(str(out))
+    sys.exit(0)
 
 
 def _fmt_bytes(n: float) -> str:

@@ -123,17 +123,26 @@ def _record(man: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     rec = next((e for e in man["entries"] if e["key"] == key), None)
     if rec is not None:
         return rec
-    inside = [e["key"] for e in man["entries"] if e["key"].startswith(key + "/")]
+    raise no_such_entry(key, [e["key"] for e in man["entries"]], path)
+
+
+def no_such_entry(key: str, keys: list[str], path: Path) -> OutputError:
+    """The error for a ``--key`` that is not an entry of ``path``: what it is instead (a
+    folder of entries), or the nearest keys."""
+    import difflib
+
+    inside = [k for k in keys if k.startswith(key + "/")]
     if inside:
-        raise OutputError(
+        return OutputError(
             f"{key!r} in {path} is a folder of {len(inside)} entries, not an entry "
             f"(e.g. {inside[0]!r})"
         )
-    import difflib
 
-    near = difflib.get_close_matches(key, [e["key"] for e in man["entries"]], n=3, cutoff=0.5)
+    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
     hint = f"; did you mean: {', '.join(near)}?" if near else ""
-    raise OutputError(f"no entry {key!r} in {path}{hint} (melcli inspect {path} --keys lists them)")
+    return OutputError(
+        f"no entry {key!r} in {path}{hint} (melcli inspect {path} --keys lists them)"
+    )
 
 
 def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:

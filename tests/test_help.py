@@ -5,13 +5,16 @@ option is answered with the one it begins."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import click
 import pytest
 
 from melcli.cli import KIND_GROUPS, OPTION_GROUPS, ExtractCommand, cli
 from melcli.kinds import KINDS
-from tests.conftest import RunMelcli
+from tests.conftest import SAMPLE_AUDIO, RunMelcli
 
 ORDER = ["Input", "Framing", "Spectrum", "Scaling", "Output", "Run"]
 
@@ -84,3 +87,35 @@ def test_mistyped_option_suggests_the_one_it_begins(
     assert (
         proc.stderr.splitlines()[-1] == f"Error: No such option '{typed}'. Did you mean '{meant}'?"
     )
+
+
+def test_help_and_inspect_without_plot_load_no_matplotlib(
+    melcli: RunMelcli, tmp_path: Path
+) -> None:
+    """matplotlib (a second or more to import) is loaded only when a picture is asked for."""
+    hello = str(SAMPLE_AUDIO / "speech" / "hello.wav")
+    assert melcli("mel", hello, "-o", "o.h5", "-q").returncode == 0
+    code = """
+import sys
+from melcli.cli import cli
+
+def run(*args):
+    try:
+        cli(list(args))
+    except SystemExit as exc:
+        assert not exc.code, args
+
+run('--help')
+run('inspect', '--help')
+run('inspect', 'o.h5')
+run('inspect', 'o.h5', '--json', '--key', 'hello.wav')
+run('inspect', sys.argv[1])
+print('matplotlib' in sys.modules, 'PIL' in sys.modules, file=sys.stderr)
+run('inspect', 'o.h5', '--plot', 'o.png')
+print('matplotlib' in sys.modules, file=sys.stderr)
+"""
+    out = subprocess.run([sys.executable, "-c", code, hello], capture_output=True, text=True,
+                         cwd=tmp_path, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.split() == ["False", "False", "True"]
+    assert (tmp_path / "o.png").stat().st_size > 1000
