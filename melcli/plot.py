@@ -452,7 +452,6 @@ def stats_figure(
     rows = len(mean) // max(display.blocks, 1)
     fig = _figure(PANEL_WIDTH, 2.6)
     ax = fig.add_subplot()
-    _theme(fig, ax, dark)
     x = np.arange(len(mean))
     ax.fill_between(x, mean - std, mean + std, color="#e08a3c", alpha=0.35, linewidth=0,
                     label="mean ± std")  # fmt: skip
@@ -467,9 +466,15 @@ def stats_figure(
     ax.set_xlabel(display.row_label + (" (static rows labelled)" if display.blocks > 1 else ""))
     unit = "stored values" if display.db_factor is not None else display.unit
     ax.set_ylabel(unit, fontsize=8)
-    ax.set_title(f"per-row mean and std over {stats['count']} frames", fontsize=9, loc="left")
+    ax.set_title(
+        f"per-row mean and std over {stats['count']} frames",
+        fontsize=9,
+        loc="left",
+        color=_foreground(dark),
+    )
     ax.legend(fontsize=7, loc="best", frameon=False)
     ax.tick_params(labelsize=7)
+    _theme(fig, ax, dark)
     return fig
 
 
@@ -477,28 +482,34 @@ def histogram_figure(durations: np.ndarray, *, dark: bool = False) -> Figure:
     """A histogram of the entries' durations (seconds)."""
     fig = _figure(PANEL_WIDTH, 2.6)
     ax = fig.add_subplot()
-    _theme(fig, ax, dark)
     d = np.asarray(durations, dtype=np.float64)
     ax.hist(d, bins=min(40, max(1, len(np.unique(d)))), color="#3b8ea5")
     ax.set_xlabel("Duration (s)")
     ax.set_ylabel("Entries")
     span = f"{d.min():.2f} .. {d.max():.2f} s (median {np.median(d):.2f} s)"
-    ax.set_title(f"{len(d)} entries, {span}", fontsize=9, loc="left")
+    ax.set_title(f"{len(d)} entries, {span}", fontsize=9, loc="left", color=_foreground(dark))
     ax.tick_params(labelsize=7)
+    _theme(fig, ax, dark)
     return fig
 
 
+def _foreground(dark: bool) -> str:
+    return "#d8d8d8" if dark else "#222222"
+
+
 def _theme(fig: Figure, ax: Axes, dark: bool) -> None:
-    """Transparent background and text colours that read on a light or a dark page."""
-    fg = "#d8d8d8" if dark else "#222222"
+    """Transparent background and text colours that read on a light or a dark page (the
+    title is coloured where it is set)."""
+    fg = _foreground(dark)
     fig.patch.set_alpha(0.0)
     ax.set_facecolor("none")
     for spine in ax.spines.values():
         spine.set_color(fg)
     ax.tick_params(colors=fg)
-    ax.xaxis.label.set_color(fg)
-    ax.yaxis.label.set_color(fg)
-    ax.title.set_color(fg)
+    texts = [ax.xaxis.label, ax.yaxis.label]
+    legend = ax.get_legend()
+    for text in texts + (legend.get_texts() if legend is not None else []):
+        text.set_color(fg)
 
 
 # -- thumbnails ------------------------------------------------------------------------
@@ -518,7 +529,7 @@ def _shrink(a: np.ndarray, size: int, axis: int) -> np.ndarray:
 
 def thumbnail(data: np.ndarray, params: FeatureParams, *, width: int = 240,
               height: int = 72) -> np.ndarray:  # fmt: skip
-    """A small picture of an entry without axes: RGB, low rows at the bottom.
+    """A small picture of an entry without axes, as colour levels: low rows at the bottom.
 
     Parameters
     ----------
@@ -530,14 +541,12 @@ def thumbnail(data: np.ndarray, params: FeatureParams, *, width: int = 240,
 
     Returns
     -------
-    np.ndarray, shape (channels * height + 2 * (channels - 1), width, 3), uint8
-        Coloured as the panels (`display_values`, the same colour maps).
+    np.ndarray, shape (channels * height + 2 * (channels - 1), width), uint8
+        Levels 0-254 of the colour map of the panels (`display_values`, `thumbnail_palette`);
+        255 is the gap between channels.
     """
-    import matplotlib
-
     display = params.display()
     chans = data if data.ndim == 3 else data[None]
-    cmap = matplotlib.colormaps[DIVERGING_CMAP if display.diverging else CMAP]
     parts = []
     for channel in chans:
         values, lo, hi = display_values(_static_rows(channel, display), display)
@@ -546,17 +555,32 @@ def thumbnail(data: np.ndarray, params: FeatureParams, *, width: int = 240,
         if level.shape[-1] == 0:
             level = np.zeros((level.shape[0], 1))
         level = _shrink(_shrink(level, height, 0), width, 1)[::-1]
-        parts.append(cmap(level, bytes=True)[..., :3])
-        parts.append(np.full((2, width, 3), 255, dtype=np.uint8))
+        parts.append(np.rint(level * 254).astype(np.uint8))
+        parts.append(np.full((2, width), 255, dtype=np.uint8))
     return np.concatenate(parts[:-1], axis=0)
 
 
-def png_of_pixels(pixels: np.ndarray) -> bytes:
-    """RGB pixels (h, w, 3) uint8 as PNG bytes (no metadata: deterministic)."""
+def thumbnail_palette(params: FeatureParams) -> np.ndarray:
+    """The 256 RGB colours of `thumbnail`'s levels (uint8, (256, 3)): the panels' colour
+    map in 255 steps, then white."""
+    import matplotlib
+
+    display = params.display()
+    cmap = matplotlib.colormaps[DIVERGING_CMAP if display.diverging else CMAP]
+    colours = cmap(np.linspace(0.0, 1.0, 255), bytes=True)[:, :3]
+    return np.concatenate([colours, np.full((1, 3), 255, dtype=np.uint8)])
+
+
+def png_of_levels(levels: np.ndarray, palette: np.ndarray) -> bytes:
+    """A palette PNG of ``levels`` (h, w) uint8 in ``palette`` (256, 3): a third of the
+    bytes of RGB, no metadata (deterministic)."""
     from PIL import Image
 
+    levels = np.ascontiguousarray(levels, dtype=np.uint8)
+    image = Image.frombytes("P", (levels.shape[1], levels.shape[0]), levels.tobytes())
+    image.putpalette(palette.astype(np.uint8).tobytes())
     buf = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=6)
+    image.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
