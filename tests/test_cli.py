@@ -655,7 +655,7 @@ def test_every_command_has_help(invoke: Invoke, path: list[str]) -> None:
 def test_commands_are_the_documented_ones() -> None:
     from melcli.kinds import KINDS
 
-    assert sorted(cli.commands) == sorted(["inspect", "presets", *KINDS])
+    assert sorted(cli.commands) == sorted(["inspect", "presets", "report", *KINDS])
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name in cli.commands:
         assert re.search(rf"melcli {name}\b", readme), name
