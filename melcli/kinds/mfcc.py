@@ -138,8 +138,7 @@ class MfccParams(MelParams):
 
     def display(self) -> Display:
         """Cepstral coefficients by number, drawn as stored on a diverging colour map."""
-        return Display("index", "coefficient", None, "MFCC", None, diverging=True,
-                       blocks=1 + self.deltas)  # fmt: skip
+        return cepstrum_display(self.deltas)
 
     def row_frequencies(self, sr: int) -> Any:
         """Not frequencies: each row's coefficient number (0 .. n_mfcc - 1, again for each
@@ -190,6 +189,11 @@ class KaldiMfccParams(FbankParams):
     #: ``use_log_fbank`` is always on: Kaldi's MFCCs are the DCT of the log bins.
     DERIVED: ClassVar[frozenset[str]] = FbankParams.DERIVED | {"use_log_fbank"}
 
+    ROW_AXIS: ClassVar[str] = "index"
+    TITLE_PARAMS: ClassVar[tuple[str, ...]] = (
+        "num_ceps", "num_mel_bins", "frame_length", "frame_shift"
+    )  # fmt: skip
+
     kind: str = "mfcc"
     frontend: str = frontend_setting("kaldi")
     num_ceps: int = setting(13, "--frontend kaldi: cepstral coefficients kept (at most "
@@ -215,6 +219,10 @@ class KaldiMfccParams(FbankParams):
     def n_bins(self) -> int:  # noqa: D102
         return self.num_ceps * (1 + self.deltas)
 
+    def display(self) -> Display:
+        """As librosa's MFCCs: by coefficient number, on a diverging colour map."""
+        return cepstrum_display(self.deltas)
+
     def row_frequencies(self, sr: int) -> Any:
         """Each row's coefficient number (0 .. num_ceps - 1, again for each delta order)."""
         import numpy as np
@@ -239,6 +247,12 @@ class KaldiMfccParams(FbankParams):
         for _ in range(self.deltas):
             parts.append(kaldi_deltas(parts[-1]))
         return np.concatenate(parts, axis=-2) if len(parts) > 1 else parts[0]
+
+
+def cepstrum_display(deltas: int) -> Display:
+    """How pictures show MFCCs (either front end): rows by coefficient number, values as
+    stored on a diverging colour map, one block per delta order."""
+    return Display("index", "coefficient", None, "MFCC", None, diverging=True, blocks=1 + deltas)
 
 
 def _check_frontend(params: Any, frontend: str) -> None:
