@@ -3,7 +3,7 @@
 `EXECUTORS` is the one list of executors: a backend name, and the import path
 of its class (a `melcli.pipeline.Executor`). The classes are named by path and
 imported only when a run uses one (`executor_class`), because they import
-numpy (and joblib; Dask's will import dask) while ``melcli --help`` and
+numpy (and joblib; Dask's imports distributed) while ``melcli --help`` and
 ``import melcli.cli`` take the names from here and must stay light (tested).
 This module imports nothing from melcli. A new backend is its class and one
 entry here; ``--backend`` (`BACKENDS`), `melcli.pipeline.WorkerPool` and the
@@ -27,13 +27,23 @@ SERIAL = "serial"
 #: is no worker start-up and results need no pickling. ``fork``: worker processes
 #: forked from this one (ready in milliseconds, nothing re-imported), for many
 #: tiny files, whose per-file Python work holds the GIL. ``loky`` (joblib's):
-#: fresh worker processes.
+#: fresh worker processes. ``dask``: the workers of a Dask cluster
+#: (``--scheduler ADDRESS``; `melcli.cluster`, which alone imports distributed).
 EXECUTORS: dict[str, str] = {
     SERIAL: "melcli.pipeline:SerialExecutor",
     "threading": "melcli.pipeline:ThreadingExecutor",
     "fork": "melcli.pipeline:ForkExecutor",
     "loky": "melcli.pipeline:LokyExecutor",
+    "dask": "melcli.cluster:DaskExecutor",
 }
+
+#: Backends whose workers are elsewhere (a cluster, reached at an address):
+#: ``-j`` caps the tasks they compute at once instead of starting workers, and
+#: one job does not mean `SERIAL`. ``auto`` never picks one.
+REMOTE: frozenset[str] = frozenset({"dask"})
+
+#: What a remote backend needs installed, for the one line that says so.
+REMOTE_EXTRAS: dict[str, tuple[str, str]] = {"dask": ("distributed", "melcli[dask]")}
 
 #: The ``--backend`` choices for -j > 1: ``auto`` first, which picks threading or
 #: fork by the tasks' length (`melcli.pipeline.resolve_backend`), then every

@@ -22,9 +22,10 @@ import click
 
 from melcli import presets
 from melcli._version import __version__
-from melcli.backends import BACKENDS  # numpy-free, for --help
+from melcli.backends import BACKENDS, REMOTE, REMOTE_EXTRAS  # numpy-free, for --help
 from melcli.discover import AUDIO_EXTENSIONS
 from melcli.errors import (
+    ClusterError,
     ExitCode,
     InputError,
     MelcliError,
@@ -146,7 +147,17 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "Input": ("inputs", "null", "exts", "root", "like", "preset"),
     **{stage: () for stage in STAGES if stage != "Input"},
     "Output": ("output", "fmt", "compression", "manifest", "overwrite", "prune", "checksum"),
-    "Run": ("jobs", "backend", "dry_run", "fail_fast", "progress", "quiet", "verbose", "help"),
+    "Run": (
+        "jobs",
+        "backend",
+        "scheduler",
+        "dry_run",
+        "fail_fast",
+        "progress",
+        "quiet",
+        "verbose",
+        "help",
+    ),  # fmt: skip
 }
 for _d in declared(FeatureParams):
     OPTION_GROUPS[str(_d.setting.stage)] += (_d.name,)
@@ -248,14 +259,23 @@ RUN_OPTIONS: list[Callable[..., Any]] = [
     click.option("-0", "--null", is_flag=True,
                  help="The file list on stdin ('-') is NUL-separated (find -print0)."),
     click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-                 help="Parallel workers; 1 runs in-process.  [default: usable CPUs]"),
+                 help="Parallel workers; 1 runs in-process. With --scheduler: at most "
+                      "this many tasks of the run computing at once.  [default: usable "
+                      "CPUs; with --scheduler, every worker thread of the cluster]"),
     click.option("--backend", type=_choice(BACKENDS), default="auto",
                  show_default=True,
                  help="Executor for -j > 1: threading (decoding and FFTs release the "
                       "GIL; no pickling), fork (forked worker processes: fastest for "
                       "many files of a few seconds or less), loky (joblib's fresh "
-                      "worker processes); auto picks fork on Linux when the files "
-                      "average under 65536 samples (all channels), else threading."),
+                      "worker processes), dask (the workers of a Dask cluster: "
+                      "--scheduler, or DASK_SCHEDULER_ADDRESS); auto picks fork on Linux "
+                      "when the files average under 65536 samples (all channels), "
+                      "else threading."),
+    click.option("--scheduler", metavar="ADDRESS", default=None,
+                 help="Run the work on the Dask cluster of this scheduler "
+                      "(tcp://host:8786; implies --backend dask). Its workers must see the "
+                      "inputs at the same paths and have the same melcli installed; this "
+                      "process writes the output. Needs pip install 'melcli[dask]'."),
     click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                  help="Suffixes counted as audio in a directory walk "
                       "(files named explicitly are always tried)."),
@@ -471,7 +491,26 @@ def _preload(fmt: str, params: FeatureParams, opts: Any) -> None:
     if opts.backend == "loky":
         from joblib.externals.loky import process_executor  # noqa: F401
         from joblib.externals.loky.backend import resource_tracker  # noqa: F401
+    if opts.backend == "dask":
+        _preload_dask()
     import tqdm  # noqa: F401
+
+
+def _preload_dask() -> None:
+    """The cluster backend's imports, and a quiet client.
+
+    distributed logs at INFO to stderr by default; in this process (the
+    command line only, never a library caller's) only its errors are shown:
+    melcli says what happened itself, in one line.
+    """
+    import logging
+
+    import distributed  # noqa: F401
+    import distributed.comm.tcp  # noqa: F401
+
+    from melcli import cluster  # noqa: F401
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
 
 
 def _install_stop_handlers() -> dict[int, Any]:
@@ -665,14 +704,47 @@ def _run_options_of(kw: dict[str, Any], reporter: _CliReporter) -> RunOptions:
             f"({', '.join(store.H5_SUFFIXES)}): writing a directory of .npy files "
             "(say --format npy or --format h5 to choose)"
         )
+    backend, scheduler = _cluster_options(kw)
+    jobs = kw["jobs"] or (0 if backend in REMOTE else default_jobs())
     return runner.RunOptions(
-        output=output, format=fmt, command=_command_line(), jobs=kw["jobs"] or default_jobs(),
+        output=output, format=fmt, command=_command_line(), jobs=jobs,
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
-        dry_run=kw["dry_run"], backend=kw["backend"],
+        dry_run=kw["dry_run"], backend=backend, scheduler=scheduler,
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
         inputs=kw["inputs"], prune=kw["prune"], compression=compression, root=kw["root"],
         preset=kw["preset"].lower() if kw.get("preset") else None,
     )  # fmt: skip
+
+
+def _cluster_options(kw: dict[str, Any]) -> tuple[str, str | None]:
+    """``--backend`` and ``--scheduler`` as a run's backend and scheduler address.
+
+    ``--scheduler`` means the dask backend; ``--backend dask`` takes the address
+    from ``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``. Usage errors (exit 2):
+    another backend with ``--scheduler``, no address, dask not installed.
+    """
+    import importlib.util
+
+    backend, scheduler = kw["backend"].lower(), kw["scheduler"]
+    if scheduler is not None:
+        if backend not in ("auto", "dask"):
+            _usage(f"--scheduler runs on a Dask cluster, not with --backend {backend}")
+        backend = "dask"
+        if not scheduler.strip():
+            _usage("--scheduler needs an address, e.g. --scheduler tcp://head:8786")
+    if backend in REMOTE:
+        module, extra = REMOTE_EXTRAS[backend]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            _usage(f"--backend {backend} needs {module}, which is not installed: "
+                   f"pip install '{extra}'")  # fmt: skip
+        if scheduler is None and not os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip():
+            _usage("--backend dask needs a scheduler: --scheduler ADDRESS, or the "
+                   "DASK_SCHEDULER_ADDRESS environment variable")  # fmt: skip
+    return backend, scheduler
 
 
 def _find_inputs(
@@ -734,6 +806,8 @@ def _run(
         _fail(ExitCode.FAILED, f"{exc}; nothing new written to {output}")
     except WorkerError as exc:
         _fail(ExitCode.FAILED, f"{exc}; {output} untouched; {resume}")
+    except ClusterError as exc:
+        _fail(ExitCode.FAILED, f"{exc}; nothing new written to {output}")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

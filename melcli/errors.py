@@ -86,3 +86,8 @@ class UsageOutputError(OutputError):
 
 class WorkerError(MelcliError):
     """A worker process died (a crash in a decoder, or the OOM killer): exit 1."""
+
+
+class ClusterError(MelcliError):
+    """The Dask cluster cannot be used (scheduler unreachable, workers without
+    melcli or with another version): exit 1, before or during the run."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from melcli import audio, features
 from melcli.backends import BACKENDS as BACKENDS  # for callers of pipeline.BACKENDS
-from melcli.backends import SERIAL, executor_class
+from melcli.backends import REMOTE, SERIAL, executor_class
 from melcli.discover import Source, os_reason, printable
 from melcli.errors import DecodeError, WorkerError
 from melcli.params import FeatureParams
@@ -316,20 +316,22 @@ def make_tasks(source: Source, info: audio.AudioInfo, params: FeatureParams) -> 
     ]
 
 
-def make_batches(costs: Sequence[int], n_jobs: int) -> list[range]:
+def make_batches(costs: Sequence[int], n_jobs: int, work_limit: int = BATCH_WORK) -> list[range]:
     """Consecutive batches of tasks, sized by count and by estimated work.
 
     At most 64 tasks and at most 1/16 of a worker's share (tiny files: the
     dispatch of each batch costs ~0.1 ms, and 16 batches per worker still
-    balance the load), and at most `BATCH_WORK` of work (heavy files: a batch
+    balance the load), and at most ``work_limit`` of work (heavy files: a batch
     returns, and its results are checkpointed, within a fraction of a second).
-    A task heavier than `BATCH_WORK` is a batch of its own.
+    A task heavier than ``work_limit`` is a batch of its own. A cluster
+    (`melcli.cluster`) gives a larger ``work_limit``: each of its tasks costs
+    the scheduler and the network more than a local dispatch.
     """
     limit = max(1, min(64, len(costs) // (max(1, n_jobs) * 16)))
     batches: list[range] = []
     start, work = 0, 0
     for i, cost in enumerate(costs):
-        if i > start and (i - start >= limit or work + cost > BATCH_WORK):
+        if i > start and (i - start >= limit or work + cost > work_limit):
             batches.append(range(start, i))
             start, work = i, 0
         work += cost
@@ -741,6 +743,10 @@ class WorkerPool:
         A name in `melcli.backends.EXECUTORS` (``auto`` resolved, see
         `resolve_backend`); with one job, ``serial`` whatever it says.
     log : InflightLog, optional
+    address : str, optional
+        Where a remote backend's workers are (`melcli.backends.REMOTE`: the
+        Dask scheduler); there ``jobs`` caps the tasks computing at once (0:
+        every worker thread of the cluster), and one job is not serial.
     """
 
     def __init__(
@@ -752,14 +758,19 @@ class WorkerPool:
         jobs: int,
         backend: str,
         log: InflightLog | None = None,
+        address: str | None = None,
     ) -> None:
         self.tasks, self.params = tasks, params
-        self.n_jobs = max(1, min(jobs, len(tasks)))
-        self.backend = backend if self.n_jobs > 1 else SERIAL
+        remote = backend in REMOTE and len(tasks) > 0
+        self.n_jobs = max(0, jobs) if remote else max(1, min(jobs, len(tasks)))
+        self.backend = backend if remote or self.n_jobs > 1 else SERIAL
         self.batches = make_batches(costs, self.n_jobs)
         self.log = log or InflightLog(None)
         factory = executor_class(self.backend)
-        self.executor = factory(tasks, params, self.batches, n_jobs=self.n_jobs, log=self.log)
+        self.executor = factory(
+            tasks, params, self.batches, n_jobs=self.n_jobs, log=self.log,
+            costs=costs, address=address,
+        )  # fmt: skip
         self._closed = False
 
     def start(self) -> WorkerPool:
@@ -809,9 +820,15 @@ class Executor:
     batches : sequence of range
         Indices into ``tasks`` (`make_batches`), in the order to hand them out.
     n_jobs : int
-        Workers to run (more than one except for `SerialExecutor`).
+        Workers to run (more than one except for `SerialExecutor`; a remote
+        backend's cap on tasks computing at once, 0 for none).
     log : InflightLog
         Every batch is noted in it when handed out (`hand_out`) and when back.
+    costs : sequence of int, optional
+        `task_cost` of each task (a backend that batches them otherwise).
+    address : str, optional
+        Where a remote backend's workers are (the Dask scheduler); ignored by
+        the local ones.
     """
 
     def __init__(
@@ -822,9 +839,12 @@ class Executor:
         *,
         n_jobs: int,
         log: InflightLog,
+        costs: Sequence[int] = (),
+        address: str | None = None,
     ) -> None:
         self.tasks, self.params, self.batches = tasks, params, batches
         self.n_jobs, self.log = n_jobs, log
+        self.costs, self.address = costs, address
 
     def start(self) -> None:
         """Create the workers, and apply `worker_init` where the work will run.
@@ -981,8 +1001,10 @@ class ForkExecutor(Executor):
         *,
         n_jobs: int,
         log: InflightLog,
+        costs: Sequence[int] = (),
+        address: str | None = None,
     ) -> None:
-        super().__init__(tasks, params, batches, n_jobs=n_jobs, log=log)
+        super().__init__(tasks, params, batches, n_jobs=n_jobs, log=log, costs=costs)
         self.workers: list[_ForkWorker] = []
 
     def start(self) -> None:

@@ -25,6 +25,7 @@ from melcli import advice, store
 from melcli import manifest as manifest_mod
 from melcli.discover import Source, UnreadableDir, printable
 from melcli.errors import (
+    ClusterError,
     DecodeError,
     EntryError,
     ExitCode,
@@ -112,6 +113,7 @@ class RunOptions:
     compression: str = "none"  # HDF5 only (`melcli.params.COMPRESSIONS`)
     root: str | None = None  # --root: keys are paths relative to it
     preset: str | None = None  # --preset the parameters started from (recorded)
+    scheduler: str | None = None  # --scheduler: the Dask scheduler (backend dask)
 
 
 @dataclass
@@ -412,6 +414,8 @@ def execute(
         The existing output was made with other parameters (exit 2).
     OutputError
         Locked, unwritable or full output (exit 1); the previous output is intact.
+    ClusterError
+        The Dask cluster cannot be used (exit 1); finished work is checkpointed.
     WorkerError
         A worker process died (exit 1); finished work is checkpointed.
     FailFast, KeyboardInterrupt
@@ -425,7 +429,7 @@ def execute(
         lock.acquire(opts.command)
     try:
         return Run(sources, params, opts, reporter, output, unreadable).execute()
-    except OutputError:
+    except (OutputError, ClusterError):
         work = WorkDir(output)
         with contextlib.suppress(OutputError):
             work.check()  # never remove what is not melcli's own work directory
@@ -541,7 +545,7 @@ def _pool(
     backend = resolve_backend(opts.backend, sum(t.samples for t in todo) / max(1, len(todo)))
     return WorkerPool(
         [t.task for t in ordered], [t.cost for t in ordered], params,
-        jobs=opts.jobs, backend=backend, log=log,
+        jobs=opts.jobs, backend=backend, log=log, address=opts.scheduler,
     )  # fmt: skip
 
 

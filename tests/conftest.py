@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,139 @@ def assert_no_traceback(*texts: str) -> None:
 def sample_files() -> Sequence[Path]:
     """Every committed sample file."""
     return sorted(p for p in SAMPLE_AUDIO.rglob("*") if p.is_file() and p.suffix != ".md")
+
+
+# ---------------------------------------------------------------------------
+# a real Dask cluster on the loopback interface
+# ---------------------------------------------------------------------------
+#: What the shared cluster's workers are started with: an input whose key holds
+#: ``crashme`` makes the worker running it SIGSEGV (`melcli.pipeline.crash_point`),
+#: and their BLAS runs two threads (Dask's nanny would set one), so a test sees
+#: that melcli's tasks leave it as it was.
+CLUSTER_CRASH_ON = "crashme"
+CLUSTER_BLAS_THREADS = 2
+
+
+class DaskCluster:
+    """A ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, stopped by PID.
+
+    Parameters
+    ----------
+    root : Path
+        A directory of its own: scheduler file, logs, the workers' trace file
+        (``trace``: one line per melcli task started, `melcli.pipeline.trace_point`).
+    workers : int
+        ``dask worker --nworkers 1 --nthreads 1`` processes (each a nanny and its worker).
+    prefix : sequence of str
+        Put before each worker's command (``unshare -m ...``).
+    """
+
+    def __init__(self, root: Path, *, workers: int = 2, prefix: Sequence[str] = ()) -> None:
+        self.root, self.trace = root, root / "trace"
+        self.dask = str(Path(sys.executable).parent / "dask")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = {
+            **os.environ,
+            "MELCLI_CRASH_ON": CLUSTER_CRASH_ON,
+            "MELCLI_TRACE": str(self.trace),
+            "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": repr(
+                {f"{lib}_NUM_THREADS": CLUSTER_BLAS_THREADS for lib in ("OMP", "OPENBLAS", "MKL")}
+            ),
+        }
+        try:
+            self.address = self._scheduler()
+            for i in range(workers):
+                self.add_worker(f"w{i}", prefix)
+            self.wait_for_workers(workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, args: Sequence[str], log: str, prefix: Sequence[str] = ()) -> None:
+        with open(self.root / log, "wb") as fh:
+            self.procs.append(subprocess.Popen(
+                [*prefix, *args], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.root, env=self.env, start_new_session=True,
+            ))  # fmt: skip
+
+    def _scheduler(self) -> str:
+        import json
+        import time
+
+        info = self.root / "scheduler.json"
+        self._start([self.dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                     "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(info)],
+                    "scheduler.log")  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.procs[0].poll() is None, (self.root / "scheduler.log").read_text()
+            try:
+                return str(json.loads(info.read_text())["address"])
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.05)
+        raise AssertionError("the Dask scheduler did not start within 60 s")
+
+    def add_worker(self, name: str, prefix: Sequence[str] = ()) -> None:
+        """Start one more worker (a nanny and its worker process)."""
+        self._start([self.dask, "worker", self.address, "--nworkers", "1", "--nthreads", "1",
+                     "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+                     "--local-directory", str(self.root / name), "--name", name],
+                    f"{name}.log", prefix)  # fmt: skip
+
+    def ask(self, code: str, timeout: float = 60) -> str:
+        """Run ``code`` in a fresh Python with ``client`` connected; its stdout."""
+        script = (
+            "from distributed import Client\n"
+            f"client = Client({self.address!r}, timeout=20, set_as_default=False)\n"
+            f"{code}\nclient.close()\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def wait_for_workers(self, n: int) -> None:
+        """Until ``n`` workers are connected (at most a minute)."""
+        self.ask(f"client.wait_for_workers({n}, timeout=60)", timeout=90)
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes (children of the nannies), not the nannies."""
+        import psutil
+
+        pids = []
+        for proc in self.procs[1:]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                pids += [c.pid for c in psutil.Process(proc.pid).children()
+                         if "spawn_main" in " ".join(c.cmdline())]  # fmt: skip
+        return pids
+
+    def trace_lines(self) -> int:
+        """Tasks started on the workers so far."""
+        try:
+            return len(self.trace.read_bytes().splitlines())
+        except FileNotFoundError:
+            return 0
+
+    def stop(self) -> None:
+        """Stop every process by PID (SIGTERM, then SIGKILL what is left of each group)."""
+        import signal
+
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its session: the worker processes too
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A scheduler and two single-threaded workers, shared by the cluster tests."""
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -47,11 +47,12 @@ def test_help_and_import_of_the_cli_load_no_numpy() -> None:
     code = (
         "import sys\nfrom melcli.cli import cli\n"
         "try:\n    cli(['mel', '--help'])\nexcept SystemExit:\n    pass\n"
-        "print('numpy' in sys.modules, 'joblib' in sys.modules, file=sys.stderr)"
+        "print('numpy' in sys.modules, 'joblib' in sys.modules, 'distributed' in sys.modules, "
+        "file=sys.stderr)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "--backend" in out.stdout
-    assert out.stderr.split() == ["False", "False"]
+    assert out.stderr.split() == ["False", "False", "False"]
 
 
 @pytest.fixture
@@ -62,22 +63,26 @@ def tasks(audio: AudioFactory) -> list[pipeline.Task]:
 
 
 def _pool(
-    tasks: list[pipeline.Task], backend: str, log: Path, jobs: int = 2
-) -> pipeline.WorkerPool:
+    tasks: list[pipeline.Task], backend: str, log: Path, jobs: int = 2,
+    request: pytest.FixtureRequest | None = None,
+) -> pipeline.WorkerPool:  # fmt: skip
     # each task a full batch of work: batches of one task, several out at once
+    address = None
+    if backend in backends.REMOTE and request is not None:  # the shared test cluster
+        address = request.getfixturevalue("dask_cluster").address
     return pipeline.WorkerPool(
         tasks, [pipeline.BATCH_WORK] * len(tasks), PARAMS, jobs=jobs, backend=backend,
-        log=pipeline.InflightLog(log),
+        log=pipeline.InflightLog(log), address=address,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", list(backends.EXECUTORS))
 def test_every_backend_gives_the_serial_results(
-    tasks: list[pipeline.Task], tmp_path: Path, backend: str
+    tasks: list[pipeline.Task], tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     want = {t.source.key: pipeline.extract(t, PARAMS) for t in tasks}
     log = tmp_path / "inflight.log"
-    pool = _pool(tasks, backend, log).start()
+    pool = _pool(tasks, backend, log, request=request).start()
     assert pool.backend == backend
     try:
         got = {r.source.key: r for r in pool.results()}
@@ -97,10 +102,11 @@ def test_every_backend_gives_the_serial_results(
 
 @pytest.mark.parametrize("backend", list(backends.EXECUTORS))
 def test_closed_mid_run_keeps_the_batches_out_in_the_log(
-    tasks: list[pipeline.Task], tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    tasks: list[pipeline.Task], tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
     log = tmp_path / "inflight.log"
-    pool = _pool(tasks, backend, log).start()
+    pool = _pool(tasks, backend, log, request=request).start()
     next(pool.results())
     stray: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: stray.append(args.exc_value))
@@ -112,7 +118,7 @@ def test_closed_mid_run_keeps_the_batches_out_in_the_log(
     # queued (a loky bug, there before the executors were split; the CLI exits first)
     assert all(isinstance(e, KeyError) for e in stray) and (backend == "loky" or not stray)
     out = pipeline.InflightLog.read(log)
-    jobs = 1 if backend == backends.SERIAL else 2
+    jobs = 1 if backend == backends.SERIAL else 2  # the test cluster: two worker threads
     assert 1 <= len(out) <= 2 * jobs  # at most two batches per worker out
     pool.close(ok=True)  # a second close does nothing
     assert log.exists()
