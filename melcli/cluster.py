@@ -13,12 +13,14 @@ What a cluster adds to a local run's failures:
 * an input a worker cannot read (not on its file system) is a recorded failure
   with the worker's reason, as it would be locally;
 * a worker that dies (kill -9, the OOM killer) has its tasks rescheduled by
-  the scheduler on the others; a batch whose workers keep dying ends in Dask's
-  ``KilledWorker`` (after ``distributed.scheduler.allowed-failures`` deaths).
-  Dask counts a death against every task the worker held, so its tasks are run
-  again one at a time, each alone among this run's tasks: the input that kills
-  its workers again is a recorded failure, the others are written
-  (`DaskExecutor.results`). At most 2 x (allowed-failures + 1) deaths per input;
+  the scheduler on the others (results it held and the client had not yet
+  fetched too: their futures go from finished to lost and back). A batch
+  whose workers keep dying ends in Dask's ``KilledWorker`` (after
+  ``distributed.scheduler.allowed-failures`` deaths). Dask counts a death
+  against every task the worker held, so its tasks are run again one at a
+  time, each alone among this run's tasks: the input that kills its workers
+  again is a recorded failure, the others are written (`DaskExecutor.results`).
+  At most 2 x (allowed-failures + 1) deaths per input;
 * a scheduler that cannot be reached within `CONNECT_TIMEOUT`, or workers without
   melcli or with another version of it, stop the run (`melcli.errors.ClusterError`).
 
@@ -231,6 +233,9 @@ class DaskExecutor(Executor):
 
         top_up()
         for future in done:
+            if future.status in ("lost", "pending"):  # its worker died with the result: recomputed
+                done.add(future)
+                continue
             b, batch = pending.pop(future)
             out: list[Result] = []
             if future.status == "finished":

@@ -394,7 +394,7 @@ class DaskCluster:
                 proc.send_signal(signal.SIGTERM)
         for proc in reversed(self.procs):
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
+                proc.wait(timeout=3)  # a nanny takes seconds to close: then SIGKILL
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # its session: the worker processes too
             proc.wait()

@@ -1,0 +1,396 @@
+"""Issue 12: the same extraction on a Dask cluster (``--scheduler``, ``--backend dask``).
+
+Real processes on the loopback interface: a ``dask scheduler`` and two
+``dask worker --nworkers 1 --nthreads 1`` (the session's `dask_cluster`, from
+tests/conftest.py, stopped by PID), the real ``melcli`` executable, real signals.
+A cluster run is compared with a local ``-j 1`` run array for array and its
+manifest field for field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from melcli import cluster, pipeline
+from melcli.params import FeatureParams
+from tests.conftest import (
+    CLUSTER_BLAS_THREADS,
+    CLUSTER_CRASH_ON,
+    AudioFactory,
+    DaskCluster,
+    RunMelcli,
+    assert_no_traceback,
+    assert_same_manifest,
+    feature_arrays,
+    melcli_command,
+    stderr_lines,
+)
+
+#: Heavy frames (a hop of 8 samples): each 3 s file is a task of ~0.1 s, so a run of
+#: 40 lasts long enough to be killed or interrupted half-way.
+SLOW_ARGS = ["--n-fft", "2048", "--hop-length", "8", "--n-mels", "8"]
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    side = out.with_suffix(".json") if out.suffix == ".h5" else out / "manifest.json"
+    return json.loads(side.read_text())
+
+
+def assert_same_output(got: Path, want: Path) -> None:
+    """Equal arrays, and equal manifests but for the command line and the time."""
+    a, b = feature_arrays(got), feature_arrays(want)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert_same_manifest(_manifest(got), _manifest(want), "command", "created")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Mixed inputs: rates, stereo, FLAC, a long file split into frame ranges, a bad file."""
+    root = tmp_path_factory.mktemp("corpus")
+    audio = AudioFactory(root, np.random.default_rng(12))
+    for i in range(6):
+        audio.mix(f"speech/s{i}.wav", sr=16000, seconds=0.5 + 0.3 * i)
+    audio.mix("music/stereo.flac", sr=44100, seconds=2.0, channels=2)
+    audio.sweep("music/sweep.wav", sr=22050, seconds=1.5)
+    # over pipeline.SPLIT_SAMPLES: split into parts, each a task of its own
+    audio.noise("long/hour.wav", sr=8000, seconds=(pipeline.SPLIT_SAMPLES + 300_000) / 8000)
+    audio.raw("bad/broken.wav", b"RIFF\x00\x00 not audio at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def slow_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("slow")
+    audio = AudioFactory(root, np.random.default_rng(7))
+    for i in range(40):
+        audio.mix(f"s{i:02d}.wav", sr=16000, seconds=3.0)
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """A copy of the files of ``src`` in the new directory ``dst``."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _local(melcli: RunMelcli, inputs: Path, out: Path, *args: str) -> None:
+    proc = melcli("mel", inputs, "-o", out, "-j", "1", *args)
+    assert proc.returncode in (0, 3), proc.stderr
+
+
+def _start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*melcli_command(), *args], cwd=cwd, text=True, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def _wait_for_trace(cl: DaskCluster, n: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while cl.trace_lines() < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the cluster started no tasks"
+        time.sleep(0.02)
+
+
+# -- the same output as a local run ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy"])
+def test_a_cluster_run_equals_a_local_j1_run(
+    corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path, fmt: str
+) -> None:
+    name = "feats.h5" if fmt == "h5" else "feats"
+    want, got = tmp_path / "local" / name, tmp_path / "cluster" / name
+    want.parent.mkdir()
+    got.parent.mkdir()
+    _local(melcli, corpus, want)
+    before = dask_cluster.trace_lines()
+    proc = melcli("mel", corpus, "-o", got, "--scheduler", dask_cluster.address)
+    assert proc.returncode == 3, proc.stderr  # the broken file, as locally
+    assert_no_traceback(proc.stderr)
+    # the long file went as several frame ranges, all computed by the workers
+    assert dask_cluster.trace_lines() - before > len(list(corpus.rglob("*.*")))
+    assert stderr_lines(proc.stderr, "melcli: added ") == [
+        "melcli: added 9, updated 0, removed 0, unchanged 0, failed 1"
+    ]
+    assert_same_output(got, want)
+    failures = _manifest(got)["failures"]
+    assert [f["key"] for f in failures] == ["bad/broken.wav"]
+
+
+def test_backend_dask_takes_the_address_from_the_environment_and_reruns_incrementally(
+    corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    src = _copy(corpus / "speech", tmp_path / "src")
+    out, want = tmp_path / "feats.h5", tmp_path / "want.h5"
+    env = {**os.environ, "DASK_SCHEDULER_ADDRESS": dask_cluster.address}
+    cmd = [*melcli_command(), "mel", str(src), "-o", str(out), "--backend", "dask"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    (src / "s0.wav").unlink()
+    (src / "s9.wav").write_bytes((corpus / "music" / "sweep.wav").read_bytes())
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "melcli: added 1, updated 0, removed 1, unchanged 5, failed 0" in again.stderr
+    _local(melcli, src, want)
+    assert_same_output(out, want)
+
+
+# -- failures on the workers ---------------------------------------------------------------
+
+
+def test_a_worker_killed_mid_run_costs_nothing(
+    slow_corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    want, out = tmp_path / "want.h5", tmp_path / "feats.h5"
+    _local(melcli, slow_corpus, want, *SLOW_ARGS)
+    victim = dask_cluster.worker_pids()[0]
+    start = dask_cluster.trace_lines()
+    proc = _start(["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS,
+                   "--scheduler", dask_cluster.address], tmp_path)  # fmt: skip
+    _wait_for_trace(dask_cluster, start + 8, proc)
+    os.kill(victim, signal.SIGKILL)  # as the OOM killer would
+    killed_at = dask_cluster.trace_lines()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_no_traceback(err)
+    assert killed_at - start < 40  # it was mid-run
+    assert "added 40, updated 0, removed 0, unchanged 0, failed 0" in err
+    assert_same_output(out, want)
+    dask_cluster.wait_for_workers(2)  # its nanny starts it again, for the next tests
+    assert victim not in dask_cluster.worker_pids()
+
+
+def test_an_input_that_kills_every_worker_is_a_recorded_failure(
+    corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    src = _copy(corpus / "speech", tmp_path / "src")
+    (src / f"{CLUSTER_CRASH_ON}.wav").write_bytes((src / "s1.wav").read_bytes())
+    out = tmp_path / "feats.h5"
+    started = time.monotonic()
+    proc = melcli("mel", src, "-o", out, "--scheduler", dask_cluster.address, timeout=180)
+    assert proc.returncode == 3, proc.stderr
+    assert_no_traceback(proc.stderr)
+    assert time.monotonic() - started < 120
+    failures = _manifest(out)["failures"]
+    assert [f["key"] for f in failures] == [f"{CLUSTER_CRASH_ON}.wav"]
+    assert failures[0]["reason"].startswith("the Dask workers running it died ")
+    assert failures[0]["permanent"] is False  # an OOM kill looks the same: retried next run
+    assert sorted(feature_arrays(out)) == sorted(p.name for p in src.glob("s*.wav"))
+    dask_cluster.wait_for_workers(2)
+
+
+@pytest.fixture
+def namespaced_cluster(tmp_path: Path) -> Any:
+    """A scheduler and one worker in a mount namespace where ``hidden/`` is an empty tmpfs."""
+    hidden = tmp_path / "data" / "hidden"
+    hidden.mkdir(parents=True)
+    root = tmp_path / "cluster"
+    root.mkdir()
+    # util-linux unshare makes the new namespace's mounts private: the tmpfs is the worker's alone
+    mount = f'mount -t tmpfs none "{hidden}" && exec "$@"'
+    prefix = ["unshare", "--mount", "--", "sh", "-c", mount, "sh"]
+    cl = DaskCluster(root, workers=1, prefix=prefix)
+    try:
+        yield cl, hidden
+    finally:
+        cl.stop()
+
+
+def test_an_input_the_workers_cannot_see_is_a_recorded_failure(
+    namespaced_cluster: tuple[DaskCluster, Path], corpus: Path, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    cl, hidden = namespaced_cluster
+    seen = hidden.parent / "seen"
+    seen.mkdir()
+    for p in sorted((corpus / "speech").iterdir())[:3]:
+        (seen / p.name).write_bytes(p.read_bytes())
+        (hidden / p.name).write_bytes(p.read_bytes())  # only the client sees these
+    out = tmp_path / "feats.h5"
+    proc = melcli("mel", hidden.parent, "-o", out, "--scheduler", cl.address)
+    assert proc.returncode == 3, proc.stderr
+    assert_no_traceback(proc.stderr)
+    failures = _manifest(out)["failures"]
+    assert sorted(f["key"] for f in failures) == sorted(
+        f"hidden/{p.name}" for p in hidden.iterdir()
+    )
+    assert {f["reason"] for f in failures} == {"file not found"}
+    assert sorted(feature_arrays(out)) == sorted(f"seen/{p.name}" for p in seen.iterdir())
+    # not on the worker's file system is not a property of the file: the next run retries it
+    assert not any(f["permanent"] for f in failures)
+
+
+def test_melcli_leaves_the_workers_blas_threads_as_they_were(
+    corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    probe = (
+        "from threadpoolctl import threadpool_info\n"
+        "def blas():\n"
+        "    info = threadpool_info()\n"
+        "    return sorted({i['num_threads'] for i in info if i['user_api'] == 'blas'})\n"
+        "import json\nprint(json.dumps(sorted(client.run(blas).values())))\n"
+    )
+    expected = [[CLUSTER_BLAS_THREADS]] * 2
+    assert json.loads(dask_cluster.ask(probe)) == expected  # what the workers were given
+    proc = melcli("mel", corpus / "speech", "-o", tmp_path / "f.h5",
+                  "--scheduler", dask_cluster.address)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(dask_cluster.ask(probe)) == expected
+
+
+def test_run_batch_refuses_another_melcli_version() -> None:
+    with pytest.raises(cluster.ClusterError, match="a worker has melcli .* this client 0.0.0"):
+        cluster.run_batch([], FeatureParams(kind="mel"), "0.0.0")
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_scheduler_is_one_line_within_10_seconds(
+    corpus: Path, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    out = tmp_path / "feats.h5"
+    started = time.monotonic()
+    proc = melcli("mel", corpus / "speech", "-o", out,
+                  "--scheduler", f"tcp://127.0.0.1:{_closed_port()}")  # fmt: skip
+    took = time.monotonic() - started
+    assert proc.returncode == 1
+    assert took < 10, took
+    assert_no_traceback(proc.stderr)
+    errors = stderr_lines(proc.stderr, "melcli: error:")
+    assert len(errors) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:" in errors[0]
+    assert errors[0].endswith(f"nothing new written to {out}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".feats.h5.lock"]  # no work dir
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--backend", "dask"], {}, "--backend dask needs a scheduler: --scheduler ADDRESS"),
+        (["--scheduler", "tcp://h:1", "--backend", "fork"], {}, "not with --backend fork"),
+        (["--scheduler", " "], {}, "--scheduler needs an address"),
+    ],
+)
+def test_cluster_usage_errors(
+    args: list[str], env: dict[str, str], message: str, corpus: Path, tmp_path: Path
+) -> None:
+    environ = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    proc = subprocess.run([*melcli_command(), "mel", str(corpus), "-o", "f.h5", *args],
+                          env={**environ, **env}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_without_dask_the_scheduler_option_says_what_to_install(
+    corpus: Path, tmp_path: Path
+) -> None:
+    code = (
+        "import sys\nsys.modules['distributed'] = None  # as if not installed\n"
+        "sys.argv = ['melcli', 'mel', sys.argv[1], '-o', 'f.h5', '--scheduler', 'tcp://h:1']\n"
+        "from melcli._entry import main\nmain()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(corpus)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert "pip install 'melcli[dask]'" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_a_stopped_client_cancels_its_tasks_and_resumes(
+    slow_corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path,
+    sig: int, code: int, word: str,
+) -> None:  # fmt: skip
+    out, want = tmp_path / "feats.h5", tmp_path / "want.h5"
+    args = ["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS, "--scheduler",
+            dask_cluster.address]  # fmt: skip
+    proc = _start(args, tmp_path)
+    _wait_for_trace(dask_cluster, dask_cluster.trace_lines() + 10, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err
+    assert_no_traceback(err)
+    lines = stderr_lines(err, "melcli: error")
+    assert len(lines) == 1 and word in lines[0] and "rerun the same command to resume" in lines[0]
+    assert not out.exists()
+    # its tasks are cancelled: the workers start no more of them
+    time.sleep(1.0)
+    settled = dask_cluster.trace_lines()
+    time.sleep(1.5)
+    assert dask_cluster.trace_lines() == settled
+    again = melcli(*args)
+    assert again.returncode == 0, again.stderr
+    resumed = int(again.stderr.split("resumed: ")[1].split()[0])
+    assert 0 < resumed < 40
+    _local(melcli, slow_corpus, want, *SLOW_ARGS)
+    assert_same_output(out, want)
+
+
+def _peak_rss_kb(args: list[str], cwd: Path) -> int:
+    """The peak RSS (VmHWM, kB) of ``melcli *args``, from the Python that waits for it.
+
+    Checkpoints after every result (MELCLI_CHECKPOINT_SECONDS=0): the spool
+    otherwise keeps up to `melcli.workdir.FLUSH_BYTES` of results for its next
+    checkpoint, by design, in a local run as in a cluster run.
+    """
+    code = (
+        "import resource, subprocess, sys\n"
+        "proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "assert proc.returncode == 0, proc.stderr\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *melcli_command(), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MELCLI_CHECKPOINT_SECONDS": "0"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout)
+
+
+def test_the_clients_memory_stays_flat_over_many_files(
+    dask_cluster: DaskCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Four times the files through the client cost it no more than a local run's own
+    growth (its manifest records, HDF5's metadata), not the results themselves."""
+    root = tmp_path_factory.mktemp("many")
+    audio = AudioFactory(root, np.random.default_rng(3))
+    template = audio.mix("t.wav", sr=16000, seconds=2.0).read_bytes()
+    peaks: dict[tuple[str, int], int] = {}
+    for n in (100, 400):
+        src = root / f"in{n}"
+        src.mkdir()
+        for i in range(n):
+            (src / f"f{i:04d}.wav").write_bytes(template)
+        for how in ("-j 1", f"--scheduler {dask_cluster.address}"):
+            # stft: 258 KB of features per file, 77 MB more for the 300 more files
+            out = root / f"o{n}{how[:2]}.h5"
+            peaks[how[:2], n] = _peak_rss_kb(["stft", str(src), "-o", str(out), "-q",
+                                              *how.split()], root)  # fmt: skip
+    local = peaks["-j", 400] - peaks["-j", 100]
+    remote = peaks["--", 400] - peaks["--", 100]
+    assert remote - local < 10_000, peaks
