@@ -58,8 +58,8 @@ CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for the scheduler when the run ends (cancelling, closing).
 CLOSE_TIMEOUT = 3.0
 #: Work in one Dask task (`melcli.pipeline.task_cost` units): larger than a
-#: local batch, since each task costs the scheduler and the network about a
-#: millisecond (docs/scaling.md), but still under a second of one core.
+#: local batch, since each task costs a round trip through the scheduler (3.6 ms
+#: measured, docs/scaling.md), but still under a second of one core.
 DASK_BATCH_WORK = 4 * BATCH_WORK
 #: Batches out per worker thread: one computing, one queued behind it (the
 #: scheduler's own queue keeps the rest), so workers never wait for the client
