@@ -36,6 +36,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from melcli import __version__
+from melcli.backends import REMOTE
 from melcli.cli import BACKENDS, cli
 from melcli.kinds.mel import MEL_SCALES, NORMS
 from melcli.params import DTYPES, PAD_MODES, FeatureParams
@@ -329,18 +330,22 @@ def test_same_run_twice_gives_the_same_manifest_except_created(
         assert attrs == first_data[key][1]
 
 
-#: -j 1, then every executor with two workers (auto resolves to fork on these short files)
+#: -j 1, then every executor with two workers (auto resolves to fork on these short files);
+#: a remote one (dask) on the two workers of the test cluster
 RUN_MODES = {"j1": ["-j", "1"], **{b: ["-j", "2", "--backend", b] for b in BACKENDS}}
 
 
 def test_every_executor_gives_identical_content(
-    corpus: AudioFactory, melcli: RunMelcli, tmp_path: Path
+    corpus: AudioFactory, melcli: RunMelcli, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     for p in sorted(SAMPLE_AUDIO.rglob("*.*")):
         if p.suffix != ".md":
             shutil.copy(p, corpus.path(f"sample/{p.name}"))
     runs = {}
-    for mode, args in RUN_MODES.items():
+    modes = dict(RUN_MODES)
+    for name in REMOTE:
+        modes[name] = ["--scheduler", request.getfixturevalue("dask_cluster").address]
+    for mode, args in modes.items():
         out_h5, out_npy = tmp_path / f"{mode}.h5", tmp_path / mode
         r = melcli("mel", corpus.root, "-o", out_h5, *args, "--scale", "db")
         assert r.returncode == 0, r.stderr
@@ -351,7 +356,7 @@ def test_every_executor_gives_identical_content(
                       load_manifest(out_npy / "manifest.json"))  # fmt: skip
     h1, n1, mh1, mn1 = runs["j1"]
     assert len(h1) == 11
-    for mode in RUN_MODES:
+    for mode in modes:
         h2, n2, mh2, mn2 = runs[mode]
         assert sorted(h1) == sorted(h2)
         for key in h1:
@@ -373,6 +378,7 @@ def test_backend_choices_match_the_pipeline() -> None:
     assert pipeline.resolve_backend("auto", 160000) == "threading"  # 10 s speech files
     for name in BACKENDS[1:]:
         assert pipeline.resolve_backend(name, 16000) == name
+    assert "dask" in BACKENDS and "dask" in REMOTE
 
 
 @settings(max_examples=60, deadline=None)
