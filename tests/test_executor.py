@@ -547,3 +547,38 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_fork_results_travel_out_of_band_and_a_cut_pipe_is_eof() -> None:
+    """A fork worker's results: pickle head, then each array's bytes read straight into
+    their final memory (`pipeline.send_arrays` / `recv_arrays`), through a real pipe."""
+    import threading
+
+    from melcli.pipeline import recv_arrays, send_arrays
+
+    rng = np.random.default_rng(0)
+    big = rng.random((1025, 700), dtype=np.float32)  # 2.9 MB: more than the pipe holds
+    obj = (7, [{"a": big, "b": rng.random((3, 4))[:, ::2], "c": np.arange(5, dtype=np.complex64)},
+               None, "text"])  # fmt: skip
+    r, w = os.pipe()
+    writer = threading.Thread(target=send_arrays, args=(w, obj))
+    writer.start()
+    got = recv_arrays(r)
+    writer.join()
+    assert got[0] == 7 and got[1][1:] == [None, "text"]
+    for name in ("a", "b", "c"):
+        np.testing.assert_array_equal(got[1][0][name], obj[1][0][name])  # type: ignore[index]
+        assert got[1][0][name].dtype == obj[1][0][name].dtype  # type: ignore[index]
+    assert got[1][0]["a"].flags.writeable
+    # a writer that dies mid-message: the reader sees the end of the pipe, not a hang
+    rr, ww = os.pipe()
+    send_arrays(ww, (1, [np.ones(10)]))
+    os.close(ww)
+    whole = os.read(rr, 1 << 16)
+    r2, w2 = os.pipe()
+    os.write(w2, whole[:-8])  # all but the array's last bytes
+    os.close(w2)
+    with pytest.raises(EOFError):
+        recv_arrays(r2)
+    for fd in (rr, r2, r, w):
+        os.close(fd)
