@@ -587,7 +587,8 @@ class H5Writer:
 
     def abort(self) -> None:  # noqa: D102
         self._abandon()
-        self._writeback.close()
+        with contextlib.suppress(OSError):
+            self._writeback.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -672,6 +673,7 @@ class NpyWriter:
     def commit(self, manifest: dict[str, Any]) -> None:  # noqa: D102
         try:
             manifest_mod.write_atomic(self.tmp / NPY_MANIFEST, manifest_mod.dumps(manifest))
+            self._writeback.close()  # a background flush's error stops the commit
             _syncfs(self.tmp)  # one call flushes every .npy written, instead of one per file
             fault_point("rename")
             if self.path.is_dir():  # the runner checked it is a melcli output
@@ -685,7 +687,6 @@ class NpyWriter:
         with contextlib.suppress(OSError):
             manifest_mod.fsync_path(self.path.parent)
         fault_point("after-rename")
-        self._writeback.close()
         # renamed before it is deleted: a tree named old-* is always whole, and
         # only such a tree is ever put back (runner.remove_stale)
         with contextlib.suppress(OSError):
@@ -693,7 +694,8 @@ class NpyWriter:
         remove_tree(self._trash)
 
     def abort(self) -> None:  # noqa: D102
-        self._writeback.close()
+        with contextlib.suppress(OSError):
+            self._writeback.close()
         remove_tree(self.tmp)
 
 
@@ -826,6 +828,9 @@ class Writeback:
     little left. Measured here: 424 MB in 40 HDF5 datasets, write + fsync +
     rename 1.00 s -> 0.33 s. The output's pages are not kept cached: a batch
     extractor's output is usually read much later, if at all, by this machine.
+    Each flush runs in a background thread while writing goes on (one at a time;
+    its error is raised by the next `wrote` or by `close`): waiting for it held
+    the single writer ~12 ms per 16 MB.
 
     Parameters
     ----------
@@ -839,6 +844,8 @@ class Writeback:
         self._fd = os.open(single, os.O_RDONLY) if single is not None else None
         self._paths: list[Path] = []
         self._pending = 0
+        self._pool: Any = None
+        self._flushing: Any = None  # the Future of the flush in flight
 
     def wrote(self, nbytes: int, path: Path | None = None) -> None:
         """Count ``nbytes`` written (to ``path``, one file per entry); flush past the threshold.
@@ -854,26 +861,47 @@ class Writeback:
         if self._pending < WRITEBACK_BYTES:
             return
         self._pending = 0
+        self._wait()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="melcli-writeback")
+        paths, self._paths = self._paths, []
+        self._flushing = self._pool.submit(self._flush, paths)
+
+    def _flush(self, paths: list[Path]) -> None:
         if self._fd is not None:
             os.fdatasync(self._fd)
             _drop_cached(self._fd)
             return
-        if self._paths:
-            _syncfs(self._paths[0].parent)  # one call for all, not one journal commit per file
-        for done in self._paths:
+        if paths:
+            _syncfs(paths[0].parent)  # one call for all, not one journal commit per file
+        for done in paths:
             fd = os.open(done, os.O_RDONLY)
             try:
                 _drop_cached(fd)
             finally:
                 os.close(fd)
-        self._paths.clear()
+
+    def _wait(self) -> None:
+        """Wait for the flush in flight; raise its error."""
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None:
+            flushing.result()
 
     def close(self) -> None:
-        """Let go of the files (nothing is flushed: the writer's commit fsyncs)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._paths.clear()
+        """Wait for the flush in flight (raising its error), then let go of the files
+        (nothing more is flushed: the writer's commit fsyncs)."""
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._paths.clear()
 
 
 def _drop_cached(fd: int) -> None:

@@ -487,3 +487,29 @@ w.abort()
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "full", (proc.returncode, proc.stderr)
+
+
+def test_a_background_flush_error_is_raised_by_the_next_write_and_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writeback flushes in a thread while writing goes on; its error must still stop
+    the run (the next `wrote`) or the commit (`close`), never be lost."""
+    import errno as errno_mod
+
+    from melcli import store
+
+    target = tmp_path / "out.h5"
+    target.write_bytes(b"x" * 100)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno_mod.EIO, "Input/output error")
+
+    monkeypatch.setattr(store.os, "fdatasync", failing)
+    wb = store.Writeback(target)
+    wb.wrote(store.WRITEBACK_BYTES)  # starts the failing flush in the background
+    with pytest.raises(OSError, match="Input/output error"):
+        wb.wrote(store.WRITEBACK_BYTES)  # waits for it: its error
+    wb.wrote(store.WRITEBACK_BYTES)
+    with pytest.raises(OSError, match="Input/output error"):
+        wb.close()
+    wb.close()  # closed once: nothing left to raise
