@@ -151,6 +151,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "jobs",
         "backend",
         "scheduler",
+        "shards",
         "dry_run",
         "fail_fast",
         "progress",
@@ -276,6 +277,12 @@ RUN_OPTIONS: list[Callable[..., Any]] = [
                       "(tcp://host:8786; implies --backend dask). Its workers must see the "
                       "inputs at the same paths and have the same melcli installed; this "
                       "process writes the output. Needs pip install 'melcli[dask]'."),
+    click.option("--shards/--no-shards", default=None,
+                 help="With --scheduler, HDF5 output: the workers write the entries into "
+                      "shard files (OUTPUT.shards/ beside it) and this process only links "
+                      "them into OUTPUT, which reads as usual; it then no longer receives "
+                      "every byte (docs/scaling.md).  [default: on with --scheduler for an "
+                      "HDF5 output]"),
     click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                  help="Suffixes counted as audio in a directory walk "
                       "(files named explicitly are always tried)."),
@@ -705,15 +712,35 @@ def _run_options_of(kw: dict[str, Any], reporter: _CliReporter) -> RunOptions:
             "(say --format npy or --format h5 to choose)"
         )
     backend, scheduler = _cluster_options(kw)
+    shards = _shards_option(kw["shards"], backend, fmt)
     jobs = kw["jobs"] or (0 if backend in REMOTE else default_jobs())
     return runner.RunOptions(
         output=output, format=fmt, command=_command_line(), jobs=jobs,
         overwrite=kw["overwrite"], fail_fast=kw["fail_fast"], checksum=kw["checksum"],
-        dry_run=kw["dry_run"], backend=backend, scheduler=scheduler,
+        dry_run=kw["dry_run"], backend=backend, scheduler=scheduler, shards=shards,
         manifest=Path(kw["manifest"]) if kw["manifest"] else None,
         inputs=kw["inputs"], prune=kw["prune"], compression=compression, root=kw["root"],
         preset=kw["preset"].lower() if kw.get("preset") else None,
     )  # fmt: skip
+
+
+def _shards_option(given: bool | None, backend: str, fmt: str) -> bool:
+    """Whether the workers write the entries in shards (``--shards``/``--no-shards``).
+
+    On by default on a Dask cluster for an HDF5 output (one client saturates at
+    about 4 workers for mel and below one for stft: docs/scaling.md), off
+    otherwise. Usage errors (exit 2): ``--shards`` without a cluster, or with
+    another format.
+    """
+    if given is None:
+        return backend in REMOTE and fmt == "h5"
+    if given and backend not in REMOTE:
+        _usage("--shards is for a Dask cluster (--scheduler ADDRESS): local workers hand "
+               "their results to this process, which writes them")  # fmt: skip
+    if given and fmt != "h5":
+        _usage(f"--shards writes HDF5 shard files: not with --format {fmt} "
+               "(use an .h5 output, or --no-shards)")  # fmt: skip
+    return given
 
 
 def _cluster_options(kw: dict[str, Any]) -> tuple[str, str | None]:

@@ -33,10 +33,12 @@ local worker sets (`melcli.pipeline.worker_init`), are left to the worker.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from melcli._version import __version__
@@ -48,6 +50,7 @@ from melcli.pipeline import (
     Executor,
     Failure,
     Result,
+    Stored,
     Task,
     extract,
     make_batches,
@@ -97,7 +100,9 @@ def _blas_one_thread() -> Iterator[None]:
                 limiter.restore_original_limits()
 
 
-def run_batch(batch: Sequence[Task], params: FeatureParams, version: str) -> list[Result]:
+def run_batch(
+    batch: Sequence[Task], params: FeatureParams, version: str, shards: str | None = None
+) -> list[Result]:
     """`melcli.pipeline.extract` each task of a batch: the Dask task, on a worker.
 
     Parameters
@@ -106,6 +111,10 @@ def run_batch(batch: Sequence[Task], params: FeatureParams, version: str) -> lis
     params : FeatureParams
     version : str
         The client's melcli version.
+    shards : str, optional
+        ``--shards``: write the batch's arrays into one new shard file in this
+        directory (`melcli.store.write_shard`) and return only where they are
+        (`Result.stored`, ``data`` None): the client receives records, not arrays.
 
     Returns
     -------
@@ -123,7 +132,31 @@ def run_batch(batch: Sequence[Task], params: FeatureParams, version: str) -> lis
             "install the same version on every worker"
         )
     with _blas_one_thread():
-        return [extract(task, params) for task in batch]
+        results = [extract(task, params) for task in batch]
+    if shards is None:
+        return results
+    return _to_shard(Path(shards), results)
+
+
+def _to_shard(directory: Path, results: list[Result]) -> list[Result]:
+    """The results with their arrays written into one shard file of ``directory``."""
+    from melcli.store import write_shard
+
+    pieces = [(r.task.source.key, r.task.frame_start, r.data) for r in results
+              if r.failure is None and r.data is not None]  # fmt: skip
+    done = [r for r in results if r.failure is None and r.data is not None]
+    if not done:
+        return results
+    name = write_shard(directory, pieces)
+    where = {id(r): n for n, r in enumerate(done)}
+    return [
+        dataclasses.replace(
+            r, data=None, stored=Stored(name, f"e{where[id(r)]}", int(r.data.shape[-1]))
+        )
+        if id(r) in where and r.data is not None
+        else r
+        for r in results
+    ]
 
 
 # -- on the client -----------------------------------------------------------------------
@@ -215,7 +248,9 @@ class DaskExecutor(Executor):
         alone: set[Any] = set()  # the future of the suspect running alone
 
         def submit(b: int, batch: list[Task], key: str) -> Any:
-            future = client.submit(run_batch, batch, self.params, __version__, key=key, pure=False)
+            future = client.submit(
+                run_batch, batch, self.params, __version__, self.shards, key=key, pure=False
+            )
             pending[future] = (b, batch)
             done.add(future)
             return future

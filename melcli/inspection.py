@@ -31,6 +31,13 @@ def _size_on_disk(path: Path) -> int:
     return total
 
 
+def _h5_size(path: Path) -> int:
+    """Bytes of an HDF5 output: the file and its shard files (``--shards``), if any."""
+    shards = store.shards_dir(path)
+    size = path.stat().st_size if path.exists() else 0
+    return size + (_size_on_disk(shards) if shards.is_dir() and not shards.is_symlink() else 0)
+
+
 def _summary(man: dict[str, Any], path: Path, size: int) -> dict[str, Any]:
     entries = [
         {"key": e["key"], "shape": e["shape"], "duration": e["duration"],
@@ -168,7 +175,7 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
         reader = store.H5Reader(path)
         try:
             man = store.h5_manifest(reader.file(), str(path))
-            info = _summary(man, path, path.stat().st_size)
+            info = _summary(man, path, _h5_size(path))
             if key is not None:
                 rec = _record(man, key, path)
                 info["entry"] = _stats(key, reader.array(key, rec), rec)
@@ -183,7 +190,7 @@ def inspect_output(path: Path, key: str | None = None) -> dict[str, Any]:
         root = man_path.parent
         data_path = store.described_h5(path, man)
         if man["output_format"] == "h5" and kind == "manifest":
-            size = data_path.stat().st_size if data_path.exists() else 0
+            size = _h5_size(data_path)
         else:
             size = _size_on_disk(root)
         info = _summary(man, path, size)

@@ -98,6 +98,25 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """Where a worker wrote a result's array (``--shards``): a dataset of a shard file.
+
+    Attributes
+    ----------
+    shard : str
+        The shard file's name (``shard-<hex>.h5``), in the run's shard directory.
+    dataset : str
+        The dataset holding the array in it.
+    frames : int
+        Frames of the array (its last axis).
+    """
+
+    shard: str
+    dataset: str
+    frames: int
+
+
+@dataclass(frozen=True)
 class Result:
     """What the per-file job returns: features and metadata, or a failure.
 
@@ -110,6 +129,7 @@ class Result:
     data: np.ndarray | None = None
     failure: Failure | None = None
     sums: Any = None  # `melcli.stats.row_sums` of ``data``, computed in the worker
+    stored: Stored | None = None  # ``data`` is in a shard file instead (then None)
 
     @property
     def source(self) -> Source:
@@ -806,6 +826,9 @@ class WorkerPool:
         Where a remote backend's workers are (`melcli.backends.REMOTE`: the
         Dask scheduler); there ``jobs`` caps the tasks computing at once (0:
         every worker thread of the cluster), and one job is not serial.
+    shards : str, optional
+        The directory the workers write shard files into (``--shards``, remote
+        backends only: `Executor`).
     """
 
     def __init__(
@@ -818,6 +841,7 @@ class WorkerPool:
         backend: str,
         log: InflightLog | None = None,
         address: str | None = None,
+        shards: str | None = None,
     ) -> None:
         self.tasks, self.params = tasks, params
         remote = backend in REMOTE and len(tasks) > 0
@@ -828,7 +852,7 @@ class WorkerPool:
         factory = executor_class(self.backend)
         self.executor = factory(
             tasks, params, self.batches, n_jobs=self.n_jobs, log=self.log,
-            costs=costs, address=address,
+            costs=costs, address=address, shards=shards,
         )  # fmt: skip
         self._closed = False
 
@@ -888,6 +912,10 @@ class Executor:
     address : str, optional
         Where a remote backend's workers are (the Dask scheduler); ignored by
         the local ones.
+    shards : str, optional
+        A directory the workers write their results into, as shard files
+        (``--shards``, `melcli.store.write_shard`): results then come back as
+        `Stored` records. Only the Dask backend takes it.
     """
 
     def __init__(
@@ -900,10 +928,11 @@ class Executor:
         log: InflightLog,
         costs: Sequence[int] = (),
         address: str | None = None,
+        shards: str | None = None,
     ) -> None:
         self.tasks, self.params, self.batches = tasks, params, batches
         self.n_jobs, self.log = n_jobs, log
-        self.costs, self.address = costs, address
+        self.costs, self.address, self.shards = costs, address, shards
 
     def start(self) -> None:
         """Create the workers, and apply `worker_init` where the work will run.
@@ -1062,6 +1091,7 @@ class ForkExecutor(Executor):
         log: InflightLog,
         costs: Sequence[int] = (),
         address: str | None = None,
+        shards: str | None = None,
     ) -> None:
         super().__init__(tasks, params, batches, n_jobs=n_jobs, log=log, costs=costs)
         self.workers: list[_ForkWorker] = []

@@ -114,6 +114,7 @@ class RunOptions:
     root: str | None = None  # --root: keys are paths relative to it
     preset: str | None = None  # --preset the parameters started from (recorded)
     scheduler: str | None = None  # --scheduler: the Dask scheduler (backend dask)
+    shards: bool = False  # --shards: the workers write the entries, in shard files (HDF5)
 
 
 @dataclass
@@ -538,14 +539,16 @@ INFLIGHT_LOG = "inflight.log"
 
 
 def _pool(
-    todo: list[Todo], params: FeatureParams, opts: RunOptions, log: InflightLog
-) -> WorkerPool:
+    todo: list[Todo], params: FeatureParams, opts: RunOptions, log: InflightLog,
+    shards: Path | None = None,
+) -> WorkerPool:  # fmt: skip
     # Largest first, so one long file does not finish last alone.
     ordered = sorted(todo, key=lambda t: (-t.samples, t.task.source.key, t.task.part))
     backend = resolve_backend(opts.backend, sum(t.samples for t in todo) / max(1, len(todo)))
     return WorkerPool(
         [t.task for t in ordered], [t.cost for t in ordered], params,
         jobs=opts.jobs, backend=backend, log=log, address=opts.scheduler,
+        shards=None if shards is None else os.fspath(shards),
     )  # fmt: skip
 
 
@@ -604,15 +607,22 @@ class _ChunkReader:
         self.keep = keep
         self.open: dict[Path, ChunkFile] = {}
 
-    def pieces(self, rec: ChunkRecord) -> Iterator[tuple[int, np.ndarray]]:
-        for chunk, member, frame in rec.pieces:
+    def pieces(
+        self, rec: ChunkRecord
+    ) -> Iterator[tuple[int, np.ndarray | None, tuple[str, str, int] | None]]:
+        """(first frame, array, None) per piece, or (first frame, None, shard) for a
+        piece in a shard file (its chunk holds no data)."""
+        for chunk, member, frame, shard in rec.pieces:
+            if shard is not None:
+                yield frame, None, shard
+                continue
             cf = self.open.pop(chunk, None)
             if cf is None:
                 cf = ChunkFile(chunk)
                 if len(self.open) >= self.keep:
                     self.open.pop(next(iter(self.open))).close()
             self.open[chunk] = cf  # most recently used last
-            yield frame, cf.read(member)
+            yield frame, cf.read(member), None
 
     def close(self) -> None:
         for cf in self.open.values():
@@ -882,7 +892,14 @@ class Run:
             todo = [t for t in todo if (t.task.source.key, t.task.part) not in suspects]
             checked = list(isolated_results([t.task for t in first], params))
         # Workers start before the output is opened: none of them holds it.
-        self.pool = _pool(todo, params, self.opts, InflightLog(inflight)).start()
+        shards = None
+        if self.opts.shards:
+            shards = work.shards
+            try:
+                shards.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise disk_error("creating", shards, exc) from None
+        self.pool = _pool(todo, params, self.opts, InflightLog(inflight), shards).start()
         # New entries go straight into the new output (under its temporary name, in
         # the work directory); the spool checkpoints them for a resume. Kept and
         # resumed entries are added at the end (`assemble`).
@@ -942,12 +959,22 @@ class Run:
             self.reporter.advance(dataclasses.replace(res, meta=None, data=None, failure=None))
             return
         state = self.plan.states[key].fields()
+        stored = res.stored
         if res.failure is None:
-            if res.meta is None or res.data is None:
+            if res.meta is None or (res.data is None and stored is None):
                 raise RuntimeError("extract returned neither features nor a failure")
-            rec, data, task = {**res.meta.to_dict(), **state}, res.data, res.task
+            rec, task = {**res.meta.to_dict(), **state}, res.task
             try:
-                writer.write_piece(rec, task.frame_start, data)
+                if stored is not None:  # a worker wrote it into a shard: link it
+                    if not isinstance(writer, store.H5Writer):
+                        raise OutputError("only HDF5 outputs are written in shards (--shards)")
+                    writer.link_piece(
+                        rec, task.frame_start, stored.shard, stored.dataset, stored.frames
+                    )
+                    data = np.empty((0,), np.dtype(rec["dtype"]))  # the chunk holds no data
+                else:
+                    data = res.data if res.data is not None else np.empty((0,))
+                    writer.write_piece(rec, task.frame_start, data)
             except EntryError as exc:  # its name cannot be stored: a failure of this input
                 failure = Failure(key, res.meta.source, str(exc), permanent=True)
                 res = dataclasses.replace(res, meta=None, data=None, failure=failure)
@@ -965,13 +992,19 @@ class Run:
                     f"stopped at the first failure (--fail-fast): {key}: {res.failure.reason}"
                 )
             return
+        spooled = rec
         if task.parts > 1:
-            part = {"part": task.part, "parts": task.parts, "frame_start": task.frame_start}
-            spool.add_entry({**rec, **part}, data)
-        else:
-            spool.add_entry(rec, data)
+            spooled = {**rec, "part": task.part, "parts": task.parts,
+                       "frame_start": task.frame_start}  # fmt: skip
+        if stored is not None:
+            spooled = {**spooled, "shard": stored.shard, "dataset": stored.dataset,
+                       "frames": stored.frames}  # fmt: skip
+        spool.add_entry(spooled, data)
         progress.done[key] = progress.done.get(key, 0) + 1
-        self.add_stats(key, data, res.sums, progress)
+        sums = res.sums
+        if sums is None and stored is not None and self.totals is not None:
+            data = store.read_shard_piece(self.shard_file(stored.shard), stored.dataset)
+        self.add_stats(key, data, sums, progress)
         if progress.done[key] == progress.parts[key]:
             progress.written[key] = rec
         self.reporter.advance(res)
@@ -1031,16 +1064,30 @@ class Run:
 
     def add_resumed(self, resumed: dict[str, ChunkRecord]) -> None:
         """Copy the entries an interrupted run finished from its checkpoint chunks."""
-        reader = _ChunkReader()
+        reader, writer = _ChunkReader(), self.writer
         try:
             for key in sorted(resumed):
-                for frame, data in reader.pieces(resumed[key]):
-                    self.writer.write_piece(resumed[key].record, frame, data)
-                    if self.totals is not None:
+                record = resumed[key].record
+                for frame, data, shard in reader.pieces(resumed[key]):
+                    if shard is not None:  # in a shard file a worker wrote: linked
+                        if not isinstance(writer, store.H5Writer):
+                            raise OutputError("only HDF5 outputs are written in shards")
+                        writer.link_piece(record, frame, *shard)
+                        if self.totals is not None:
+                            data = store.read_shard_piece(self.shard_file(shard[0]), shard[1])
+                    elif data is not None:
+                        writer.write_piece(record, frame, data)
+                    if self.totals is not None and data is not None:
                         self.totals.add(data)
                 fault_point("assemble")
         finally:
             reader.close()
+
+    def shard_file(self, name: str) -> Path:
+        """Where the shard file ``name`` of this run is: in the work directory, or
+        already beside the output (a run killed during its commit moved it)."""
+        path = self.work.shards / name
+        return path if path.exists() else store.shards_dir(self.output) / name
 
     def add_kept(self, kept: list[int]) -> list[dict[str, Any]]:
         """Carry the kept entries over; return the records updated (`Plan.restamped`)."""

@@ -62,6 +62,81 @@ def npy_file(output: Path, key: str) -> Path:
     return output / f"{key}.npy"
 
 
+#: ``--shards``: the directory beside an HDF5 output holding its shard files
+#: (``feats.h5`` -> ``feats.h5.shards/``), and their names (``shard-<hex>.h5``).
+SHARDS_SUFFIX = ".shards"
+SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".h5"
+
+
+def shards_dir(output: Path) -> Path:
+    """The shard directory of the HDF5 output ``output`` (``feats.h5.shards``).
+
+    Named after the whole file name, not its stem: ``a.h5`` and ``a.hdf5`` in one
+    directory never share (and clean up) each other's shards.
+    """
+    return output.with_name(output.name + SHARDS_SUFFIX)
+
+
+def is_shard_name(name: str) -> bool:
+    """True for the name of a shard file melcli writes (``shard-<hex>.h5``)."""
+    middle = name[len(SHARD_PREFIX) : -len(SHARD_SUFFIX)]
+    return (name.startswith(SHARD_PREFIX) and name.endswith(SHARD_SUFFIX) and len(middle) > 0
+            and all(c in "0123456789abcdef" for c in middle))  # fmt: skip
+
+
+def write_shard(directory: Path, pieces: list[tuple[str, int, np.ndarray]]) -> str:
+    """Write arrays into a new shard file of ``directory``; return its name (on a worker).
+
+    A shard is self-contained: dataset ``eN`` holds the N-th array (contiguous,
+    every byte written), with the ``key`` and ``frame_start`` of its entry as
+    attributes. It is written under a temporary name, fsynced and renamed, so a
+    shard file is complete or absent whatever instant its worker dies; the name
+    is new for every call (a task run again writes a shard of its own).
+
+    Parameters
+    ----------
+    directory : Path
+        The run's shard directory (in the output's work directory).
+    pieces : list of (str, int, ndarray)
+        Key, first frame and array of each result.
+
+    Returns
+    -------
+    str
+        The shard file's name.
+    """
+    import uuid
+
+    import h5py
+
+    name = f"{SHARD_PREFIX}{uuid.uuid4().hex}{SHARD_SUFFIX}"
+    tmp = directory / f".{name}.tmp"
+    try:
+        with h5py.File(tmp, "x") as f:
+            for n, (key, frame, data) in enumerate(pieces):
+                ds = f.create_dataset(f"e{n}", data=np.ascontiguousarray(data), track_times=False)
+                ds.attrs["key"] = key
+                ds.attrs["frame_start"] = frame
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        fault_point("shard-rename")
+        os.replace(tmp, directory / name)
+        manifest_mod.fsync_path(directory)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return name
+
+
+def read_shard_piece(path: Path, dataset: str) -> np.ndarray:
+    """The array of dataset ``dataset`` of the shard file ``path``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return np.asarray(f[dataset][()])
+
+
 def guess_format(output: str | os.PathLike[str]) -> str:
     """``h5`` for ``*.h5`` / ``*.hdf5`` / ``*.hdf``, else ``npy`` (a directory of .npy files)."""
     return "h5" if Path(output).suffix.lower() in H5_SUFFIXES else "npy"
@@ -390,11 +465,14 @@ class H5Writer:
 
     def __init__(
         self, path: Path, tmp: Path, sidecar: Path | None = None, base: Reuse | None = None,
-        compression: str = "none",
+        compression: str = "none", shards: Path | None = None,
     ) -> None:  # fmt: skip
         import h5py
 
         self.path = path
+        self.shards = shards  # the run's shard files, in the work directory (`link_piece`)
+        self._used: set[str] = set()  # shard files the new entries are in
+        self._virtual: dict[str, list[Any]] = {}  # key -> [pieces in shards, frames missing]
         self.base = base
         self._rates: set[str] = set()
         self.tmp = tmp
@@ -457,11 +535,41 @@ class H5Writer:
                 self._writeback.wrote(data.nbytes)
         fault_point("write")
 
+    def link_piece(
+        self, record: dict[str, Any], frame: int, shard: str, dataset: str, frames: int
+    ) -> None:
+        """Add frames ``frame...`` of entry ``record`` written by a worker into a shard file.
+
+        ``shard`` is a file of the run's shard directory (``self.shards``) and
+        ``dataset`` its dataset holding the ``frames`` frames. Once the pieces
+        cover the entry, ``/features/<key>`` is created as a virtual dataset
+        mapping them (`_EntryMaker.virtual`), with the attributes of any entry;
+        `commit` moves the shard files beside the output (`shards_dir`).
+        """
+        key = record["key"]
+        shape = tuple(record["shape"])
+        check_key(key)
+        entry = self._virtual.setdefault(key, [[], shape[-1]])
+        entry[0].append((frame, frames, shard, dataset))
+        entry[1] -= frames
+        if entry[1] > 0:
+            return
+        del self._virtual[key]
+        with self._guard():
+            if 0 in shape:  # nothing to map: an empty entry of its own
+                _close(self._maker.create(self._file, record, np.zeros(shape, record["dtype"])))
+                return
+            dcpl = self._maker.virtual(record, entry[0], shards_dir(self.path).name)
+            _close(self._maker.create(self._file, record, None, dcpl))
+        self._used.update(piece[2] for piece in entry[0])
+        fault_point("write")
+
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
         with self._guard():
             return np.asarray(self._file[h5_dataset(key)][..., frame : frame + n_frames])
 
     def discard(self, key: str) -> None:  # noqa: D102
+        self._virtual.pop(key, None)
         with self._guard():
             entry = self._partial.pop(key, None)
             if entry is not None:
@@ -530,6 +638,7 @@ class H5Writer:
         try:
             self._writeback.close()
             manifest_mod.fsync_path(self.tmp)
+            self._move_shards()
             fault_point("rename")
             os.replace(self.tmp, self.path)
         except OSError as exc:
@@ -541,6 +650,7 @@ class H5Writer:
         except OSError as exc:
             self.warnings.append(f"cannot flush directory {self.path.parent}: {exc.strerror}")
         fault_point("after-rename")
+        self._drop_unused_shards()
         # The sidecar is a copy of /manifest; a crash or a write error right here
         # leaves it stale, and the next run repairs it from the HDF5 file (see
         # runner.repair_sidecar): the output itself is complete, so only warn.
@@ -554,6 +664,49 @@ class H5Writer:
         with contextlib.suppress(OSError):
             st = os.stat(self.sidecar)
             os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns - 1_000_000))
+
+    def _move_shards(self) -> None:
+        """Move the shard files of this run's entries beside the output, before its rename.
+
+        The old output never names them (their names are new), so it stays whole
+        until the rename; a shard already there was moved by a run killed here.
+        """
+        if not self._used:
+            return
+        target = shards_dir(self.path)
+        with contextlib.suppress(FileExistsError):
+            target.mkdir()
+        if target.is_symlink() or not target.is_dir():
+            raise OSError(errno.ENOTDIR, f"{target} is not melcli's shard directory")
+        for name in sorted(self._used):
+            src = None if self.shards is None else self.shards / name
+            if src is not None and os.path.lexists(src):
+                os.replace(src, target / name)
+            elif not (target / name).is_file():
+                raise OSError(errno.ENOENT, f"shard {name} of this run is missing")
+        manifest_mod.fsync_path(target)
+
+    def _drop_unused_shards(self) -> None:
+        """Delete the shard files the committed output no longer names (after its rename).
+
+        A shard goes once none of its entries is in the output (an entry
+        computed again leaves its old bytes in its shard until then); the
+        directory goes with the last one. Only files named as shards are touched.
+        """
+        target = shards_dir(self.path)
+        if target.is_symlink() or not target.is_dir():
+            return
+        try:
+            used = referenced_shards(self.path)
+            with os.scandir(target) as it:
+                stale = [e.path for e in it if is_shard_name(e.name) and e.name not in used]
+            for path in stale:
+                os.unlink(path)
+            if not used:
+                with contextlib.suppress(OSError):
+                    target.rmdir()
+        except (OSError, OutputError) as exc:
+            self.warnings.append(f"cannot remove unused shard files in {target}: {exc}")
 
     def _close_old(self) -> None:
         if self._old is not None:
@@ -1021,7 +1174,8 @@ def open_writer(
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"cannot write {output}: directory {path.parent} is not writable")
     if fmt == "h5":
-        return H5Writer(path, work.temp("new").with_suffix(".h5"), sidecar, base, compression)
+        return H5Writer(path, work.temp("new").with_suffix(".h5"), sidecar, base, compression,
+                        work.shards)  # fmt: skip
     writer = KaldiWriter if fmt == "kaldi" else NpyWriter
     return writer(path, work.temp("new"), work.temp("old"), work.temp("trash"))
 
@@ -1082,11 +1236,15 @@ class _EntryMaker:
             dcpl.set_filter(h5z.FILTER_LZF, h5z.FLAG_OPTIONAL)
         return dcpl
 
-    def create(self, f: Any, record: dict[str, Any], data: np.ndarray | None) -> Any:
+    def create(
+        self, f: Any, record: dict[str, Any], data: np.ndarray | None, dcpl: Any = None
+    ) -> Any:
         """Create the entry of ``record`` in file ``f``; write ``data`` if given.
 
+        ``dcpl``: its creation properties instead (`virtual`: an entry in shards).
         Returns its low-level ``h5py.h5d.DatasetID`` (an ``h5py.Dataset`` costs ~50 us
-        more, in objects registered for each entry of a run of small files)."""
+        more, in objects registered for each entry of a run of small files).
+        """
         from h5py import h5a, h5d, h5s, h5t
 
         name = h5_dataset(record["key"])
@@ -1099,7 +1257,9 @@ class _EntryMaker:
         if tid is None:
             tid = self.types[dtype.str] = h5t.py_create(dtype, logical=True)
         space = h5s.create_simple(tuple(record["shape"]))
-        dsid = h5d.create(f.id, bname, tid, space, dcpl=self._dcpl(record, dtype), lcpl=link)
+        if dcpl is None:
+            dcpl = self._dcpl(record, dtype)
+        dsid = h5d.create(f.id, bname, tid, space, dcpl=dcpl, lcpl=link)
         if data is not None:
             dsid.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(data, dtype=dtype))
         for attr, atype, kind in self.numeric:
@@ -1110,6 +1270,29 @@ class _EntryMaker:
             string = np.array(text, dtype=self.str_dtype)
             h5a.create(dsid, label, self.text, self.scalar).write(string)
         return dsid
+
+    def virtual(
+        self, record: dict[str, Any], pieces: list[tuple[int, int, str, str]], folder: str
+    ) -> Any:
+        """Creation properties of an entry whose data is in shard files (a virtual dataset).
+
+        ``pieces``: (first frame, frames, shard file name, dataset) covering the
+        entry's frames; each maps ``folder/<shard>`` (relative: HDF5 looks for it
+        beside the file holding the entry) into the entry's frame range.
+        """
+        from h5py import h5p, h5s
+
+        shape = tuple(record["shape"])
+        dcpl = h5p.create(h5p.DATASET_CREATE)
+        dcpl.set_obj_track_times(False)
+        for frame, frames, shard, dataset in sorted(pieces):
+            piece = (*shape[:-1], frames)
+            vspace = h5s.create_simple(shape)
+            vspace.select_hyperslab((0,) * (len(shape) - 1) + (frame,), piece)
+            whole = h5s.create_simple(piece)
+            whole.select_hyperslab((0,) * len(piece), piece)  # not "all": read back as a scalar
+            dcpl.set_virtual(vspace, f"{folder}/{shard}".encode(), dataset.encode(), whole)
+        return dcpl
 
 
 #: Target size of one compressed chunk (uncompressed bytes).
@@ -1272,6 +1455,44 @@ def _check_stored(
         )
 
 
+def referenced_shards(output: Path) -> set[str]:
+    """Names of the shard files the entries of the HDF5 output ``output`` are in.
+
+    Raises
+    ------
+    OutputError
+        ``output`` cannot be read.
+    """
+    import h5py
+
+    folder = shards_dir(output).name
+    used: set[str] = set()
+
+    def visit(_name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            for source in obj.virtual_sources():
+                where, _, name = source.file_name.rpartition("/")
+                if where == folder:
+                    used.add(name)
+
+    try:
+        with h5py.File(output, "r") as f:
+            if FEATURES_GROUP in f:
+                f[FEATURES_GROUP].visititems(visit)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise OutputError(f"cannot read {output}: {exc}") from None
+    return used
+
+
+def _incomplete(ds: Any) -> str | None:
+    """Why a dataset does not hold its data in its own file (None: every byte is there)."""
+    dcpl = ds.id.get_create_plist()
+    stored = ds.id.get_storage_size()
+    if dcpl.get_external_count() or (not dcpl.get_nfilters() and stored < ds.nbytes):
+        return f"stores {stored} of its {ds.nbytes} bytes"
+    return None
+
+
 class H5Reader:
     """Entries of an HDF5 output, read on demand (the reading side of `H5Writer`).
 
@@ -1285,6 +1506,7 @@ class H5Reader:
         self.output = output
         self._file: Any = None
         self._pid = -1
+        self._shards: dict[str, Any] = {}  # shard files checked (`_check_virtual`), by name
 
     def file(self) -> Any:
         """The open h5py.File of this process."""
@@ -1297,14 +1519,17 @@ class H5Reader:
             fid = h5f.open(os.fsencode(self.output), h5f.ACC_RDONLY, fapl=fapl)
             self._file = h5py.File(fid)
             self._pid = os.getpid()
+            self._shards = {}
         return self._file
 
     def array(self, key: str, record: dict[str, Any] | None = None) -> Any:
         """The dataset of entry ``key``, checked before anything is read from it.
 
         Its shape and dtype must be the ``record``'s, and its data must really be
-        in the file (melcli writes every byte): a crafted 1e12-value dataset that
-        stores nothing, or points at other files, is refused, not read.
+        in the file (melcli writes every byte), or, for an entry written in shards
+        (``--shards``: a virtual dataset), in melcli's own shard files beside it
+        (`_check_virtual`): a crafted 1e12-value dataset that stores nothing, or
+        points at other files, is refused, not read.
         """
         import h5py
 
@@ -1314,14 +1539,53 @@ class H5Reader:
                 f"entry {key!r} is in the manifest of {self.output} but not stored in it"
             )
         _check_stored(key, self.output, ds.shape, ds.dtype, record)
-        dcpl = ds.id.get_create_plist()
-        stored = ds.id.get_storage_size()
-        if dcpl.get_external_count() or (not dcpl.get_nfilters() and stored < ds.nbytes):
-            raise OutputError(
-                f"entry {key!r} in {self.output} stores {stored} of its {ds.nbytes} bytes: "
-                "not an entry melcli wrote"
-            )
+        why = self._check_virtual(ds) if ds.is_virtual else _incomplete(ds)
+        if why is not None:
+            raise OutputError(f"entry {key!r} in {self.output} {why}: not an entry melcli wrote")
         return ds
+
+    def _check_virtual(self, ds: Any) -> str | None:
+        """Why a virtual dataset is not an entry melcli wrote in shards (None: it is).
+
+        Each of its sources must be a dataset of a shard file (`is_shard_name`)
+        in the output's shard directory (`shards_dir`, not reached through a
+        link), storing every byte, taken whole (an "all" selection, which HDF5
+        reads back on a scalar extent, or a hyperslab of its full shape);
+        together they must map as many values as the entry has (HDF5 fills a
+        missing source with zeros).
+        """
+        import h5py
+        from h5py import h5s
+
+        folder = shards_dir(self.output)
+        real = os.path.realpath(folder)
+        mapped = 0
+        for source in ds.virtual_sources():
+            where, _, name = source.file_name.rpartition("/")
+            path = folder / name
+            if where != folder.name or not is_shard_name(name):
+                return f"maps {source.file_name!r}, not a shard file of {folder.name}/"
+            if os.path.realpath(path) != os.path.join(real, name) or not path.is_file():
+                return f"maps the missing or linked shard {folder.name}/{name}"
+            shard = self._shards.get(name)
+            if shard is None:
+                try:
+                    shard = self._shards[name] = h5py.File(path, "r")
+                except OSError as exc:
+                    return f"maps the unreadable shard {folder.name}/{name} ({exc})"
+            src = shard.get(source.dset_name)
+            if not isinstance(src, h5py.Dataset) or src.is_virtual or _incomplete(src):
+                return f"maps {source.dset_name!r} of {folder.name}/{name}, not a stored array"
+            space = source.src_space
+            whole = space.get_select_type() == h5s.SEL_ALL or (
+                space.shape == src.shape and space.get_select_npoints() == src.size
+            )
+            if not whole or src.dtype != ds.dtype:
+                return f"maps part of {source.dset_name!r} of {folder.name}/{name}"
+            mapped += source.vspace.get_select_npoints()
+        if mapped != ds.size:
+            return f"maps {mapped} of its {ds.size} values"
+        return None
 
     def read(
         self, key: str, frames: slice | None = None, record: dict[str, Any] | None = None
@@ -1334,11 +1598,14 @@ class H5Reader:
     def close(self) -> None:
         """Close the file (if this process opened it)."""
         if self._file is not None and self._pid == os.getpid():
+            for shard in self._shards.values():
+                shard.close()
             self._file.close()
         self._file = None
+        self._shards = {}
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into a spawned worker: reopen there
-        return {**self.__dict__, "_file": None, "_pid": -1}
+        return {**self.__dict__, "_file": None, "_pid": -1, "_shards": {}}
 
 
 class NpyReader:

@@ -178,19 +178,24 @@ class OutputLock:
 
 #: Fields a part of a long file adds to its entry record in a chunk.
 PART_FIELDS = ("part", "parts", "frame_start")
+#: Fields of a piece a worker wrote into a shard file (``--shards``): the chunk
+#: holds an empty array in its place.
+SHARD_FIELDS = ("shard", "dataset", "frames")
 
 
 @dataclass(frozen=True)
 class ChunkRecord:
     """One finished entry or failure found in the chunk files.
 
-    ``pieces`` locates an entry's data: (chunk file, array index, first frame)
-    per part, in frame order; one piece at frame 0 for a whole file.
+    ``pieces`` locates an entry's data: (chunk file, array index, first frame,
+    shard) per part, in frame order; one piece at frame 0 for a whole file.
+    ``shard`` is None, or for a piece a worker wrote into a shard file
+    (``--shards``) its (shard file, dataset, frames): the chunk's array is empty.
     """
 
     kind: str  # "entry" or "failure"
     record: dict[str, Any]
-    pieces: tuple[tuple[Path, int, int], ...] = ()
+    pieces: tuple[tuple[Path, int, int, tuple[str, str, int] | None], ...] = ()
 
 
 CHUNK_MAGIC = b"MELCHNK1"
@@ -303,6 +308,8 @@ class WorkDir:
     def __init__(self, output: Path) -> None:
         self.path = hidden_sibling(output, ".melcli-work")
         self.state_path = self.path / "state.json"
+        #: the shard files workers write (``--shards``), kept for a resume like the chunks
+        self.shards = self.path / "shards"
         #: chunks `records` found damaged (path, why); their entries are computed again
         self.damaged: list[tuple[Path, str]] = []
 
@@ -403,7 +410,7 @@ class WorkDir:
         of them are present; a failure recorded for a key wins over its parts.
         """
         entries: dict[str, dict[str, Any]] = {}
-        pieces: dict[str, dict[int, tuple[Path, int, int]]] = {}
+        pieces: dict[str, dict[int, tuple[Path, int, int, tuple[str, str, int] | None]]] = {}
         failures: dict[str, dict[str, Any]] = {}
         self.damaged = []
         for chunk in self.chunks():
@@ -418,12 +425,17 @@ class WorkDir:
                 key = rec["key"]
                 part = int(rec.get("part", 0))
                 failures.pop(key, None)  # a later success wins
-                whole = {k: v for k, v in rec.items() if k not in PART_FIELDS}
+                whole = {k: v for k, v in rec.items() if k not in PART_FIELDS + SHARD_FIELDS}
                 whole["_parts"] = int(rec.get("parts", 1))
                 if entries.get(key) != whole:  # first sight, or a later run's new version
                     entries[key] = whole
                     pieces[key] = {}
-                pieces[key][part] = (chunk, member, int(rec.get("frame_start", 0)))
+                shard = (
+                    (str(rec["shard"]), str(rec["dataset"]), int(rec["frames"]))
+                    if "shard" in rec
+                    else None
+                )
+                pieces[key][part] = (chunk, member, int(rec.get("frame_start", 0)), shard)
             for rec in meta["failures"]:
                 failures[rec["key"]] = rec  # a later failure wins
                 entries.pop(rec["key"], None)
@@ -491,7 +503,8 @@ class Spool:
         self._held += data.nbytes
         if self._held > FLUSH_BYTES and self.read_back is not None:
             for pending in self._entries:
-                pending[2] = None
+                if "shard" not in pending[0]:  # its empty array stays: nothing to read back
+                    pending[2] = None
             self._held = 0
         self._maybe_flush()
 

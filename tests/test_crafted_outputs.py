@@ -170,3 +170,87 @@ def test_inspect_key_reads_in_blocks(
         assert blocks["min"] == whole["min"] and blocks["max"] == whole["max"]
         assert blocks["mean"] == pytest.approx(whole["mean"], rel=1e-12)
         assert blocks["shape"] == whole["shape"] and whole["shape"][-1] > 7
+
+
+def _map_entry_into(out: Path, source: str, *, frames: int | None = None) -> np.ndarray:
+    """Make ``features/a.wav`` a virtual dataset mapping ``source`` (relative to the
+    output's directory, as melcli's shards are), a file holding a copy of its data
+    (all of it, or its first ``frames``); return the data."""
+    import melcli
+
+    with melcli.open(out) as feats:
+        data = feats["a.wav"]
+    part = data[..., :frames] if frames is not None else data
+    path = out.parent / source
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f["e0"] = part
+    layout = h5py.VirtualLayout(shape=data.shape, dtype=data.dtype)
+    layout[..., : part.shape[-1]] = h5py.VirtualSource(source, "e0", shape=part.shape)
+    with h5py.File(out, "r+") as f:
+        del f["features/a.wav"]
+        f.create_virtual_dataset("features/a.wav", layout)
+    return data
+
+
+def test_an_entry_in_melcli_shards_reads_back(h5_out: Path, melcli: RunMelcli) -> None:
+    """The control of the next test: the same mapping, into the output's own shard
+    directory, reads as the entry it replaced (from another working directory)."""
+    import melcli as lib
+
+    data = _map_entry_into(h5_out, "feats.h5.shards/shard-0a1b.h5")
+    with lib.open(h5_out) as feats:
+        np.testing.assert_array_equal(feats["a.wav"], data)
+    proc = melcli("inspect", h5_out, "--key", "a.wav", "--json", cwd=Path("/"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["entry"]["shape"] == list(data.shape)
+
+
+@pytest.mark.parametrize(
+    ("source", "frames", "says"),
+    [
+        ("other/shard-0a1b.h5", None, "maps 'other/shard-0a1b.h5', not a shard file"),
+        ("feats.h5.shards/../other/shard-0a1b.h5", None, "not a shard file of feats.h5.shards/"),
+        ("feats.h5.shards/secret.h5", None, "maps 'feats.h5.shards/secret.h5', not a shard"),
+        ("feats.h5.shards/shard-0a1b.h5", 5, "maps 640 of its "),
+    ],
+)
+def test_an_entry_mapping_anything_but_melcli_shards_is_refused(
+    h5_out: Path, melcli: RunMelcli, source: str, frames: int | None, says: str
+) -> None:
+    """A virtual dataset is read only from melcli's own shard files, whole: one
+    pointing elsewhere (another directory, a file not named as a shard), or leaving
+    values unmapped (HDF5 would return zeros), is refused before anything is read."""
+    import melcli as lib
+    from melcli.errors import OutputError
+
+    _map_entry_into(h5_out, source, frames=frames)
+    proc = melcli("inspect", h5_out, "--key", "a.wav", timeout=60)
+    assert_no_traceback(proc.stderr)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and says in lines[0] and "not an entry melcli wrote" in lines[0], lines
+    with lib.open(h5_out) as feats, pytest.raises(OutputError, match="not an entry melcli wrote"):
+        feats["a.wav"]
+
+
+def test_a_shard_linked_out_of_the_shard_directory_is_refused(
+    h5_out: Path, melcli: RunMelcli
+) -> None:
+    """A shard name in the right directory that is a symbolic link elsewhere, or missing."""
+    _map_entry_into(h5_out, "other/shard-0a1b.h5")
+    shards = h5_out.parent / "feats.h5.shards"
+    shards.mkdir()
+    (shards / "shard-0a1b.h5").symlink_to(h5_out.parent / "other" / "shard-0a1b.h5")
+    with h5py.File(h5_out, "r+") as f:  # the same data, mapped through the link
+        src = f["features/a.wav"]
+        layout = h5py.VirtualLayout(shape=src.shape, dtype=src.dtype)
+        layout[...] = h5py.VirtualSource("feats.h5.shards/shard-0a1b.h5", "e0", shape=src.shape)
+        del f["features/a.wav"]
+        f.create_virtual_dataset("features/a.wav", layout)
+    for why in ("linked", "missing"):
+        proc = melcli("inspect", h5_out, "--key", "a.wav", timeout=60)
+        assert_no_traceback(proc.stderr)
+        assert proc.returncode == 1
+        assert "maps the missing or linked shard feats.h5.shards/shard-0a1b.h5" in proc.stderr, why
+        (shards / "shard-0a1b.h5").unlink(missing_ok=True)

@@ -9,6 +9,7 @@ manifest field for field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +57,43 @@ def assert_same_output(got: Path, want: Path) -> None:
         assert a[key].dtype == b[key].dtype, key
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert_same_manifest(_manifest(got), _manifest(want), "command", "created")
+
+
+def shard_sources(out: Path) -> dict[str, set[str]]:
+    """Entry key -> the files its dataset maps (``--shards``; empty: stored in ``out``)."""
+    import h5py
+
+    found: dict[str, set[str]] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            maps = obj.virtual_sources() if obj.is_virtual else []
+            found[name] = {m.file_name for m in maps}
+
+    with h5py.File(out, "r") as f:
+        f["features"].visititems(visit)
+    return found
+
+
+def assert_only_mapped_shards(out: Path) -> set[str]:
+    """The shard directory holds exactly the shard files the entries map (nothing
+    unused, no temporary), all in it; return their names."""
+    shards = out.with_name(out.name + ".shards")
+    mapped = set().union(*shard_sources(out).values())
+    assert {m.rpartition("/")[0] for m in mapped} <= {shards.name}
+    names = {m.rpartition("/")[2] for m in mapped}
+    held = {p.name for p in shards.iterdir()} if shards.exists() else set()
+    assert held == names
+    return names
+
+
+def assert_nothing_unlisted(out: Path) -> None:
+    """``out``'s directory holds the output, its sidecar, its lock and, when sharded,
+    its shard directory (`assert_only_mapped_shards`): no work directory, no temporary."""
+    listed = {out.name, out.with_suffix(".json").name, f".{out.name}.lock"}
+    if assert_only_mapped_shards(out):
+        listed.add(out.name + ".shards")
+    assert {p.name for p in out.parent.iterdir()} == listed
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +190,123 @@ def test_backend_dask_takes_the_address_from_the_environment_and_reruns_incremen
     assert_same_output(out, want)
 
 
+# -- shards: the workers write the entries, the client links them -----------------------
+
+_READ_PLAIN = """
+import hashlib, json, sys
+import h5py
+with h5py.File(sys.argv[1], "r") as f:
+    print(json.dumps({k: hashlib.sha256(f["features/" + k][()].tobytes()).hexdigest()
+                      for k in sys.argv[2:]}))
+"""
+
+
+def test_a_sharded_output_reads_as_one_file_through_h5py_open_and_inspect(
+    corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    want, got = tmp_path / "local" / "feats.h5", tmp_path / "cluster" / "feats.h5"
+    want.parent.mkdir()
+    got.parent.mkdir()
+    _local(melcli, corpus, want)
+    proc = melcli("mel", corpus, "-o", got, "--scheduler", dask_cluster.address, "--shards")
+    assert proc.returncode == 3, proc.stderr
+    assert_no_traceback(proc.stderr)
+    # every entry's data is in the shards, none in the file itself
+    sources = shard_sources(got)
+    assert sorted(sources) == sorted(feature_arrays(want))
+    assert all(sources.values()), sources
+    assert len(sources["long/hour.wav"]) > 1  # its frame ranges, from several tasks
+    assert_nothing_unlisted(got)
+    assert_same_output(got, want)  # melcli.open, and the manifests field for field
+    # plain h5py, from other working directories (HDF5 finds the shards beside the file)
+    arrays = feature_arrays(want)
+    digests = {k: hashlib.sha256(a.tobytes()).hexdigest() for k, a in arrays.items()}
+    for cwd, path in ((Path("/"), got), (tmp_path, got.relative_to(tmp_path))):
+        read = subprocess.run([sys.executable, "-c", _READ_PLAIN, str(path), *sorted(arrays)],
+                              cwd=cwd, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert read.returncode == 0, read.stderr
+        assert json.loads(read.stdout) == digests
+    # inspect: the summary (its size counts the shards) and an entry's statistics
+    summary = melcli("inspect", got, "--json", cwd=Path("/"))
+    assert summary.returncode == 0, summary.stderr
+    info = json.loads(summary.stdout)
+    shards = got.with_name("feats.h5.shards")
+    assert info["size_bytes"] == got.stat().st_size + sum(
+        p.stat().st_size for p in shards.iterdir()
+    )
+    for key in ("long/hour.wav", "speech/s2.wav"):
+        entry = melcli("inspect", got, "--key", key, "--json")
+        local = melcli("inspect", want, "--key", key, "--json")
+        assert entry.returncode == 0, entry.stderr
+        assert json.loads(entry.stdout)["entry"] == json.loads(local.stdout)["entry"]
+
+
+def test_a_sharded_output_reruns_incrementally(
+    corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    src = _copy(corpus / "speech", tmp_path / "src")
+    out, want, want2 = tmp_path / "out" / "feats.h5", tmp_path / "want.h5", tmp_path / "want2.h5"
+    out.parent.mkdir()
+    args = ["mel", src, "-o", out, "--scheduler", dask_cluster.address]  # shards: the default
+    assert melcli(*args).returncode == 0
+    first = assert_only_mapped_shards(out)
+    (src / "s0.wav").unlink()
+    (src / "s1.wav").write_bytes((corpus / "music" / "sweep.wav").read_bytes())
+    (src / "s9.wav").write_bytes((corpus / "speech" / "s0.wav").read_bytes())
+    again = melcli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "melcli: added 1, updated 1, removed 1, unchanged 4, failed 0" in again.stderr
+    assert all(shard_sources(out).values())
+    assert assert_only_mapped_shards(out) - first  # the new entries' shards
+    assert_nothing_unlisted(out)
+    _local(melcli, src, want)
+    assert_same_output(out, want)
+    # without shards, the changed entry is stored in the file; the kept ones stay mapped
+    (src / "s2.wav").write_bytes((corpus / "speech" / "s5.wav").read_bytes())
+    third = melcli(*args, "--no-shards")
+    assert third.returncode == 0, third.stderr
+    assert "melcli: added 0, updated 1, removed 0, unchanged 5, failed 0" in third.stderr
+    sources = shard_sources(out)
+    assert not sources["s2.wav"] and all(v for k, v in sources.items() if k != "s2.wav")
+    assert_nothing_unlisted(out)
+    _local(melcli, src, want2)
+    assert_same_output(out, want2)
+    # rewritten without shards: the shard directory goes with the last entry in it
+    last = melcli(*args, "--no-shards", "--overwrite")
+    assert last.returncode == 0, last.stderr
+    assert not any(shard_sources(out).values())
+    assert not out.with_name("feats.h5.shards").exists()
+    assert_nothing_unlisted(out)
+    assert_same_output(out, want2)
+
+
+@pytest.mark.parametrize("checkpoints", ["0", "5"])
+def test_a_client_killed_while_committing_shards_finishes_on_the_rerun(
+    corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path,
+    checkpoints: str,
+) -> None:  # fmt: skip
+    """Killed after moving its shards beside the output, before renaming the file:
+    the old output (none here) is untouched; the rerun resumes from checkpoints
+    naming the moved shards (``0``: one after every result), or computes again and
+    removes the shards no entry maps (``5``: none written)."""
+    out, want = tmp_path / "out" / "feats.h5", tmp_path / "want.h5"
+    out.parent.mkdir()
+    args = ["mel", str(corpus / "speech"), "-o", str(out), "--scheduler", dask_cluster.address]
+    env = {"MELCLI_CHECKPOINT_SECONDS": checkpoints}
+    proc = _start(args, tmp_path, MELCLI_KILL_AT="rename", **env)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and any(out.with_name("feats.h5.shards").iterdir())
+    again = _start(args, tmp_path, **env)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    resumed = int(err.split("resumed: ")[1].split()[0]) if "resumed: " in err else 0
+    assert (resumed == 6) if checkpoints == "0" else (resumed == 0), err
+    assert_nothing_unlisted(out)
+    _local(melcli, corpus / "speech", want)
+    assert_same_output(out, want)
+
+
 # -- failures on the workers ---------------------------------------------------------------
 
 
@@ -173,6 +328,8 @@ def test_a_worker_killed_mid_run_costs_nothing(
     assert killed_at - start < 40  # it was mid-run
     assert "added 40, updated 0, removed 0, unchanged 0, failed 0" in err
     assert_same_output(out, want)
+    assert all(shard_sources(out).values())  # in shards, by default
+    assert_only_mapped_shards(out)  # none from the dead worker's lost tasks
     dask_cluster.wait_for_workers(2)  # its nanny starts it again, for the next tests
     assert victim not in dask_cluster.worker_pids()
 
@@ -291,6 +448,8 @@ def test_an_unreachable_scheduler_is_one_line_within_10_seconds(
         (["--backend", "dask"], {}, "--backend dask needs a scheduler: --scheduler ADDRESS"),
         (["--scheduler", "tcp://h:1", "--backend", "fork"], {}, "not with --backend fork"),
         (["--scheduler", " "], {}, "--scheduler needs an address"),
+        (["--shards", "-j", "2"], {}, "--shards is for a Dask cluster (--scheduler ADDRESS)"),
+        (["--scheduler", "tcp://h:1", "--shards", "--format", "npy"], {}, "not with --format npy"),
     ],
 )
 def test_cluster_usage_errors(
@@ -320,16 +479,21 @@ def test_without_dask_the_scheduler_option_says_what_to_install(
 
 
 @pytest.mark.parametrize(
-    ("sig", "code", "word"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ("sig", "code", "word", "shards"),
+    [
+        (signal.SIGINT, 130, "interrupted", "--shards"),
+        (signal.SIGTERM, 143, "terminated", "--shards"),
+        (signal.SIGINT, 130, "interrupted", "--no-shards"),
+    ],
 )
 def test_a_stopped_client_cancels_its_tasks_and_resumes(
     slow_corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path,
-    sig: int, code: int, word: str,
+    sig: int, code: int, word: str, shards: str,
 ) -> None:  # fmt: skip
-    out, want = tmp_path / "feats.h5", tmp_path / "want.h5"
+    out, want = tmp_path / "out" / "feats.h5", tmp_path / "want.h5"
+    out.parent.mkdir()
     args = ["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS, "--scheduler",
-            dask_cluster.address]  # fmt: skip
+            dask_cluster.address, shards]  # fmt: skip
     proc = _start(args, tmp_path)
     _wait_for_trace(dask_cluster, dask_cluster.trace_lines() + 10, proc)
     proc.send_signal(sig)
@@ -350,6 +514,8 @@ def test_a_stopped_client_cancels_its_tasks_and_resumes(
     assert 0 < resumed < 40
     _local(melcli, slow_corpus, want, *SLOW_ARGS)
     assert_same_output(out, want)
+    assert all(shard_sources(out).values()) == (shards == "--shards")
+    assert_nothing_unlisted(out)
 
 
 def _peak_rss_kb(args: list[str], cwd: Path) -> int:

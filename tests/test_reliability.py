@@ -201,7 +201,8 @@ def test_checkpoint_reads_back_entries_it_no_longer_holds(
     assert sorted(records) == ["a.wav", "d/b.wav"]
     for key, expect in [("a.wav", whole), ("d/b.wav", long)]:
         got = []
-        for chunk, member, _frame in records[key].pieces:
+        for chunk, member, _frame, shard in records[key].pieces:
+            assert shard is None  # written by this process, not into a shard
             with ChunkFile(chunk) as cf:
                 got.append(cf.read(member))
         np.testing.assert_array_equal(np.concatenate(got, axis=-1), expect)
