@@ -278,11 +278,11 @@ RUN_OPTIONS: list[Callable[..., Any]] = [
                       "inputs at the same paths and have the same melcli installed; this "
                       "process writes the output. Needs pip install 'melcli[dask]'."),
     click.option("--shards/--no-shards", default=None,
-                 help="With --scheduler, HDF5 output: the workers write the entries into "
-                      "shard files (OUTPUT.shards/ beside it) and this process only links "
-                      "them into OUTPUT, which reads as usual; it then no longer receives "
-                      "every byte (docs/scaling.md).  [default: on with --scheduler for an "
-                      "HDF5 output]"),
+                 help="With --scheduler: the workers write the entries themselves and this "
+                      "process only links them into the output, which reads as usual "
+                      "(HDF5: shard files in OUTPUT.shards/ beside it; npy: the same tree of "
+                      "files), so it no longer receives every byte (docs/scaling.md); not "
+                      "with --format kaldi.  [default: on with --scheduler, but for kaldi]"),
     click.option("--ext", "exts", default=DEFAULT_EXTS, show_default=True,
                  help="Suffixes counted as audio in a directory walk "
                       "(files named explicitly are always tried)."),
@@ -727,19 +727,20 @@ def _run_options_of(kw: dict[str, Any], reporter: _CliReporter) -> RunOptions:
 def _shards_option(given: bool | None, backend: str, fmt: str) -> bool:
     """Whether the workers write the entries in shards (``--shards``/``--no-shards``).
 
-    On by default on a Dask cluster for an HDF5 output (one client saturates at
-    about 4 workers for mel and below one for stft: docs/scaling.md), off
-    otherwise. Usage errors (exit 2): ``--shards`` without a cluster, or with
-    another format.
+    On by default on a Dask cluster (one client receiving every byte saturates
+    at about 4 workers for mel and below one for stft: docs/scaling.md) for an
+    HDF5 or npy output, off otherwise. A Kaldi output is not sharded: its
+    archive is written by this process at the end, from every entry. Usage
+    errors (exit 2): ``--shards`` without a cluster, or with ``--format kaldi``.
     """
     if given is None:
-        return backend in REMOTE and fmt == "h5"
+        return backend in REMOTE and fmt in ("h5", "npy")
     if given and backend not in REMOTE:
         _usage("--shards is for a Dask cluster (--scheduler ADDRESS): local workers hand "
                "their results to this process, which writes them")  # fmt: skip
-    if given and fmt != "h5":
-        _usage(f"--shards writes HDF5 shard files: not with --format {fmt} "
-               "(use an .h5 output, or --no-shards)")  # fmt: skip
+    if given and fmt == "kaldi":
+        _usage("--shards: not with --format kaldi (this process writes the whole archive "
+               "at the end): use an h5 or npy output, or --no-shards")  # fmt: skip
     return given
 
 

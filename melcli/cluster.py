@@ -50,6 +50,7 @@ from melcli.pipeline import (
     Executor,
     Failure,
     Result,
+    Shards,
     Stored,
     Task,
     extract,
@@ -101,7 +102,7 @@ def _blas_one_thread() -> Iterator[None]:
 
 
 def run_batch(
-    batch: Sequence[Task], params: FeatureParams, version: str, shards: str | None = None
+    batch: Sequence[Task], params: FeatureParams, version: str, shards: Shards | None = None
 ) -> list[Result]:
     """`melcli.pipeline.extract` each task of a batch: the Dask task, on a worker.
 
@@ -111,9 +112,10 @@ def run_batch(
     params : FeatureParams
     version : str
         The client's melcli version.
-    shards : str, optional
-        ``--shards``: write the batch's arrays into one new shard file in this
-        directory (`melcli.store.write_shard`) and return only where they are
+    shards : Shards, optional
+        ``--shards``: write the batch's arrays into its shard directory (one new
+        HDF5 shard file, `melcli.store.write_shard`, or an .npy file each,
+        `melcli.store.write_npy_shards`) and return only where they are
         (`Result.stored`, ``data`` None): the client receives records, not arrays.
 
     Returns
@@ -135,28 +137,32 @@ def run_batch(
         results = [extract(task, params) for task in batch]
     if shards is None:
         return results
-    return _to_shard(Path(shards), results)
+    return _to_shards(shards, results)
 
 
-def _to_shard(directory: Path, results: list[Result]) -> list[Result]:
-    """The results with their arrays written into one shard file of ``directory``."""
-    from melcli.store import write_shard
+def _to_shards(shards: Shards, results: list[Result]) -> list[Result]:
+    """The results with their arrays written into the shard directory of ``shards``."""
+    from melcli.store import write_npy_shards, write_shard
 
+    directory = Path(shards.directory)
     pieces = [(r.task.source.key, r.task.frame_start, r.data) for r in results
               if r.failure is None and r.data is not None]  # fmt: skip
-    done = [r for r in results if r.failure is None and r.data is not None]
-    if not done:
+    if not pieces:
         return results
-    name = write_shard(directory, pieces)
-    where = {id(r): n for n, r in enumerate(done)}
-    return [
-        dataclasses.replace(
-            r, data=None, stored=Stored(name, f"e{where[id(r)]}", int(r.data.shape[-1]))
-        )
-        if id(r) in where and r.data is not None
-        else r
-        for r in results
-    ]
+    if shards.format == "npy":
+        places = [(name, "") for name in write_npy_shards(directory, [p[2] for p in pieces])]
+    else:
+        name = write_shard(directory, pieces)
+        places = [(name, f"e{n}") for n in range(len(pieces))]
+    out, it = [], iter(places)
+    for r in results:
+        if r.failure is None and r.data is not None:
+            shard, dataset = next(it)
+            r = dataclasses.replace(
+                r, data=None, stored=Stored(shard, dataset, int(r.data.shape[-1]))
+            )
+        out.append(r)
+    return out
 
 
 # -- on the client -----------------------------------------------------------------------

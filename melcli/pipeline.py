@@ -98,15 +98,35 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Shards:
+    """Where and how the workers write their results themselves (``--shards``).
+
+    Attributes
+    ----------
+    directory : str
+        The run's shard directory (in the output's work directory), seen by the
+        workers at the same path.
+    format : str
+        ``h5``: the results of a task in one HDF5 shard file
+        (`melcli.store.write_shard`); ``npy``: each in an .npy file of its own
+        (`melcli.store.write_npy_shards`).
+    """
+
+    directory: str
+    format: str
+
+
+@dataclass(frozen=True)
 class Stored:
-    """Where a worker wrote a result's array (``--shards``): a dataset of a shard file.
+    """Where a worker wrote a result's array (``--shards``): a shard file of `Shards`.
 
     Attributes
     ----------
     shard : str
-        The shard file's name (``shard-<hex>.h5``), in the run's shard directory.
+        The shard file's name (``shard-<hex>.h5`` or ``.npy``), in the run's
+        shard directory.
     dataset : str
-        The dataset holding the array in it.
+        The dataset holding the array in an HDF5 shard ('' for an .npy one).
     frames : int
         Frames of the array (its last axis).
     """
@@ -826,9 +846,9 @@ class WorkerPool:
         Where a remote backend's workers are (`melcli.backends.REMOTE`: the
         Dask scheduler); there ``jobs`` caps the tasks computing at once (0:
         every worker thread of the cluster), and one job is not serial.
-    shards : str, optional
-        The directory the workers write shard files into (``--shards``, remote
-        backends only: `Executor`).
+    shards : Shards, optional
+        Where the workers write their results (``--shards``, remote backends
+        only: `Executor`).
     """
 
     def __init__(
@@ -841,7 +861,7 @@ class WorkerPool:
         backend: str,
         log: InflightLog | None = None,
         address: str | None = None,
-        shards: str | None = None,
+        shards: Shards | None = None,
     ) -> None:
         self.tasks, self.params = tasks, params
         remote = backend in REMOTE and len(tasks) > 0
@@ -912,10 +932,9 @@ class Executor:
     address : str, optional
         Where a remote backend's workers are (the Dask scheduler); ignored by
         the local ones.
-    shards : str, optional
-        A directory the workers write their results into, as shard files
-        (``--shards``, `melcli.store.write_shard`): results then come back as
-        `Stored` records. Only the Dask backend takes it.
+    shards : Shards, optional
+        Where the workers write their results themselves (``--shards``):
+        results then come back as `Stored` records. Only the Dask backend takes it.
     """
 
     def __init__(
@@ -928,7 +947,7 @@ class Executor:
         log: InflightLog,
         costs: Sequence[int] = (),
         address: str | None = None,
-        shards: str | None = None,
+        shards: Shards | None = None,
     ) -> None:
         self.tasks, self.params, self.batches = tasks, params, batches
         self.n_jobs, self.log = n_jobs, log
@@ -1091,7 +1110,7 @@ class ForkExecutor(Executor):
         log: InflightLog,
         costs: Sequence[int] = (),
         address: str | None = None,
-        shards: str | None = None,
+        shards: Shards | None = None,
     ) -> None:
         super().__init__(tasks, params, batches, n_jobs=n_jobs, log=log, costs=costs)
         self.workers: list[_ForkWorker] = []

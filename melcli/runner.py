@@ -40,6 +40,7 @@ from melcli.pipeline import (
     Failure,
     InflightLog,
     Result,
+    Shards,
     Task,
     WorkerPool,
     isolated_results,
@@ -540,7 +541,7 @@ INFLIGHT_LOG = "inflight.log"
 
 def _pool(
     todo: list[Todo], params: FeatureParams, opts: RunOptions, log: InflightLog,
-    shards: Path | None = None,
+    shards: Shards | None = None,
 ) -> WorkerPool:  # fmt: skip
     # Largest first, so one long file does not finish last alone.
     ordered = sorted(todo, key=lambda t: (-t.samples, t.task.source.key, t.task.part))
@@ -548,7 +549,7 @@ def _pool(
     return WorkerPool(
         [t.task for t in ordered], [t.cost for t in ordered], params,
         jobs=opts.jobs, backend=backend, log=log, address=opts.scheduler,
-        shards=None if shards is None else os.fspath(shards),
+        shards=shards,
     )  # fmt: skip
 
 
@@ -894,11 +895,11 @@ class Run:
         # Workers start before the output is opened: none of them holds it.
         shards = None
         if self.opts.shards:
-            shards = work.shards
+            shards = Shards(os.fspath(work.shards), self.opts.format)
             try:
-                shards.mkdir(exist_ok=True)
+                work.shards.mkdir(exist_ok=True)
             except OSError as exc:
-                raise disk_error("creating", shards, exc) from None
+                raise disk_error("creating", work.shards, exc) from None
         self.pool = _pool(todo, params, self.opts, InflightLog(inflight), shards).start()
         # New entries go straight into the new output (under its temporary name, in
         # the work directory); the spool checkpoints them for a resume. Kept and
@@ -966,8 +967,6 @@ class Run:
             rec, task = {**res.meta.to_dict(), **state}, res.task
             try:
                 if stored is not None:  # a worker wrote it into a shard: link it
-                    if not isinstance(writer, store.H5Writer):
-                        raise OutputError("only HDF5 outputs are written in shards (--shards)")
                     writer.link_piece(
                         rec, task.frame_start, stored.shard, stored.dataset, stored.frames
                     )
@@ -1070,8 +1069,6 @@ class Run:
                 record = resumed[key].record
                 for frame, data, shard in reader.pieces(resumed[key]):
                     if shard is not None:  # in a shard file a worker wrote: linked
-                        if not isinstance(writer, store.H5Writer):
-                            raise OutputError("only HDF5 outputs are written in shards")
                         writer.link_piece(record, frame, *shard)
                         if self.totals is not None:
                             data = store.read_shard_piece(self.shard_file(shard[0]), shard[1])

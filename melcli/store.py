@@ -7,9 +7,15 @@ directory of ``KEY.npy`` files and ``manifest.json``; a Kaldi output is a
 directory of ``feats.ark`` (every entry, transposed to Kaldi's (frames, rows),
 in key order), ``feats.scp`` (``KEY ARK:OFFSET`` lines) and ``manifest.json``.
 Only this module spells these names out (`h5_dataset`, `npy_file`, `NPY_MANIFEST`,
-`KALDI_ARK`, `KALDI_SCP`).
+`KALDI_ARK`, `KALDI_SCP`, `shards_dir`). With ``--shards`` (a Dask cluster) an
+HDF5 output's ``/features/KEY`` may be a virtual dataset mapping datasets of
+shard files in ``<output>.shards/`` beside it (``feats.h5.shards/shard-<hex>.h5``,
+written by the workers, `write_shard`); its reader reads only those
+(`H5Reader._check_virtual`).
 
-Writers live only in the parent process (the one writer). New entries are
+Writers live only in the parent process (the one writer; with ``--shards`` the
+workers write the arrays into new shard files and the writer links them in,
+`Writer.link_piece`). New entries are
 written as they are computed; entries of the previous output (copied byte for
 byte) and entries resumed from an interrupted run are added at the end. Each
 writer builds its result in the output's work directory (``.<output>.melcli-work/``)
@@ -129,8 +135,39 @@ def write_shard(directory: Path, pieces: list[tuple[str, int, np.ndarray]]) -> s
     return name
 
 
+def write_npy_shards(directory: Path, arrays: list[np.ndarray]) -> list[str]:
+    """Write each array into a new .npy file of ``directory``; return their names (on a worker).
+
+    Each is written as the npy writer writes an entry (`_save_npy`), under a
+    temporary name, fsynced and renamed (complete or absent), with one fsync of
+    the directory for them all; names are new for every call.
+    """
+    import uuid
+
+    names = []
+    for data in arrays:
+        name = f"{SHARD_PREFIX}{uuid.uuid4().hex}.npy"
+        tmp = directory / f".{name}.tmp"
+        try:
+            _save_npy(tmp, data)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, directory / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        names.append(name)
+    fault_point("shard-rename")
+    manifest_mod.fsync_path(directory)
+    return names
+
+
 def read_shard_piece(path: Path, dataset: str) -> np.ndarray:
-    """The array of dataset ``dataset`` of the shard file ``path``."""
+    """The array of dataset ``dataset`` of the HDF5 shard file ``path`` (or of the
+    .npy shard file ``path``, whose ``dataset`` is '')."""
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -424,6 +461,13 @@ class Writer(Protocol):
         A whole file is one piece at frame 0; the parts of a long file may come
         in any order, the entry being created by the first one.
         """
+
+    def link_piece(
+        self, record: dict[str, Any], frame: int, shard: str, dataset: str, frames: int
+    ) -> None:
+        """Add frames ``frame...`` of the entry ``record`` that a worker wrote into the
+        shard file ``shard`` of the run's shard directory (``--shards``): dataset
+        ``dataset`` of an HDF5 shard, or an .npy shard ('')."""
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:
         """Frames ``frame:frame + n_frames`` of an entry written before (for a checkpoint)."""
@@ -754,9 +798,13 @@ class NpyWriter:
     format = "npy"
     base: Reuse | None = None
 
-    def __init__(self, path: Path, tmp: Path, old: Path, trash: Path) -> None:
+    def __init__(
+        self, path: Path, tmp: Path, old: Path, trash: Path, shards: Path | None = None
+    ) -> None:
         self.path = path
         self.tmp = tmp
+        self.shards = shards  # the run's .npy shard files, in the work directory
+        self._parts: dict[str, list[Any]] = {}  # key -> [pieces in shards, frames missing]
         self._old, self._trash = old, trash
         self.warnings: list[str] = []
         self.committed = False
@@ -772,9 +820,23 @@ class NpyWriter:
         makedirs(target.parent)
         return target
 
+    @contextlib.contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """One entry's write: a failure because of its name is its input's (`EntryError`,
+        its directories removed), any other the output's (`WriteFailed`)."""
+        try:
+            yield
+        except OSError as exc:
+            bad_name = entry_error(exc)
+            if bad_name is not None:
+                self.discard(key)  # directories made for it
+                raise bad_name from None
+            raise WriteFailed(self.tmp, exc) from None
+        fault_point("write")
+
     def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:  # noqa: D102
         shape = tuple(record["shape"])
-        try:
+        with self._writing(record["key"]):
             target = self._target(record["key"])
             if frame == 0 and data.shape == shape:  # a whole file
                 _save_npy(target, data)
@@ -786,19 +848,46 @@ class NpyWriter:
                 out[..., frame : frame + data.shape[-1]] = data
                 out.flush()
                 del out
-        except OSError as exc:
-            bad_name = entry_error(exc)
-            if bad_name is not None:
-                self.discard(record["key"])  # directories made for it
-                raise bad_name from None
-            raise WriteFailed(self.tmp, exc) from None
-        fault_point("write")
+
+    def link_piece(  # noqa: D102
+        self, record: dict[str, Any], frame: int, shard: str, dataset: str, frames: int
+    ) -> None:
+        # A whole entry is hard-linked into the tree (no byte copied; the shard stays
+        # in the work directory for a resume until the commit). The parts of a long
+        # file are copied into its entry once all are in.
+        key, shape = record["key"], tuple(record["shape"])
+        if self.shards is None:
+            raise WriteFailed(self.tmp, OSError(errno.ENOENT, "no shard directory"))
+        entry = self._parts.setdefault(key, [[], shape[-1]])
+        entry[0].append((frame, self.shards / shard))
+        entry[1] -= frames
+        if entry[1] > 0:
+            return
+        del self._parts[key]
+        with self._writing(key):
+            target = self._target(key)
+            if len(entry[0]) == 1:
+                try:
+                    os.link(entry[0][0][1], target)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    shutil.copyfile(entry[0][0][1], target)
+            else:
+                _create_npy(target, np.dtype(record["dtype"]), shape)
+                out = np.lib.format.open_memmap(target, "r+")
+                for start, path in entry[0]:
+                    part = np.load(path, mmap_mode="r", allow_pickle=False)
+                    out[..., start : start + part.shape[-1]] = part
+                out.flush()
+                del out
 
     def read_piece(self, key: str, frame: int, n_frames: int) -> np.ndarray:  # noqa: D102
         stored = np.load(npy_file(self.tmp, key), mmap_mode="r", allow_pickle=False)
         return np.array(stored[..., frame : frame + n_frames])
 
     def discard(self, key: str) -> None:  # noqa: D102
+        self._parts.pop(key, None)
         target = npy_file(self.tmp, key)
         try:
             target.unlink(missing_ok=True)
@@ -1177,7 +1266,7 @@ def open_writer(
         return H5Writer(path, work.temp("new").with_suffix(".h5"), sidecar, base, compression,
                         work.shards)  # fmt: skip
     writer = KaldiWriter if fmt == "kaldi" else NpyWriter
-    return writer(path, work.temp("new"), work.temp("old"), work.temp("trash"))
+    return writer(path, work.temp("new"), work.temp("old"), work.temp("trash"), work.shards)
 
 
 _NUMERIC_ATTRS = (("sample_rate", "<i8"), ("n_samples", "<i8"), ("duration", "<f8"),

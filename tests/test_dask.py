@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from melcli import cluster, pipeline
+from melcli import cluster, pipeline, store
 from melcli.params import FeatureParams
 from tests.conftest import (
     CLUSTER_BLAS_THREADS,
@@ -88,11 +88,16 @@ def assert_only_mapped_shards(out: Path) -> set[str]:
 
 
 def assert_nothing_unlisted(out: Path) -> None:
-    """``out``'s directory holds the output, its sidecar, its lock and, when sharded,
-    its shard directory (`assert_only_mapped_shards`): no work directory, no temporary."""
-    listed = {out.name, out.with_suffix(".json").name, f".{out.name}.lock"}
-    if assert_only_mapped_shards(out):
-        listed.add(out.name + ".shards")
+    """``out``'s directory holds the output, its lock and, for HDF5, its sidecar and,
+    when sharded, its shard directory (`assert_only_mapped_shards`); an npy tree holds
+    its manifest and its entries' files: no work directory, no temporary anywhere."""
+    listed = {out.name, f".{out.name}.lock"}
+    if out.suffix != ".h5":
+        assert store.npy_unlisted(out, store.read_manifest(out, "npy")) == []
+    else:
+        listed.add(out.with_suffix(".json").name)
+        if assert_only_mapped_shards(out):
+            listed.add(out.name + ".shards")
     assert {p.name for p in out.parent.iterdir()} == listed
 
 
@@ -241,6 +246,21 @@ def test_a_sharded_output_reads_as_one_file_through_h5py_open_and_inspect(
         assert json.loads(entry.stdout)["entry"] == json.loads(local.stdout)["entry"]
 
 
+def _run_change_rerun(melcli: RunMelcli, args: list[Any], src: Path, corpus: Path) -> set[str]:
+    """Run, then remove, change and add an input and run again (checked: one of
+    each); return the shard files of the first run's HDF5 output (none for npy)."""
+    assert melcli(*args).returncode == 0
+    out = Path(args[args.index("-o") + 1])
+    first = assert_only_mapped_shards(out) if out.suffix == ".h5" else set()
+    (src / "s0.wav").unlink()
+    (src / "s1.wav").write_bytes((corpus / "music" / "sweep.wav").read_bytes())
+    (src / "s9.wav").write_bytes((corpus / "speech" / "s0.wav").read_bytes())
+    again = melcli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "melcli: added 1, updated 1, removed 1, unchanged 4, failed 0" in again.stderr
+    return first
+
+
 def test_a_sharded_output_reruns_incrementally(
     corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path
 ) -> None:
@@ -248,14 +268,7 @@ def test_a_sharded_output_reruns_incrementally(
     out, want, want2 = tmp_path / "out" / "feats.h5", tmp_path / "want.h5", tmp_path / "want2.h5"
     out.parent.mkdir()
     args = ["mel", src, "-o", out, "--scheduler", dask_cluster.address]  # shards: the default
-    assert melcli(*args).returncode == 0
-    first = assert_only_mapped_shards(out)
-    (src / "s0.wav").unlink()
-    (src / "s1.wav").write_bytes((corpus / "music" / "sweep.wav").read_bytes())
-    (src / "s9.wav").write_bytes((corpus / "speech" / "s0.wav").read_bytes())
-    again = melcli(*args)
-    assert again.returncode == 0, again.stderr
-    assert "melcli: added 1, updated 1, removed 1, unchanged 4, failed 0" in again.stderr
+    first = _run_change_rerun(melcli, args, src, corpus)
     assert all(shard_sources(out).values())
     assert assert_only_mapped_shards(out) - first  # the new entries' shards
     assert_nothing_unlisted(out)
@@ -280,23 +293,48 @@ def test_a_sharded_output_reruns_incrementally(
     assert_same_output(out, want2)
 
 
-@pytest.mark.parametrize("checkpoints", ["0", "5"])
+def test_a_sharded_npy_output_reruns_incrementally(
+    corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path
+) -> None:
+    """npy with shards (the default on a cluster): the workers' files are linked into
+    the tree; a rerun keeps, replaces and removes entries as a local one does."""
+    src = _copy(corpus / "speech", tmp_path / "src")
+    out, want = tmp_path / "out" / "feats", tmp_path / "want" / "feats"
+    out.parent.mkdir()
+    want.parent.mkdir()
+    _run_change_rerun(melcli, ["mel", src, "-o", out, "--scheduler", dask_cluster.address],
+                      src, corpus)  # fmt: skip
+    assert_nothing_unlisted(out)
+    _local(melcli, src, want)
+    assert_same_output(out, want)
+
+
+@pytest.mark.parametrize(("fmt", "checkpoints"), [("h5", "0"), ("h5", "5"), ("npy", "0")])
 def test_a_client_killed_while_committing_shards_finishes_on_the_rerun(
     corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path,
-    checkpoints: str,
+    fmt: str, checkpoints: str,
 ) -> None:  # fmt: skip
-    """Killed after moving its shards beside the output, before renaming the file:
-    the old output (none here) is untouched; the rerun resumes from checkpoints
-    naming the moved shards (``0``: one after every result), or computes again and
-    removes the shards no entry maps (``5``: none written)."""
-    out, want = tmp_path / "out" / "feats.h5", tmp_path / "want.h5"
+    """Killed right before renaming the new output into place (HDF5: after moving
+    its shards beside it): the old output (none here) is untouched; the rerun
+    resumes from checkpoints naming the shards the workers wrote (``0``: one after
+    every result), or computes again and removes the shards no entry maps (``5``:
+    none written)."""
+    name = "feats.h5" if fmt == "h5" else "feats"
+    out, want = tmp_path / "out" / name, tmp_path / "want" / name
     out.parent.mkdir()
     args = ["mel", str(corpus / "speech"), "-o", str(out), "--scheduler", dask_cluster.address]
     env = {"MELCLI_CHECKPOINT_SECONDS": checkpoints}
     proc = _start(args, tmp_path, MELCLI_KILL_AT="rename", **env)
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    assert not out.exists() and any(out.with_name("feats.h5.shards").iterdir())
+    assert not out.exists()
+    # the workers wrote the entries: an HDF5 shard per task, an .npy file per entry
+    shards = (out.with_name("feats.h5.shards") if fmt == "h5"
+              else out.with_name(".feats.melcli-work") / "shards")  # fmt: skip
+    written = sorted(p.suffix for p in shards.iterdir())
+    assert written and set(written) == {f".{fmt}"}
+    assert fmt == "h5" or len(written) == 6
+    want.parent.mkdir()
     again = _start(args, tmp_path, **env)
     _, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
@@ -449,7 +487,7 @@ def test_an_unreachable_scheduler_is_one_line_within_10_seconds(
         (["--scheduler", "tcp://h:1", "--backend", "fork"], {}, "not with --backend fork"),
         (["--scheduler", " "], {}, "--scheduler needs an address"),
         (["--shards", "-j", "2"], {}, "--shards is for a Dask cluster (--scheduler ADDRESS)"),
-        (["--scheduler", "tcp://h:1", "--shards", "--format", "npy"], {}, "not with --format npy"),
+        (["--scheduler", "tcp://h:1", "--shards", "--format", "kaldi"], {}, "--shards: not with"),
     ],
 )
 def test_cluster_usage_errors(
@@ -479,19 +517,21 @@ def test_without_dask_the_scheduler_option_says_what_to_install(
 
 
 @pytest.mark.parametrize(
-    ("sig", "code", "word", "shards"),
+    ("sig", "code", "word", "shards", "name"),
     [
-        (signal.SIGINT, 130, "interrupted", "--shards"),
-        (signal.SIGTERM, 143, "terminated", "--shards"),
-        (signal.SIGINT, 130, "interrupted", "--no-shards"),
+        (signal.SIGINT, 130, "interrupted", "--shards", "feats.h5"),
+        (signal.SIGTERM, 143, "terminated", "--shards", "feats.h5"),
+        (signal.SIGINT, 130, "interrupted", "--no-shards", "feats.h5"),
+        (signal.SIGINT, 130, "interrupted", "--shards", "feats"),
     ],
 )
 def test_a_stopped_client_cancels_its_tasks_and_resumes(
     slow_corpus: Path, dask_cluster: DaskCluster, melcli: RunMelcli, tmp_path: Path,
-    sig: int, code: int, word: str, shards: str,
+    sig: int, code: int, word: str, shards: str, name: str,
 ) -> None:  # fmt: skip
-    out, want = tmp_path / "out" / "feats.h5", tmp_path / "want.h5"
+    out, want = tmp_path / "out" / name, tmp_path / "want" / name
     out.parent.mkdir()
+    want.parent.mkdir()
     args = ["mel", str(slow_corpus), "-o", str(out), *SLOW_ARGS, "--scheduler",
             dask_cluster.address, shards]  # fmt: skip
     proc = _start(args, tmp_path)
@@ -514,7 +554,8 @@ def test_a_stopped_client_cancels_its_tasks_and_resumes(
     assert 0 < resumed < 40
     _local(melcli, slow_corpus, want, *SLOW_ARGS)
     assert_same_output(out, want)
-    assert all(shard_sources(out).values()) == (shards == "--shards")
+    if name == "feats.h5":
+        assert all(shard_sources(out).values()) == (shards == "--shards")
     assert_nothing_unlisted(out)
 
 
