@@ -1089,7 +1089,31 @@ class LokyExecutor(_FuturesExecutor):
     def close(self, *, ok: bool) -> None:
         """Wait for the workers (``ok``), or kill them."""
         if self.pool is not None:
+            if not ok:
+                _quiet_loky_manager()
             self.pool.shutdown(wait=ok, kill_workers=not ok)
+
+
+def _quiet_loky_manager() -> None:
+    """Drop the KeyError loky's manager thread may raise once its pool is killed with
+    work pending (it looks up a work item the kill removed): a traceback on stderr
+    after Ctrl-C, about nothing the user can act on. Any other thread exception is
+    reported as before."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "melcli_loky", False):
+        return
+
+    def hook(args: Any) -> None:
+        if args.exc_type is KeyError and getattr(args.thread, "name", "") == (
+            "ExecutorManagerThread"
+        ):
+            return
+        previous(args)
+
+    hook.melcli_loky = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 class ForkExecutor(Executor):
