@@ -36,9 +36,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check melcli tests bench scripts
 	$(BIN)/mypy melcli
 
-## bench: the full benchmark (docs/benchmarks.md); bench-quick: 10x smaller, under a minute
+## bench: the full benchmark (docs/benchmarks.md), then the cluster rows (--scheduler with two
+## local Dask workers against -j 2, docs/scaling.md); bench-quick: 10x smaller, under a minute
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/scaling.py --only rows
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
