@@ -1124,20 +1124,8 @@ class ForkExecutor(Executor):
     new worker takes its place. Any other death stops the run (`WorkerError`).
     """
 
-    def __init__(
-        self,
-        tasks: Sequence[Task],
-        params: FeatureParams,
-        batches: Sequence[range],
-        *,
-        n_jobs: int,
-        log: InflightLog,
-        costs: Sequence[int] = (),
-        address: str | None = None,
-        shards: Shards | None = None,
-    ) -> None:
-        super().__init__(tasks, params, batches, n_jobs=n_jobs, log=log, costs=costs)
-        self.workers: list[_ForkWorker] = []
+    #: The live workers, made by `start` (none before: `close` then has nothing to do).
+    workers: Sequence[_ForkWorker] = ()
 
     def start(self) -> None:
         """Fork the workers (each applies `worker_init` to itself)."""
@@ -1183,7 +1171,8 @@ class ForkExecutor(Executor):
         # A crash (a decoder's SIGSEGV or abort): redo its batches one input at a
         # time in isolated processes; the input that crashes again is a failure.
         lost = [self.tasks[i] for _, rng in w.out for i in rng]
-        self.workers[self.workers.index(w)] = _ForkWorker(self.tasks, self.params)
+        fresh = _ForkWorker(self.tasks, self.params)
+        self.workers = [fresh if x is w else x for x in self.workers]
         yield from isolated_results(lost, self.params)
         for b, _ in w.out:
             self.log.done(b)

@@ -125,6 +125,11 @@ class AudioFactory:
         chans = [noise(self.rng, sr, seconds) for _ in range(channels)]
         return self.write(name, chans[0] if channels == 1 else np.stack(chans), sr)
 
+    def samples(self, *names: str) -> None:
+        """Copy these files of sample_audio/ (real recordings) under the root, same names."""
+        for name in names:
+            self.path(name).write_bytes((SAMPLE_AUDIO / name).read_bytes())
+
     def raw(self, name: str, content: bytes) -> Path:
         """A file with arbitrary bytes (not audio, truncated audio, ...)."""
         p = self.path(name)

@@ -131,10 +131,7 @@ def test_lhotse_preset_and_kaldi_deltas_equal_their_golden_outputs(
 def test_cli_fbank_defaults_resample_and_skip_short_files(
     melcli: RunMelcli, audio: AudioFactory, tmp_path: Path
 ) -> None:
-    for name in ("speech/numbers.flac", "music/chords.flac"):
-        target = audio.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((SAMPLES / name).read_bytes())
+    audio.samples("speech/numbers.flac", "music/chords.flac")
     audio.tone("tiny.wav", sr=16000, seconds=0.02)  # 320 samples < one 400-sample frame
     out = tmp_path / "f.h5"
     proc = melcli("fbank", "in", "-o", out)

@@ -21,15 +21,10 @@ from tests.conftest import (
     feature_arrays,
 )
 
-SAMPLES = Path(__file__).parents[1] / "sample_audio"
-
 
 @pytest.fixture
 def speech(audio: AudioFactory) -> Path:
-    for name in ("speech/hello.wav", "speech/numbers.flac", "music/chords.flac"):
-        target = audio.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((SAMPLES / name).read_bytes())
+    audio.samples("speech/hello.wav", "speech/numbers.flac", "music/chords.flac")
     audio.mix("extra/ümlaut.wav", sr=16000, seconds=0.8)
     return audio.root
 

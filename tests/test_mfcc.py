@@ -86,10 +86,7 @@ def test_deltas_and_dct_equal_scipy_and_librosa() -> None:
 def test_cli_mfcc_with_deltas_reads_back_as_librosa(
     melcli: RunMelcli, audio: AudioFactory, tmp_path: Path
 ) -> None:
-    for name in ("speech/hello.wav", "music/arpeggio.ogg"):
-        target = audio.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((SAMPLES / name).read_bytes())
+    audio.samples("speech/hello.wav", "music/arpeggio.ogg")
     audio.tone("short.wav", sr=16000, seconds=0.05)  # 2 frames at sr 16000, hop 512: < 9
     out = tmp_path / "mfcc.h5"
     proc = melcli("mfcc", "in", "-o", out, "--sr", "16000", "--n-mfcc", "13", "--deltas", "2")
@@ -230,10 +227,7 @@ def test_kaldi_frontend_matches_kaldi_native_fbank(
 def test_mfcc_preset_kaldi_on_the_command_line(
     melcli: RunMelcli, audio: AudioFactory, tmp_path: Path
 ) -> None:
-    for name in ("speech/hello.wav", "music/chords.flac"):
-        target = audio.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((SAMPLES / name).read_bytes())
+    audio.samples("speech/hello.wav", "music/chords.flac")
     audio.mix("x/mix44k.wav", sr=44100, seconds=1.0)  # resampled to 16 kHz
     out, deltas = tmp_path / "k.h5", tmp_path / "d.h5"
     proc = melcli("mfcc", "in", "-o", out, "--preset", "kaldi")
