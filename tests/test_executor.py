@@ -514,7 +514,11 @@ def test_kill_9_of_a_loky_worker_is_one_clean_line(slow_corpus: Path, tmp_path: 
     worker = _loky_workers(proc.pid)[0]
     time.sleep(0.5)
     os.kill(worker, signal.SIGKILL)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # stop it here, and say what it had said
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"hung after a worker was killed: {proc.communicate()[1]}") from None
     assert proc.returncode == 1, err
     assert "Traceback" not in err and "TerminatedWorkerError" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("melcli:")]
