@@ -53,7 +53,7 @@ from melcli.pipeline import (
     Shards,
     Stored,
     Task,
-    extract,
+    extract_batch,
     make_batches,
 )
 
@@ -104,7 +104,7 @@ def _blas_one_thread() -> Iterator[None]:
 def run_batch(
     batch: Sequence[Task], params: FeatureParams, version: str, shards: Shards | None = None
 ) -> list[Result]:
-    """`melcli.pipeline.extract` each task of a batch: the Dask task, on a worker.
+    """`melcli.pipeline.extract_batch`: the Dask task, on a worker.
 
     Parameters
     ----------
@@ -134,7 +134,7 @@ def run_batch(
             "install the same version on every worker"
         )
     with _blas_one_thread():
-        results = [extract(task, params) for task in batch]
+        results = extract_batch(batch, params)
     if shards is None:
         return results
     return _to_shards(shards, results)

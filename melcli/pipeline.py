@@ -175,16 +175,10 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
     """
     if isinstance(task, Source):
         task = Task(task)
-    fault_point("extract")
-    trace_point(task)
+    seed = _begin(task)
     source = task.source
-    crash_point(source.key)
-    seed = features.entry_seed(source.key)
     try:
-        try:
-            st = os.stat(source.path)
-        except OSError as exc:
-            raise DecodeError(os_reason(source.path, exc), permanent=False) from None
+        st = _stat(source.path)
         if task.stream and task.info is not None:
             info, sr = task.info, params.sr or task.info.sample_rate
             blocks = audio.stream(
@@ -195,42 +189,142 @@ def extract(task: Task | Source, params: FeatureParams) -> Result:
             data = features.compute_stream(
                 counted, sr, params, expected_samples=expected, seed=seed
             )
-            n_samples = counted.n
-            shape = tuple(int(n) for n in data.shape)
-        elif task.parts == 1:
-            y, sr, info = audio.load(
-                source.path, sr=params.sr, mono=params.mono, quiet=task.format in ("", "MP3")
-            )
-            n_samples = int(y.shape[-1])
+            return _result(task, st, info, sr, counted.n, data, tuple(data.shape))
+        if task.parts == 1:
+            y, sr, info = _load(task, params)
             data = features.compute(y, sr, params, seed=seed)
-            shape = tuple(int(n) for n in data.shape)
-        else:  # a slice of a long file at its native rate: only that slice is decoded
-            info = task.info or audio.probe(source.path)
-            sr, n_samples = info.sample_rate, info.frames
-            a, b = features.segment_bounds(params, task.frame_start, task.frame_stop)
-            y = audio.load_segment(source.path, max(a, 0), min(b, n_samples), mono=params.mono)
-            data = features.compute_segment(
-                y, sr, params, n_samples=n_samples,
-                frame_start=task.frame_start, frame_stop=task.frame_stop, seed=seed,
-            )  # fmt: skip
-            shape = (*data.shape[:-1], params.n_frames(n_samples))
-    except DecodeError as exc:
-        failure = Failure(source.key, printable(source.path), str(exc), exc.permanent)
-        return Result(task, failure=failure)
-    except MemoryError:
-        return Result(task, failure=Failure(source.key, printable(source.path), "out of memory"))
-    except Exception as exc:  # a bug or an exotic file: record it, keep the batch going
-        reason = f"internal error: {type(exc).__name__}: {exc}"
-        return Result(task, failure=Failure(source.key, printable(source.path), reason))
+            return _result(task, st, info, sr, y.shape[-1], data, tuple(data.shape))
+        # a slice of a long file at its native rate: only that slice is decoded
+        info = task.info or audio.probe(source.path)
+        sr, n_samples = info.sample_rate, info.frames
+        a, b = features.segment_bounds(params, task.frame_start, task.frame_stop)
+        y = audio.load_segment(source.path, max(a, 0), min(b, n_samples), mono=params.mono)
+        data = features.compute_segment(
+            y, sr, params, n_samples=n_samples,
+            frame_start=task.frame_start, frame_stop=task.frame_stop, seed=seed,
+        )  # fmt: skip
+        shape = (*data.shape[:-1], params.n_frames(n_samples))
+        return _result(task, st, info, sr, n_samples, data, shape)
+    except Exception as exc:
+        return _failed(task, exc)
+
+
+#: Whole files of at most this many samples (per channel, after resampling) are
+#: transformed together by `extract_batch`.
+SHORT_SAMPLES = 1 << 16
+
+
+@dataclass
+class _Decoded:
+    """A short file of a batch, decoded and checked, waiting for its transform."""
+
+    index: int
+    y: np.ndarray
+    n_samples: int
+    info: audio.AudioInfo
+    st: os.stat_result
+    seed: int
+
+
+def extract_batch(tasks: Sequence[Task], params: FeatureParams) -> list[Result]:
+    """`extract` of each task, in order, with the same results.
+
+    The short whole files (`SHORT_SAMPLES`) are decoded one by one, then those
+    at one rate are transformed together (`melcli.features.spectrogram_many`):
+    for one-second clips the per-call costs of the numpy steps weigh more than
+    their arithmetic. Other tasks go through `extract` alone.
+    """
+    results: list[Result | None] = [None] * len(tasks)
+    short: dict[int, list[_Decoded]] = {}  # by rate
+    for i, task in enumerate(tasks):
+        if task.parts != 1 or task.stream:
+            results[i] = extract(task, params)
+            continue
+        seed = _begin(task)
+        try:
+            st = _stat(task.source.path)
+            y, sr, info = _load(task, params)
+            if y.shape[-1] > SHORT_SAMPLES:
+                data = features.compute(y, sr, params, seed=seed)
+                results[i] = _result(task, st, info, sr, y.shape[-1], data, tuple(data.shape))
+                continue
+            ready = features.prepared(y, sr, params)
+        except Exception as exc:
+            results[i] = _failed(task, exc)
+            continue
+        short.setdefault(sr, []).append(_Decoded(i, ready, y.shape[-1], info, st, seed))
+    for sr, group in short.items():
+        try:
+            specs = features.spectrogram_many(
+                [d.y for d in group], sr, params, [d.seed for d in group]
+            )
+        except Exception:  # not a file's fault: alone, each says whose it is
+            for d in group:
+                results[d.index] = extract(tasks[d.index], params)
+            continue
+        for d, spec in zip(group, specs, strict=True):
+            task = tasks[d.index]
+            try:
+                data = features.finish(spec, params, d.n_samples)
+            except Exception as exc:
+                results[d.index] = _failed(task, exc)
+                continue
+            results[d.index] = _result(task, d.st, d.info, sr, d.n_samples, data, data.shape)
+    return [r for r in results if r is not None]
+
+
+def _begin(task: Task) -> int:
+    """The test hooks of a task's start; returns the entry's seed."""
+    fault_point("extract")
+    trace_point(task)
+    crash_point(task.source.key)
+    return features.entry_seed(task.source.key)
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        raise DecodeError(os_reason(path, exc), permanent=False) from None
+
+
+def _load(task: Task, params: FeatureParams) -> tuple[np.ndarray, int, audio.AudioInfo]:
+    return audio.load(
+        task.source.path, sr=params.sr, mono=params.mono, quiet=task.format in ("", "MP3")
+    )
+
+
+def _failed(task: Task, exc: Exception) -> Result:
+    """The failure `extract` records for an exception raised while computing ``task``."""
+    source = task.source
+    if isinstance(exc, DecodeError):
+        reason, permanent = str(exc), exc.permanent
+    elif isinstance(exc, MemoryError):
+        reason, permanent = "out of memory", False
+    else:  # a bug or an exotic file: record it, keep the batch going
+        reason, permanent = f"internal error: {type(exc).__name__}: {exc}", False
+    return Result(task, failure=Failure(source.key, printable(source.path), reason, permanent))
+
+
+def _result(
+    task: Task,
+    st: os.stat_result,
+    info: audio.AudioInfo,
+    sr: int,
+    n_samples: int,
+    data: np.ndarray,
+    shape: tuple[int, ...],
+) -> Result:
+    source = task.source
     meta = EntryMeta(
         key=source.key,
         source=printable(source.path),
         sample_rate=sr,
         native_sample_rate=info.sample_rate,
         channels=info.channels,
-        n_samples=n_samples,
+        n_samples=int(n_samples),
         duration=n_samples / sr,
-        shape=shape,
+        shape=tuple(int(n) for n in shape),
         dtype=str(data.dtype),
         format=info.format,
         subtype=info.subtype,
@@ -669,7 +763,7 @@ def _loky_worker_init(parent: int) -> None:
 
 
 def _extract_batch(batch: Sequence[Task], params: FeatureParams) -> list[Result]:
-    return [extract(task, params) for task in batch]
+    return extract_batch(batch, params)
 
 
 #: Capacity asked for a fork worker's result pipe (Linux's default is 64 KB; 1 MB is
@@ -717,7 +811,7 @@ def _serve_batches(tasks: Sequence[Task], params: FeatureParams, inbox: Any, out
             batch, start, stop = inbox.recv()
         except EOFError:
             return
-        results = [extract(tasks[i], params) for i in range(start, stop)]
+        results = extract_batch(tasks[start:stop], params)
         send_arrays(outbox.fileno(), (batch, results))
 
 
