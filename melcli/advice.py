@@ -38,7 +38,7 @@ def data_warnings(
     out: list[str] = []
     if not len(rates):
         return out
-    unique = np.unique(rates)
+    unique = np.asarray(sorted(set(np.asarray(rates).tolist())))  # np.unique imports numpy.ma
     out.extend(params.warnings(unique.tolist()))
     if params.sr is None and len(unique) > 1:
         shown = ", ".join(f"{r:g}" for r in unique.tolist())

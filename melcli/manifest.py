@@ -464,13 +464,22 @@ class EntryTable:
 
     @classmethod
     def from_lines(
-        cls, buf: bytes, spans: tuple[array.array[int], array.array[int]], where: str
+        cls,
+        buf: bytes,
+        spans: tuple[array.array[int], array.array[int]],
+        where: str,
+        parsed: list[dict[str, Any]] | None = None,
     ) -> EntryTable:
-        """Parse and check (`validate`) each entry of ``buf`` (starts, ends)."""
+        """Parse and check (`validate`) each entry of ``buf`` (starts, ends); ``parsed``:
+        the records those lines were dumped from (nothing to parse)."""
         cols = _Columns()
-        loads = json.loads
-        for n, (start, end) in enumerate(zip(*spans, strict=True)):
-            cols.add(loads(buf[start:end]), n, where)
+        if parsed is not None:
+            for n, e in enumerate(parsed):
+                cols.add(e, n, where)
+        else:
+            loads = json.loads
+            for n, (start, end) in enumerate(zip(*spans, strict=True)):
+                cols.add(loads(buf[start:end]), n, where)
         starts = np.frombuffer(spans[0], np.int64)
         ends = np.frombuffer(spans[1], np.int64)
         table = cls(buf, starts, ends, cols.done())
@@ -496,7 +505,7 @@ class EntryTable:
             spans[1].append(pos + len(line))
             pos += len(line) + len(cls.SEP)
         del lines
-        return cls.from_lines(buf, spans, where)
+        return cls.from_lines(buf, spans, where, parsed=recs)
 
     def sorted_unique(self, where: str) -> EntryTable:
         """A hand-edited manifest out of order: rebuilt in key order; a key twice is refused."""

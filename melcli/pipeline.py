@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
+import mmap
 import os
 import pickle
 import signal
@@ -150,6 +152,9 @@ class Result:
     failure: Failure | None = None
     sums: Any = None  # `melcli.stats.row_sums` of ``data``, computed in the worker
     stored: Stored | None = None  # ``data`` is in a shard file instead (then None)
+    #: ``data`` is a view of memory its executor reuses once the next results
+    #: have been asked for (`ForkExecutor`'s shared memory): copy what you keep.
+    borrowed: bool = False
 
     @property
     def source(self) -> Source:
@@ -771,8 +776,11 @@ def _extract_batch(batch: Sequence[Task], params: FeatureParams) -> list[Result]
 RESULT_PIPE_BYTES = 1 << 20
 
 
-def _fork(tasks: Sequence[Task], params: FeatureParams, serve: Any) -> tuple[int, Any, Any]:
-    """Fork a worker running ``serve(tasks, params, inbox, outbox)``; returns (pid, to, from)."""
+def _fork(
+    tasks: Sequence[Task], params: FeatureParams, serve: Any, *extra: Any
+) -> tuple[int, Any, Any]:
+    """Fork a worker running ``serve(tasks, params, inbox, outbox, *extra)``;
+    returns (pid, to, from)."""
     from multiprocessing.connection import Connection
 
     task_r, task_w = os.pipe()
@@ -795,7 +803,7 @@ def _fork(tasks: Sequence[Task], params: FeatureParams, serve: Any) -> tuple[int
                 worker_init()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 serve(tasks, params, Connection(task_r, writable=False),
-                      Connection(res_w, readable=False))  # fmt: skip
+                      Connection(res_w, readable=False), *extra)  # fmt: skip
             except BaseException:
                 code = 1
             finally:
@@ -805,14 +813,41 @@ def _fork(tasks: Sequence[Task], params: FeatureParams, serve: Any) -> tuple[int
     return pid, Connection(task_w, readable=False), Connection(res_r, writable=False)
 
 
-def _serve_batches(tasks: Sequence[Task], params: FeatureParams, inbox: Any, outbox: Any) -> None:
-    while True:
+#: Shared memory of a fork worker for its results (`ForkExecutor`): two halves,
+#: one per batch in flight; what does not fit goes through the pipe.
+ARENA_BYTES = 64 << 20
+
+
+def _serve_batches(
+    tasks: Sequence[Task], params: FeatureParams, inbox: Any, outbox: Any, arena: mmap.mmap
+) -> None:
+    half = len(arena) // 2
+    for n in itertools.count():
         try:
             batch, start, stop = inbox.recv()
         except EOFError:
             return
         results = extract_batch(tasks[start:stop], params)
-        send_arrays(outbox.fileno(), (batch, results))
+        placed = _to_arena(results, arena, (n % 2) * half, half)
+        send_arrays(outbox.fileno(), (batch, results, placed))
+
+
+def _to_arena(
+    results: list[Result], arena: mmap.mmap, base: int, size: int
+) -> list[tuple[int, int, str, tuple[int, ...]]]:
+    """Copy the arrays of ``results`` into ``arena[base:base + size]`` while they fit
+    (their ``data`` becomes None); returns (index, offset, dtype, shape) of each."""
+    placed = []
+    pos = 0
+    for i, res in enumerate(results):
+        data = res.data
+        if data is None or not data.nbytes or pos + data.nbytes > size:
+            continue
+        np.ndarray(data.shape, data.dtype, buffer=arena, offset=base + pos)[...] = data
+        placed.append((i, base + pos, data.dtype.str, data.shape))
+        results[i] = dataclasses.replace(res, data=None)
+        pos += -(-data.nbytes // 64) * 64
+    return placed
 
 
 _FRAME = struct.Struct("<QI")  # pickle length, number of out-of-band buffers
@@ -1247,12 +1282,17 @@ class ForkExecutor(Executor):
             for conn in wait(list(busy)):
                 w = busy[conn]  # type: ignore[index]
                 try:
-                    b, out = recv_arrays(w.outbox.fileno())
+                    b, out, placed = recv_arrays(w.outbox.fileno())
                 except EOFError:  # the worker died
                     yield from self._replace(w)
                     continue
+                for i, offset, dtype, shape in placed:
+                    data = np.ndarray(shape, dtype, buffer=w.arena, offset=offset)
+                    out[i] = dataclasses.replace(out[i], data=data, borrowed=True)
                 w.out.pop(0)
                 self.log.done(b)
+                # the worker reuses this batch's half of its arena for the batch after
+                # next, handed out once these results have all been taken
                 yield from out
 
     def _replace(self, w: _ForkWorker) -> Iterator[Result]:
@@ -1281,7 +1321,8 @@ class _ForkWorker:
     """One forked worker process and the batches it holds (see `ForkExecutor`)."""
 
     def __init__(self, tasks: Sequence[Task], params: FeatureParams) -> None:
-        self.pid, self.inbox, self.outbox = _fork(tasks, params, _serve_batches)
+        self.arena = mmap.mmap(-1, ARENA_BYTES)  # shared with the child (MAP_SHARED)
+        self.pid, self.inbox, self.outbox = _fork(tasks, params, _serve_batches, self.arena)
         self.out: list[tuple[int, range]] = []
         self.status: int | None = None
 

@@ -998,7 +998,7 @@ class Run:
         if stored is not None:
             spooled = {**spooled, "shard": stored.shard, "dataset": stored.dataset,
                        "frames": stored.frames}  # fmt: skip
-        spool.add_entry(spooled, data)
+        spool.add_entry(spooled, data, borrowed=res.borrowed)
         progress.done[key] = progress.done.get(key, 0) + 1
         sums = res.sums
         if sums is None and stored is not None and self.totals is not None:
@@ -1105,7 +1105,7 @@ class Run:
         """The new output's manifest (and its rows' frequencies, added to the writer)."""
         params, opts = self.params, self.opts
         freqs: dict[int, list[float]] = {}
-        for sr in np.unique(entries.sample_rate).tolist():
+        for sr in sorted(set(entries.sample_rate.tolist())):  # np.unique imports numpy.ma
             row = params.row_frequencies(sr)
             self.writer.add_frequencies(sr, row)
             freqs[sr] = [float(x) for x in row]

@@ -26,9 +26,25 @@ def _two_sum(hi: np.ndarray, lo: np.ndarray, x: np.ndarray) -> None:
 def row_sums(data: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """(values per row, per-row sum, per-row sum of squares) of an entry or a part of
     one, in float64: what `RowStats.add` adds. Computed where the data is (a worker)."""
-    x = np.asarray(data, dtype=np.float64)
+    x = np.asarray(data)
     x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim == 3 else x[None]
-    return x.shape[0] * x.shape[-1], x.sum(axis=(0, 2)), np.einsum("crt,crt->r", x, x)
+    count, rows = x.shape[0] * x.shape[-1], x.shape[-2]
+    if x.shape[0] > 1 or x.size < _BIG:
+        x = x.astype(np.float64)
+        return count, x.sum(axis=(0, 2)), np.einsum("crt,crt->r", x, x)
+    # a long entry: its float64 copy in cache-sized blocks of rows (each row's sums
+    # do not depend on the others: the same values as in one go)
+    total, squares = np.empty(rows), np.empty(rows)
+    for r in range(0, rows, _ROWS):
+        b = x[:, r : r + _ROWS].astype(np.float64)
+        total[r : r + _ROWS] = b.sum(axis=(0, 2))
+        squares[r : r + _ROWS] = np.einsum("crt,crt->r", b, b)
+    return count, total, squares
+
+
+#: `row_sums` of entries of one channel and at least `_BIG` values works on `_ROWS`
+#: rows at a time: a 30 s STFT (10 MB) in 2.4 ms instead of 4.6 ms.
+_BIG, _ROWS = 1 << 18, 64
 
 
 class RowStats:

@@ -497,9 +497,14 @@ class Spool:
         self._last = time.monotonic()
         self.interval = _checkpoint_seconds()
 
-    def add_entry(self, record: dict[str, Any], data: np.ndarray) -> None:
-        """Note one finished entry (or part, with ``frame_start``) for the next checkpoint."""
-        self._entries.append([record, data.shape[-1], data])
+    def add_entry(
+        self, record: dict[str, Any], data: np.ndarray, *, borrowed: bool = False
+    ) -> None:
+        """Note one finished entry (or part, with ``frame_start``) for the next checkpoint.
+
+        ``borrowed``: ``data`` is memory its executor reuses (`Result.borrowed`): a copy is kept.
+        """
+        self._entries.append([record, data.shape[-1], data.copy() if borrowed else data])
         self._held += data.nbytes
         if self._held > FLUSH_BYTES and self.read_back is not None:
             for pending in self._entries:

@@ -586,3 +586,80 @@ def test_fork_results_travel_out_of_band_and_a_cut_pipe_is_eof() -> None:
         recv_arrays(r2)
     for fd in (rr, r2, r, w):
         os.close(fd)
+
+
+#: Runs melcli with the fork workers' shared memory cut to the size given first.
+SMALL_ARENA = (
+    "import sys; from melcli import pipeline; pipeline.ARENA_BYTES = int(sys.argv.pop(1)); "
+    "from melcli._entry import main; sys.argv[0] = 'melcli'; main()"
+)
+
+
+def test_fork_results_through_shared_memory_and_the_pipe_resume_exactly(tmp_path: Path) -> None:
+    """Fork workers place results in shared memory whose halves are reused every other
+    batch; what does not fit goes through the pipe. With room for one clip per batch
+    (the rest piped), a complete run and a run killed after checkpointing each result,
+    then resumed, equal ``-j 1``."""
+    from test_reliability import make_corpus
+
+    data = make_corpus(tmp_path / "data", n=40)  # one-second clips: 131 KB of STFT each
+    ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
+    assert _run(["stft", str(data), "-o", str(ref), "-j", "1"], tmp_path)[0] == 0
+    small = [sys.executable, "-c", SMALL_ARENA, str(2 * 140_000)]
+    args = ["stft", str(data), "-o", str(out), "--backend", "fork", "-j", "2"]
+    whole = subprocess.run([*small, *args], capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    assert_same(out, ref)
+    out.unlink()
+    out.with_suffix(".json").unlink()
+    env = _env(MELCLI_KILL_AT="write:25", MELCLI_CHECKPOINT_SECONDS="0")
+    killed = subprocess.run([*small, *args], capture_output=True, text=True, timeout=120, env=env)
+    assert killed.returncode == -signal.SIGKILL
+    again = subprocess.run([*small, *args], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "resum" in again.stderr
+    assert_same(out, ref)
+
+
+def test_arena_placement_fills_halves_and_leaves_the_rest_to_the_pipe() -> None:
+    """`_to_arena` copies what fits into the half it is given (64-byte aligned), in order,
+    and leaves the rest (and results without data) as they were."""
+    import mmap
+
+    from melcli.pipeline import Result, Task, _to_arena
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.random((10, 30), dtype=np.float32) for _ in range(3)]  # 1200 bytes each
+    task = Task(Source("a", "a.wav"))
+    results = [Result(task, data=arrays[0]), Result(task), Result(task, data=arrays[1]),
+               Result(task, data=arrays[2])]  # fmt: skip
+    arena = mmap.mmap(-1, 8192)
+    placed = _to_arena(results, arena, 4096, 2600)  # the second half, room for two
+    assert [(i, off) for i, off, _, _ in placed] == [(0, 4096), (2, 4096 + 1216)]
+    for i, off, dtype, shape in placed:
+        assert results[i].data is None
+        view = np.ndarray(shape, dtype, buffer=arena, offset=off)
+        np.testing.assert_array_equal(view, arrays[0 if i == 0 else 1])
+    assert results[1].data is None and results[3].data is arrays[2]  # for the pipe
+    assert arena[:4096] == bytes(4096)  # the other half untouched
+
+
+def test_a_checkpoint_keeps_a_copy_of_borrowed_results(tmp_path: Path) -> None:
+    """A result in memory its executor reuses (`Result.borrowed`) is copied by the spool:
+    the checkpoint holds its values even after that memory was overwritten."""
+    from melcli.workdir import ChunkFile, Spool, WorkDir
+
+    work = WorkDir(tmp_path / "feats.h5")
+    work.start({"params": {}, "format": "h5"}, keep=False)
+    spool = Spool(work)
+    shared = np.arange(40, dtype=np.float32).reshape(4, 10)
+    expect = shared.copy()
+    rec = {"key": "a.wav", "source": "a.wav", "dtype": "float32", "shape": [4, 10],
+           "sample_rate": 16000, "n_samples": 4608, "duration": 0.288, "channels": 1}  # fmt: skip
+    spool.add_entry(rec, shared, borrowed=True)
+    shared[...] = -1  # the worker's next batch lands there
+    spool.flush()
+    (record,) = list(work.records())
+    ((chunk, member, _frame, _shard),) = record.pieces
+    with ChunkFile(chunk) as cf:
+        np.testing.assert_array_equal(cf.read(member), expect)
