@@ -1,6 +1,7 @@
-"""Dataset-scale reruns (issue 8.8): no-op rerun, add-10-files rerun, peak RSS.
+"""Dataset scale: reruns (issue 8.8) and the first run's per-file cost (issue 13).
 
     python bench/scale.py DIR N [N ...]        # e.g. bench/scale.py /tmp/scale 20000 100000
+    python bench/scale.py DIR --first 1000 100000   # first runs over one-second clips
     python bench/scale.py DIR --synthetic 1000000 make       # the output's manifest only
     python bench/scale.py DIR --synthetic 1000000 noop   # time a no-op rerun of it
     python bench/scale.py DIR --synthetic 1000000 add10  # add 10 files, rerun, remove them
@@ -10,6 +11,11 @@ stat costs what real files cost) in directories of 1000, a first run, a no-op
 rerun, and a rerun after adding 10 new files. Prints one line per run: wall
 time and peak RSS of the whole melcli process (its own rusage, read by a
 wrapper whose only child it is).
+
+``--first``: N one-second 16 kHz clips (hard links of 64 distinct files), ``melcli
+mel`` with librosa's defaults, first runs only (3 for N <= 10000, else 1), against a
+run over one clip: the per-file cost, whole and net of that fixed cost (issue 13,
+target 3: linear in N).
 """
 
 from __future__ import annotations
@@ -34,16 +40,17 @@ SEEDS = 64
 SEED_MTIME = 1_700_000_000
 
 
-def make_corpus(root: Path, n: int) -> None:
-    seeds = root / "seeds"
+def make_corpus(root: Path, n: int, samples: int = 320) -> Path:
+    tag = "" if samples == 320 else f"-{samples}"
+    seeds = root / f"seeds{tag}"
     seeds.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(SEEDS):  # written once: every corpus links to these inodes
-        y = (0.1 * rng.standard_normal(320)).astype(np.float32)
+        y = (0.1 * rng.standard_normal(samples)).astype(np.float32)
         if not (seeds / f"{i}.wav").exists():
             sf.write(seeds / f"{i}.wav", y, 16000, subtype="PCM_16")
             os.utime(seeds / f"{i}.wav", (SEED_MTIME, SEED_MTIME))
-    data = root / f"data{n}"
+    data = root / f"data{n}{tag}"
     for i in range(n):
         d = data / f"d{i // 1000:04d}"
         if i % 1000 == 0:
@@ -58,6 +65,7 @@ def make_corpus(root: Path, n: int) -> None:
             except OSError as exc:
                 if exc.errno != errno.EMLINK:
                     raise
+    return data
 
 
 def run(args: list[str]) -> tuple[float, float, int]:
@@ -84,6 +92,9 @@ def main() -> None:
         else:
             synthetic_rerun(root, n, sys.argv[4])
         return
+    if sys.argv[2] == "--first":
+        first_runs(root, [int(n) for n in sys.argv[3:]])
+        return
     for n in map(int, sys.argv[2:]):
         make_corpus(root, n)
         data, out = root / f"data{n}", root / f"out{n}.h5"
@@ -105,6 +116,32 @@ def main() -> None:
                 flush=True,
             )
         remove10(data)
+
+
+def first_runs(root: Path, sizes: list[int]) -> None:
+    """Issue 13, target 3: a first run's cost per file over N one-second clips."""
+    import statistics
+
+    fixed = None
+    for n in [1, *sizes]:
+        data = make_corpus(root, n, samples=16000)
+        out = root / f"first{n}.h5"
+        walls = []
+        for _ in range(3 if n <= 10000 else 1):
+            walls.append(run(["mel", str(data), "-o", str(out), "-q", "--overwrite"])[0])
+        wall = statistics.median(walls)
+        if fixed is None:
+            fixed = wall
+            print(f"{n:>8} files  {wall:7.2f} s  (the fixed cost)", flush=True)
+            continue
+        print(
+            f"{n:>8} files  {wall:7.2f} s  per file {wall / n * 1e3:6.3f} ms, "
+            f"net of the fixed cost {(wall - fixed) / (n - 1) * 1e3:6.3f} ms  "
+            f"(runs {' '.join(f'{w:.2f}' for w in walls)})",
+            flush=True,
+        )
+        out.unlink()
+        out.with_suffix(".json").unlink()
 
 
 def add10(data: Path) -> None:

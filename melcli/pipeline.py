@@ -1013,6 +1013,10 @@ class WorkerPool:
     def results(self) -> Iterator[Result]:
         """Results as batches finish (unordered across batches).
 
+        A result whose ``borrowed`` is set holds a view of memory the executor
+        reuses two batches later: copy its ``data`` to keep it past the next
+        results asked for.
+
         Raises
         ------
         WorkerError
@@ -1261,7 +1265,8 @@ class ForkExecutor(Executor):
         self.workers = [_ForkWorker(self.tasks, self.params) for _ in range(self.n_jobs)]
 
     def results(self) -> Iterator[Result]:
-        """Each batch's results as its worker sends them.
+        """Each batch's results as its worker sends them, their arrays borrowed from
+        its shared memory (`Result.borrowed`).
 
         Raises
         ------
