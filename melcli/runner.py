@@ -613,9 +613,12 @@ class _ChunkReader:
     ) -> Iterator[tuple[int, np.ndarray | None, tuple[str, str, int] | None]]:
         """(first frame, array, None) per piece, or (first frame, None, shard) for a
         piece in a shard file (its chunk holds no data)."""
-        for chunk, member, frame, shard in rec.pieces:
+        for chunk, member, frame, shard, raw in rec.pieces:
             if shard is not None:
                 yield frame, None, shard
+                continue
+            if raw is not None:  # in the output the interrupted run was building
+                yield frame, raw.read(rec.record), None
                 continue
             cf = self.open.pop(chunk, None)
             if cf is None:
@@ -915,7 +918,7 @@ class Run:
         except BaseException:
             self.pool.close(ok=False)
             raise
-        self.spool = Spool(work, read_back=self.writer.read_piece)
+        self.spool = Spool(work, read_back=self.writer.read_piece, durable=self.writer.durable)
         for rec in self.failures[len(self.plan.failures) :]:
             self.spool.add_failure(rec)
         return checked
@@ -965,6 +968,7 @@ class Run:
             if res.meta is None or (res.data is None and stored is None):
                 raise RuntimeError("extract returned neither features nor a failure")
             rec, task = {**res.meta.to_dict(), **state}, res.task
+            raw_offset = None
             try:
                 if stored is not None:  # a worker wrote it into a shard: link it
                     writer.link_piece(
@@ -973,7 +977,7 @@ class Run:
                     data = np.empty((0,), np.dtype(rec["dtype"]))  # the chunk holds no data
                 else:
                     data = res.data if res.data is not None else np.empty((0,))
-                    writer.write_piece(rec, task.frame_start, data)
+                    raw_offset = writer.write_piece(rec, task.frame_start, data)
             except EntryError as exc:  # its name cannot be stored: a failure of this input
                 failure = Failure(key, res.meta.source, str(exc), permanent=True)
                 res = dataclasses.replace(res, meta=None, data=None, failure=failure)
@@ -998,6 +1002,8 @@ class Run:
         if stored is not None:
             spooled = {**spooled, "shard": stored.shard, "dataset": stored.dataset,
                        "frames": stored.frames}  # fmt: skip
+        if raw_offset is not None:  # a checkpoint points at its bytes in the output
+            spooled = {**spooled, "raw_offset": raw_offset}
         spool.add_entry(spooled, data, borrowed=res.borrowed)
         progress.done[key] = progress.done.get(key, 0) + 1
         sums = res.sums

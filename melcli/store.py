@@ -455,12 +455,20 @@ class Writer(Protocol):
     committed: bool  # the new output is in place (set by `commit`, right after its rename)
     base: Reuse | None  # started from a copy of the old output: kept entries are in it
 
-    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:
+    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> int | None:
         """Store frames ``frame...`` of the entry ``record`` (shape ``record['shape']``).
 
         A whole file is one piece at frame 0; the parts of a long file may come
-        in any order, the entry being created by the first one.
+        in any order, the entry being created by the first one. Returns where a
+        whole entry's bytes (C order) lie in the file being built, when they lie
+        there in one piece, for a checkpoint that does not copy them (`durable`).
         """
+
+    def durable(self) -> str:
+        """Make everything written so far durable and return the name, in the work
+        directory, of a hard link to the file being built: a checkpoint's entries
+        at offsets `write_piece` returned are read back from it after a crash.
+        Only for writers whose `write_piece` returns offsets."""
 
     def link_piece(
         self, record: dict[str, Any], frame: int, shard: str, dataset: str, frames: int
@@ -556,13 +564,17 @@ class H5Writer:
             self._abandon()
             raise WriteFailed(self.tmp, exc) from None
 
-    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:  # noqa: D102
+    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> int | None:  # noqa: D102
         key = record["key"]
         shape = tuple(record["shape"])
         check_key(key)
+        offset = None
         with self._guard():
             if frame == 0 and data.shape == shape:  # a whole file
-                _close(self._maker.create(self._file, record, data))
+                dsid = self._maker.create(self._file, record, data)
+                if self.compression == "none" and data.nbytes:  # contiguous: one piece
+                    offset = dsid.get_offset()
+                _close(dsid)
             else:  # a part of a long file: [dataset, frames still missing]
                 if key not in self._partial:
                     import h5py
@@ -578,6 +590,22 @@ class H5Writer:
             if not self._partial:  # parts land all over their dataset: keep its pages
                 self._writeback.wrote(data.nbytes)
         fault_point("write")
+        return offset
+
+    def _raw_link(self) -> Path:
+        return self.tmp.with_name("raw-" + self.tmp.name.removeprefix("new-"))
+
+    def durable(self) -> str:  # noqa: D102
+        link = self._raw_link()
+        with self._guard():
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)  # HDF5 writes raw data straight to the file (no sieve buffer)
+            finally:
+                os.close(fd)
+            if not link.exists():
+                os.link(self.tmp, link)  # made durable by the checkpoint's fsync of the directory
+        return link.name
 
     def link_piece(
         self, record: dict[str, Any], frame: int, shard: str, dataset: str, frames: int
@@ -772,9 +800,11 @@ class H5Writer:
                 _close(entry[0])
         self._partial.clear()
         # truncated, not only unlinked: forked workers may hold the file open, and
-        # the space must be free now (and the message say how much there is)
-        with contextlib.suppress(OSError):
-            os.truncate(self.tmp, 0)
+        # the space must be free now (and the message say how much there is); unless
+        # checkpoints point into it (`durable`): then it is their finished work
+        if not self._raw_link().exists():
+            with contextlib.suppress(OSError):
+                os.truncate(self.tmp, 0)
         self.tmp.unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             if self._file.id.valid:
@@ -834,7 +864,8 @@ class NpyWriter:
             raise WriteFailed(self.tmp, exc) from None
         fault_point("write")
 
-    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> None:  # noqa: D102
+    def write_piece(self, record: dict[str, Any], frame: int, data: np.ndarray) -> int | None:  # noqa: D102
+        # None: checkpoints copy npy entries (one file each; not worth a link per entry)
         shape = tuple(record["shape"])
         with self._writing(record["key"]):
             target = self._target(record["key"])
@@ -848,6 +879,10 @@ class NpyWriter:
                 out[..., frame : frame + data.shape[-1]] = data
                 out.flush()
                 del out
+        return None
+
+    def durable(self) -> str:  # noqa: D102
+        raise NotImplementedError("npy entries are copied into checkpoints")
 
     def link_piece(  # noqa: D102
         self, record: dict[str, Any], frame: int, shard: str, dataset: str, frames: int

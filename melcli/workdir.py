@@ -181,6 +181,9 @@ PART_FIELDS = ("part", "parts", "frame_start")
 #: Fields of a piece a worker wrote into a shard file (``--shards``): the chunk
 #: holds an empty array in its place.
 SHARD_FIELDS = ("shard", "dataset", "frames")
+#: Fields of an entry whose bytes are in the output the run was building (`RawPiece`):
+#: the chunk holds an empty array in its place.
+RAW_FIELDS = ("raw_file", "raw_offset")
 
 
 @dataclass(frozen=True)
@@ -188,14 +191,39 @@ class ChunkRecord:
     """One finished entry or failure found in the chunk files.
 
     ``pieces`` locates an entry's data: (chunk file, array index, first frame,
-    shard) per part, in frame order; one piece at frame 0 for a whole file.
+    shard, raw) per part, in frame order; one piece at frame 0 for a whole file.
     ``shard`` is None, or for a piece a worker wrote into a shard file
-    (``--shards``) its (shard file, dataset, frames): the chunk's array is empty.
+    (``--shards``) its (shard file, dataset, frames); ``raw`` is None, or for a
+    whole entry of an HDF5 output where its bytes lie (`RawPiece`). The chunk's
+    array is then empty.
     """
 
     kind: str  # "entry" or "failure"
     record: dict[str, Any]
-    pieces: tuple[tuple[Path, int, int, tuple[str, str, int] | None], ...] = ()
+    pieces: tuple[Piece, ...] = ()
+
+
+@dataclass(frozen=True)
+class RawPiece:
+    """A checkpointed entry's bytes in the HDF5 output its run was building: C-order
+    ``record['dtype']`` values of ``record['shape']`` at ``offset`` in ``path`` (a hard
+    link in the work directory to that file, made durable first: `Writer.durable`).
+    A long run's checkpoints then copy no feature data."""
+
+    path: Path
+    offset: int
+
+    def read(self, record: dict[str, Any]) -> np.ndarray:
+        """The entry's array (``record``: its manifest record)."""
+        dtype, shape = np.dtype(record["dtype"]), tuple(record["shape"])
+        count = int(np.prod(shape))
+        data = np.fromfile(self.path, dtype=dtype, count=count, offset=self.offset)
+        if data.size != count:  # checked by `WorkDir.records`: the file shrank since
+            raise DamagedChunk(f"{self.path} is truncated")
+        return data.reshape(shape)
+
+
+Piece = tuple[Path, int, int, "tuple[str, str, int] | None", "RawPiece | None"]
 
 
 CHUNK_MAGIC = b"MELCHNK1"
@@ -410,7 +438,8 @@ class WorkDir:
         of them are present; a failure recorded for a key wins over its parts.
         """
         entries: dict[str, dict[str, Any]] = {}
-        pieces: dict[str, dict[int, tuple[Path, int, int, tuple[str, str, int] | None]]] = {}
+        pieces: dict[str, dict[int, Piece]] = {}
+        raw_sizes: dict[str, int] = {}  # raw file -> its size (-1: missing)
         failures: dict[str, dict[str, Any]] = {}
         self.damaged = []
         for chunk in self.chunks():
@@ -424,8 +453,14 @@ class WorkDir:
             for member, rec in enumerate(meta["entries"]):
                 key = rec["key"]
                 part = int(rec.get("part", 0))
+                raw = None
+                if "raw_file" in rec:  # its bytes are in the output its run was building
+                    raw = RawPiece(self.path / str(rec["raw_file"]), int(rec["raw_offset"]))
+                    if not _raw_present(raw, rec, raw_sizes):  # deleted by hand: computed again
+                        continue
                 failures.pop(key, None)  # a later success wins
-                whole = {k: v for k, v in rec.items() if k not in PART_FIELDS + SHARD_FIELDS}
+                drop = PART_FIELDS + SHARD_FIELDS + RAW_FIELDS
+                whole = {k: v for k, v in rec.items() if k not in drop}
                 whole["_parts"] = int(rec.get("parts", 1))
                 if entries.get(key) != whole:  # first sight, or a later run's new version
                     entries[key] = whole
@@ -435,7 +470,7 @@ class WorkDir:
                     if "shard" in rec
                     else None
                 )
-                pieces[key][part] = (chunk, member, int(rec.get("frame_start", 0)), shard)
+                pieces[key][part] = (chunk, member, int(rec.get("frame_start", 0)), shard, raw)
             for rec in meta["failures"]:
                 failures[rec["key"]] = rec  # a later failure wins
                 entries.pop(rec["key"], None)
@@ -454,6 +489,19 @@ class WorkDir:
             _remove(self.path)
 
 
+def _raw_present(raw: RawPiece, rec: dict[str, Any], sizes: dict[str, int]) -> bool:
+    """The file of ``raw`` holds the entry of ``rec`` (its size says so)."""
+    name = str(raw.path)
+    if name not in sizes:
+        try:
+            st = os.stat(raw.path, follow_symlinks=False)
+            sizes[name] = st.st_size if stat.S_ISREG(st.st_mode) else -1
+        except OSError:
+            sizes[name] = -1
+    nbytes = np.dtype(rec["dtype"]).itemsize * int(np.prod(rec["shape"]))
+    return raw.offset >= 0 and raw.offset + nbytes <= sizes[name]
+
+
 def _remove(path: Path) -> None:
     from melcli.store import remove_tree  # no recursion: npy trees may be deep
 
@@ -461,6 +509,11 @@ def _remove(path: Path) -> None:
         remove_tree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+#: What the spool holds for an entry whose bytes it does not copy (a shard's, a raw one's).
+_NO_DATA = np.empty((0,), np.float32)
+_NO_DATA.flags.writeable = False
 
 
 def _checkpoint_seconds() -> float:
@@ -485,9 +538,11 @@ class Spool:
         self,
         workdir: WorkDir,
         read_back: Callable[[str, int, int], np.ndarray] | None = None,
+        durable: Callable[[], str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.read_back = read_back
+        self.durable = durable  # for entries noted with a "raw_offset" (`Writer.durable`)
         existing = [int(p.stem.split("-")[1]) for p in workdir.chunks()]
         self._seq = max(existing, default=0)
         # [record, frames, array or None (to be read back)]
@@ -502,14 +557,18 @@ class Spool:
     ) -> None:
         """Note one finished entry (or part, with ``frame_start``) for the next checkpoint.
 
-        ``borrowed``: ``data`` is memory its executor reuses (`Result.borrowed`): a copy is kept.
+        ``borrowed``: ``data`` is memory its executor reuses (`Result.borrowed`): a copy is
+        kept. A record with a ``raw_offset`` (where `Writer.write_piece` put a whole entry's
+        bytes) needs no data: the checkpoint points at them (`RawPiece`).
         """
+        if "raw_offset" in record:
+            data = _NO_DATA
         self._entries.append([record, data.shape[-1], data.copy() if borrowed else data])
         self._held += data.nbytes
         if self._held > FLUSH_BYTES and self.read_back is not None:
             for pending in self._entries:
-                if "shard" not in pending[0]:  # its empty array stays: nothing to read back
-                    pending[2] = None
+                if "shard" not in pending[0] and "raw_offset" not in pending[0]:
+                    pending[2] = None  # read back at the checkpoint (the others need nothing)
             self._held = 0
         self._maybe_flush()
 
@@ -535,8 +594,19 @@ class Spool:
         self._last = time.monotonic()
         group: list[tuple[dict[str, Any], np.ndarray]] = []
         size = 0
+        raw_file = None
+        if any("raw_offset" in e[0] for e in self._entries):
+            try:
+                assert self.durable is not None
+                raw_file = self.durable()  # the bytes on disk before the chunk says so
+            except Exception:  # an output broken by a full disk: those are computed again
+                raw_file = None
         for record, frames, data in self._entries:
-            if data is None:
+            if "raw_offset" in record:
+                if raw_file is None:
+                    continue
+                record = {**record, "raw_file": raw_file}
+            elif data is None:
                 try:
                     assert self.read_back is not None
                     data = self.read_back(record["key"], int(record.get("frame_start", 0)), frames)

@@ -660,6 +660,6 @@ def test_a_checkpoint_keeps_a_copy_of_borrowed_results(tmp_path: Path) -> None:
     shared[...] = -1  # the worker's next batch lands there
     spool.flush()
     (record,) = list(work.records())
-    ((chunk, member, _frame, _shard),) = record.pieces
+    ((chunk, member, _frame, _shard, _raw),) = record.pieces
     with ChunkFile(chunk) as cf:
         np.testing.assert_array_equal(cf.read(member), expect)

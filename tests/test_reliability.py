@@ -201,7 +201,7 @@ def test_checkpoint_reads_back_entries_it_no_longer_holds(
     assert sorted(records) == ["a.wav", "d/b.wav"]
     for key, expect in [("a.wav", whole), ("d/b.wav", long)]:
         got = []
-        for chunk, member, _frame, shard in records[key].pieces:
+        for chunk, member, _frame, shard, _raw in records[key].pieces:
             assert shard is None  # written by this process, not into a shard
             with ChunkFile(chunk) as cf:
                 got.append(cf.read(member))
@@ -744,3 +744,32 @@ def _wait_for_handlers(pid: int) -> None:
             return
         time.sleep(0.001)
     raise AssertionError("melcli never installed its stop handlers")
+
+
+def test_hdf5_checkpoints_point_into_the_output_instead_of_copying(tmp_path: Path) -> None:
+    """An HDF5 run's checkpoints hold no feature bytes: they point at the entries in the
+    output being built (kept by a hard link, `RawPiece`), so a long run writes its
+    features once. Killed, the run resumes from them; with that file deleted by hand,
+    the rerun computes those entries again. Both equal a run never interrupted."""
+    data = make_corpus(tmp_path / "data", n=8)
+    ref, out = tmp_path / "ref.h5", tmp_path / "feats.h5"
+    assert run("stft", data, "-o", ref, "-j", "1").returncode == 0
+    work = tmp_path / ".feats.h5.melcli-work"
+    for lose_it in (False, True):
+        env = {"MELCLI_KILL_AT": "write:6", **EVERY_RESULT}
+        assert run("stft", data, "-o", out, "-j", "1", env=env).returncode == -signal.SIGKILL
+        chunks = sorted(work.glob("chunk-*.bin"))
+        raw = sorted(work.glob("raw-*.h5"))
+        assert len(chunks) == 5 and len(raw) == 1  # the sixth entry was being written
+        assert sum(c.stat().st_size for c in chunks) < 5 * 4096  # records only
+        assert raw[0].stat().st_size > 5 * 1025 * 32 * 4  # 5 STFTs of one second
+        if lose_it:
+            raw[0].unlink()
+        again = run("stft", data, "-o", out, "-j", "1")
+        assert again.returncode == 0, again.stderr
+        assert ("resumed: 5 entries" in again.stderr) != lose_it
+        assert "Traceback" not in again.stderr and "error" not in again.stderr
+        assert_same(out, ref)
+        assert not work.exists()
+        out.unlink()
+        out.with_suffix(".json").unlink()
