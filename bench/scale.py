@@ -1,7 +1,7 @@
 """Dataset scale: reruns (issue 8.8) and the first run's per-file cost (issue 13).
 
     python bench/scale.py DIR N [N ...]        # e.g. bench/scale.py /tmp/scale 20000 100000
-    python bench/scale.py DIR --first 1000 100000   # first runs over one-second clips
+    python bench/scale.py DIR --first [--kind stft] 1000 100000  # first runs, 1 s clips
     python bench/scale.py DIR --synthetic 1000000 make       # the output's manifest only
     python bench/scale.py DIR --synthetic 1000000 noop   # time a no-op rerun of it
     python bench/scale.py DIR --synthetic 1000000 add10  # add 10 files, rerun, remove them
@@ -13,7 +13,7 @@ time and peak RSS of the whole melcli process (its own rusage, read by a
 wrapper whose only child it is).
 
 ``--first``: N one-second 16 kHz clips (hard links of 64 distinct files), ``melcli
-mel`` with librosa's defaults, first runs only (3 for N <= 10000, else 1), against a
+mel`` (or ``--kind``) with librosa's defaults, first runs only (3 for N <= 10000, else 1), against a
 run over one clip: the per-file cost, whole and net of that fixed cost (issue 13,
 target 3: linear in N).
 """
@@ -92,8 +92,12 @@ def main() -> None:
         else:
             synthetic_rerun(root, n, sys.argv[4])
         return
-    if sys.argv[2] == "--first":
-        first_runs(root, [int(n) for n in sys.argv[3:]])
+    if sys.argv[2] == "--first":  # bench/scale.py DIR --first [--kind stft] N [N ...]
+        args = sys.argv[3:]
+        kind = "mel"
+        if args[:1] == ["--kind"]:
+            kind, args = args[1], args[2:]
+        first_runs(root, [int(n) for n in args], kind)
         return
     for n in map(int, sys.argv[2:]):
         make_corpus(root, n)
@@ -118,7 +122,7 @@ def main() -> None:
         remove10(data)
 
 
-def first_runs(root: Path, sizes: list[int]) -> None:
+def first_runs(root: Path, sizes: list[int], kind: str = "mel") -> None:
     """Issue 13, target 3: a first run's cost per file over N one-second clips."""
     import statistics
 
@@ -128,7 +132,7 @@ def first_runs(root: Path, sizes: list[int]) -> None:
         out = root / f"first{n}.h5"
         walls = []
         for _ in range(3 if n <= 10000 else 1):
-            walls.append(run(["mel", str(data), "-o", str(out), "-q", "--overwrite"])[0])
+            walls.append(run([kind, str(data), "-o", str(out), "-q", "--overwrite"])[0])
         wall = statistics.median(walls)
         if fixed is None:
             fixed = wall
