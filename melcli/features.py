@@ -148,10 +148,7 @@ def spectrogram(y: np.ndarray, sr: int, params: FeatureParams, *, seed: int = 0)
     np.ndarray, shape (channels, n_bins, n_frames)
         float32 (complex64 with ``params.stores_complex``), before scaling.
     """
-    y = np.asarray(y, dtype=np.float32)
-    n_frames = params.n_frames(y.shape[-1])
-    x = pad_span(y, params, *params.frame_bounds(0, n_frames), y.shape[-1])
-    return frames_spectrogram(x, sr, params, n_frames, seed=seed)
+    return spectrogram_many([y], sr, params, [seed])[0]
 
 
 def frames_spectrogram(
@@ -198,6 +195,7 @@ def spectrogram_many(
     """
     jobs = []
     for y, seed in zip(ys, seeds, strict=True):
+        y = np.asarray(y, dtype=np.float32)
         n_frames = params.n_frames(y.shape[-1])
         x = pad_span(y, params, *params.frame_bounds(0, n_frames), y.shape[-1])
         jobs.append((_empty_spectrogram(x.shape[0], params, n_frames), x, 0, seed))

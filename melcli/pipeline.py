@@ -275,7 +275,9 @@ def extract_batch(tasks: Sequence[Task], params: FeatureParams) -> list[Result]:
                 results[d.index] = _failed(task, exc)
                 continue
             results[d.index] = _result(task, d.st, d.info, sr, d.n_samples, data, data.shape)
-    return [r for r in results if r is not None]
+    done = [r for r in results if r is not None]
+    assert len(done) == len(tasks), "every task has its result"
+    return done
 
 
 def _begin(task: Task) -> int:

@@ -184,6 +184,8 @@ SHARD_FIELDS = ("shard", "dataset", "frames")
 #: Fields of an entry whose bytes are in the output the run was building (`RawPiece`):
 #: the chunk holds an empty array in its place.
 RAW_FIELDS = ("raw_file", "raw_offset")
+#: Fields of a piece's record that are not the entry's.
+_PIECE_FIELDS = PART_FIELDS + SHARD_FIELDS + RAW_FIELDS
 
 
 @dataclass(frozen=True)
@@ -459,8 +461,7 @@ class WorkDir:
                     if not _raw_present(raw, rec, raw_sizes):  # deleted by hand: computed again
                         continue
                 failures.pop(key, None)  # a later success wins
-                drop = PART_FIELDS + SHARD_FIELDS + RAW_FIELDS
-                whole = {k: v for k, v in rec.items() if k not in drop}
+                whole = {k: v for k, v in rec.items() if k not in _PIECE_FIELDS}
                 whole["_parts"] = int(rec.get("parts", 1))
                 if entries.get(key) != whole:  # first sight, or a later run's new version
                     entries[key] = whole
